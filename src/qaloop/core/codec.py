@@ -1,0 +1,91 @@
+"""Envelope <-> bytes. A message that can't be decoded raises InvalidMessage with the reason,
+which the consumer turns into a dead-letter record instead of dying."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from qaloop.core.model import SCHEMA_VERSION, Envelope, ErrorClass, Event, QuestionState
+
+
+class InvalidMessage(ValueError):
+    """The bytes are not a valid envelope of a schema version we understand."""
+
+
+def encode(envelope: Envelope) -> bytes:
+    return orjson.dumps(envelope.to_dict())
+
+
+def decode(raw: bytes | str | None) -> Envelope:
+    if raw is None:
+        raise InvalidMessage("empty message (no value)")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise InvalidMessage(f"unsupported schema_version {version!r} (expected {SCHEMA_VERSION})")
+    try:
+        return _from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidMessage(f"schema violation: {type(exc).__name__}: {exc}") from exc
+
+
+def _str(data: dict[str, Any], key: str, *, optional: bool = False) -> str | None:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _num(data: dict[str, Any], key: str, *, optional: bool = False) -> float | None:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"field {key!r} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _from_dict(data: dict[str, Any]) -> Envelope:
+    question_id = _str(data, "question_id")
+    question = _str(data, "question")
+    assert question_id is not None and question is not None
+    if not question_id or not question.strip():
+        raise ValueError("question_id and question must be non-empty")
+    attempt = data.get("attempt", 1)
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise ValueError(f"attempt must be an integer >= 1, got {attempt!r}")
+    history_raw = data.get("history", [])
+    if not isinstance(history_raw, list):
+        raise TypeError("field 'history' must be a list")
+    ec = data.get("error_class")
+    best_attempt = data.get("best_attempt")
+    return Envelope(
+        question_id=question_id,
+        question=question,
+        reference_answer=_str(data, "reference_answer", optional=True),
+        trace_id=_str(data, "trace_id") or "",
+        first_seen=_num(data, "first_seen") or 0.0,
+        attempt=attempt,
+        state=QuestionState(data.get("state", "queued")),
+        answer=_str(data, "answer", optional=True),
+        score=_num(data, "score", optional=True),
+        best_answer=_str(data, "best_answer", optional=True),
+        best_score=_num(data, "best_score", optional=True),
+        best_attempt=None if best_attempt is None else int(best_attempt),
+        error_class=None if ec is None else ErrorClass(ec),
+        error_detail=_str(data, "error_detail", optional=True),
+        due_at=_num(data, "due_at", optional=True),
+        llm_calls=int(data.get("llm_calls", 0)),
+        tries_in_attempt=int(data.get("tries_in_attempt", 0)),
+        history=tuple(Event.from_dict(e) for e in history_raw),
+        schema_version=SCHEMA_VERSION,
+    )

@@ -1,0 +1,205 @@
+"""The domain model: a question's envelope, its states and the events of its history.
+
+Everything here is plain data with no I/O. The same envelope travels through every topic,
+in-process or on Kafka; each stage adds to it and never removes from it, so the record that
+reaches storage carries the question's whole history (attempts, errors, scores, waits).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class QuestionState(enum.StrEnum):
+    """Where a question is. Final states are `validated` and `failed`."""
+
+    QUEUED = "queued"  # accepted, waiting in the pending-questions topic (or parked)
+    GENERATING = "generating"  # an LLM worker holds it
+    SCORING = "scoring"  # an answer waits in the generated topic for the judge
+    VALIDATED = "validated"  # final: an answer passed the quality gate
+    FAILED = "failed"  # final: gave up (low score after the last attempt, or an LLM error)
+
+    @property
+    def is_final(self) -> bool:
+        return self in (QuestionState.VALIDATED, QuestionState.FAILED)
+
+    @property
+    def rank(self) -> int:
+        """Order of progress inside one attempt; a replayed older state never overwrites."""
+        return _STATE_RANK[self]
+
+
+_STATE_RANK = {
+    QuestionState.QUEUED: 1,
+    QuestionState.GENERATING: 2,
+    QuestionState.SCORING: 3,
+    QuestionState.VALIDATED: 9,
+    QuestionState.FAILED: 9,
+}
+
+
+def progress_key(state: QuestionState, attempt: int) -> int:
+    """A number that only grows along a question's life: storage keeps the highest seen."""
+    if state.is_final:
+        return 1_000_000
+    return attempt * 10 + state.rank
+
+
+class ErrorClass(enum.StrEnum):
+    """Every failure is classified before anything acts on it (see qaloop.core.retry)."""
+
+    OVERLOAD = "overload"  # 503 / model overloaded: short in-process retries with backoff
+    SERVER = "server"  # 500 / 504 / timeouts: retried like overload
+    QUOTA_MINUTE = "quota_minute"  # 429 per-minute: park until Retry-After
+    QUOTA_DAY = "quota_day"  # 429 per-day or zero quota: park until reset, don't spin
+    PERMANENT = "permanent"  # 400-class, safety block, unknown question: dead letter at once
+    BUDGET = "budget"  # the question's retry budget (tries or time) is spent
+
+
+class EventKind(enum.StrEnum):
+    ACCEPTED = "accepted"
+    GENERATED = "generated"  # an LLM call returned an answer
+    LLM_ERROR = "llm_error"  # an LLM call failed (classified)
+    PARKED = "parked"  # delayed retry: waits until due_at
+    RESUMED = "resumed"  # a parked question is due again
+    SCORED = "scored"  # the judge scored an answer and decided
+    GAVE_UP = "gave_up"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One line of a question's history. (attempt, seq) is unique per question."""
+
+    seq: int
+    kind: EventKind
+    attempt: int
+    at: float  # epoch seconds
+    answer: str | None = None
+    score: float | None = None
+    latency_ms: float | None = None
+    error_class: ErrorClass | None = None
+    detail: str | None = None
+    decision: str | None = None
+    wait_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        ec = data.get("error_class")
+        return cls(
+            seq=int(data["seq"]),
+            kind=EventKind(data["kind"]),
+            attempt=int(data["attempt"]),
+            at=float(data["at"]),
+            answer=data.get("answer"),
+            score=None if data.get("score") is None else float(data["score"]),
+            latency_ms=None if data.get("latency_ms") is None else float(data["latency_ms"]),
+            error_class=None if ec is None else ErrorClass(ec),
+            detail=data.get("detail"),
+            decision=data.get("decision"),
+            wait_s=None if data.get("wait_s") is None else float(data["wait_s"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The message every topic carries. Immutable: stages return an updated copy."""
+
+    question_id: str
+    question: str
+    reference_answer: str | None
+    trace_id: str
+    first_seen: float
+    attempt: int = 1
+    state: QuestionState = QuestionState.QUEUED
+    answer: str | None = None
+    score: float | None = None
+    best_answer: str | None = None
+    best_score: float | None = None
+    best_attempt: int | None = None
+    error_class: ErrorClass | None = None
+    error_detail: str | None = None
+    due_at: float | None = None  # for parked (delayed) messages
+    llm_calls: int = 0
+    tries_in_attempt: int = 0  # LLM calls spent on the current attempt (retries included)
+    history: tuple[Event, ...] = field(default_factory=tuple)
+    schema_version: int = SCHEMA_VERSION
+
+    def with_event(self, kind: EventKind, at: float, **fields: Any) -> Envelope:
+        event = Event(seq=len(self.history), kind=kind, attempt=self.attempt, at=at, **fields)
+        return replace(self, history=(*self.history, event))
+
+    def evolve(self, **changes: Any) -> Envelope:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "question_id": self.question_id,
+            "question": self.question,
+            "reference_answer": self.reference_answer,
+            "trace_id": self.trace_id,
+            "first_seen": self.first_seen,
+            "attempt": self.attempt,
+            "state": self.state.value,
+            "answer": self.answer,
+            "score": self.score,
+            "best_answer": self.best_answer,
+            "best_score": self.best_score,
+            "best_attempt": self.best_attempt,
+            "error_class": None if self.error_class is None else self.error_class.value,
+            "error_detail": self.error_detail,
+            "due_at": self.due_at,
+            "llm_calls": self.llm_calls,
+            "tries_in_attempt": self.tries_in_attempt,
+            "history": [e.to_dict() for e in self.history],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionRecord:
+    """What storage knows about one question (the projection of its envelopes)."""
+
+    question_id: str
+    question: str
+    reference_answer: str | None
+    state: QuestionState
+    attempt: int
+    first_seen: float
+    updated_at: float
+    answer: str | None = None
+    score: float | None = None
+    llm_calls: int = 0
+    hit_count: int = 0
+    finished_at: float | None = None
+    error_class: ErrorClass | None = None
+    error_detail: str | None = None
+    trace_id: str = ""
+
+    def to_public(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.question_id,
+            "status": self.state.value,
+            "question": self.question,
+            "attempts": self.attempt,
+            "hit_count": self.hit_count,
+            "first_seen": self.first_seen,
+        }
+        if self.answer is not None:
+            body["answer"] = self.answer
+        if self.score is not None:
+            body["score"] = self.score
+        if self.finished_at is not None:
+            body["finished_at"] = self.finished_at
+            body["time_to_answer_s"] = round(self.finished_at - self.first_seen, 6)
+        if self.error_class is not None:
+            body["error_class"] = self.error_class.value
+        if self.error_detail is not None:
+            body["error_detail"] = self.error_detail
+        return body

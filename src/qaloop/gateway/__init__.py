@@ -1,0 +1,1 @@
+"""The gateway: question intake (service.py) and its HTTP adapter (http.py)."""

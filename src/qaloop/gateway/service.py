@@ -1,0 +1,191 @@
+"""Question intake, independent of HTTP: cache -> storage -> accept and enqueue.
+
+- Known (validated) questions are served from the cache, else from storage (then cached).
+- A question already in flight joins it (coalescing): one LLM pipeline run, many askers. The
+  storage insert is the arbiter (unique question id), so this holds across gateway processes.
+- A new question is written to storage *before* it is published and before the 202: an
+  accepted question is never lost, whatever crashes next.
+- Hit counts are summed in memory and flushed in batches, off the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from qaloop.bus.base import Bus, Topics
+from qaloop.core.cache import Cache
+from qaloop.core.ids import question_id
+from qaloop.core.model import Envelope, EventKind, QuestionRecord, QuestionState
+from qaloop.services.runner import out
+from qaloop.storage.base import Repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    answer: str | None
+    score: float | None
+
+
+class StatusBoard:
+    """In-process view of what storage can't know yet (a worker holds the question)."""
+
+    def __init__(self) -> None:
+        self.generating: dict[str, int] = {}  # question id -> attempt
+
+    def started(self, envelope: Envelope) -> None:
+        self.generating[envelope.question_id] = envelope.attempt
+
+    def finished(self, question_id: str) -> None:
+        self.generating.pop(question_id, None)
+
+
+class QuestionService:
+    def __init__(
+        self,
+        repo: Repository,
+        bus: Bus,
+        topics: Topics,
+        cache: Cache[str, CachedAnswer],
+        *,
+        board: StatusBoard | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.repo = repo
+        self.bus = bus
+        self.topics = topics
+        self.cache = cache
+        self.board = board
+        self.clock = clock
+        self.counters: Counter[str] = Counter()
+        self._pending_hits: Counter[str] = Counter()
+        self._waiters: dict[str, list[asyncio.Event]] = {}
+        self.in_flight: set[str] = set()  # accepted here and not yet final (embedded drain)
+
+    async def ask(self, question: str, reference: str | None) -> tuple[int, dict[str, Any]]:
+        qid = question_id(question)
+        self.counters["asked"] += 1
+        cached = self.cache.get(qid)
+        if cached is not None:
+            self.counters["answered_cache"] += 1
+            self._pending_hits[qid] += 1
+            return 200, _answered(qid, cached, "cache")
+        record = await asyncio.to_thread(self.repo.get, qid)
+        if record is None:
+            now = self.clock()
+            envelope = Envelope(
+                question_id=qid,
+                question=question,
+                reference_answer=reference,
+                trace_id=uuid.uuid4().hex,
+                first_seen=now,
+            ).with_event(EventKind.ACCEPTED, now)
+            inserted, record = await asyncio.to_thread(self.repo.accept, envelope)
+            if inserted:
+                self.in_flight.add(qid)
+                await self.bus.publish_many([out(self.topics.questions, envelope)])
+                self.counters["accepted"] += 1
+                log.info("question %s: accepted (trace %s)", qid, envelope.trace_id)
+                return 202, {"id": qid, "status": "queued"}
+        return self._known(record)
+
+    def _known(self, record: QuestionRecord) -> tuple[int, dict[str, Any]]:
+        qid = record.question_id
+        self._pending_hits[qid] += 1
+        if record.state is QuestionState.VALIDATED:
+            answer = CachedAnswer(record.answer, record.score)
+            self.cache.put(qid, answer)
+            self.counters["answered_storage"] += 1
+            return 200, _answered(qid, answer, "storage")
+        if record.state is QuestionState.FAILED:
+            self.counters["answered_failed"] += 1
+            body = _answered(qid, CachedAnswer(record.answer, record.score), "storage")
+            body["status"] = "failed"
+            body["error"] = record.error_detail
+            return 200, body
+        self.counters["coalesced"] += 1
+        return 202, {"id": qid, "status": "queued", "joined": True}
+
+    async def status(self, qid: str) -> dict[str, Any] | None:
+        record = await asyncio.to_thread(self.repo.get, qid)
+        if record is None:
+            return None
+        body = record.to_public()
+        if (
+            self.board is not None
+            and not record.state.is_final
+            and self.board.generating.get(qid, 0) >= record.attempt
+        ):
+            body["status"] = QuestionState.GENERATING.value
+        return body
+
+    async def wait(self, qid: str, timeout_s: float) -> dict[str, Any] | None:
+        """Long-poll: return as soon as the question is final, or after timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            body = await self.status(qid)
+            if body is None or body["status"] in ("validated", "failed"):
+                return body
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return body
+            event = asyncio.Event()
+            self._waiters.setdefault(qid, []).append(event)
+            try:
+                # Notified in-process by the store; otherwise re-read storage with backoff.
+                await asyncio.wait_for(event.wait(), timeout=min(delay, remaining))
+            except TimeoutError:
+                delay = min(delay * 2, 1.0)
+            finally:
+                waiters = self._waiters.get(qid)
+                if waiters is not None and event in waiters:
+                    waiters.remove(event)
+                    if not waiters:
+                        del self._waiters[qid]
+
+    def notify_final(self, envelope: Envelope) -> None:
+        qid = envelope.question_id
+        self.in_flight.discard(qid)
+        if self.board is not None:
+            self.board.finished(qid)
+        for event in self._waiters.get(qid, ()):
+            event.set()
+
+    async def flush_hits(self) -> None:
+        if not self._pending_hits:
+            return
+        hits, self._pending_hits = self._pending_hits, Counter()
+        await asyncio.to_thread(self.repo.add_hits, hits)
+
+    async def run_hit_flusher(self, stop: asyncio.Event, every_s: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            except TimeoutError:
+                pass
+            try:
+                await self.flush_hits()
+            except Exception:
+                log.exception("could not flush hit counts (will retry)")
+
+    def stats(self) -> dict[str, Any]:
+        return {"gateway": dict(self.counters), "cache": self.cache.stats.as_dict()}
+
+
+def _answered(qid: str, cached: CachedAnswer, source: str) -> dict[str, Any]:
+    return {
+        "id": qid,
+        "status": "answered",
+        "answer": cached.answer,
+        "score": cached.score,
+        "source": source,
+    }

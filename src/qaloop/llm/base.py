@@ -1,0 +1,89 @@
+"""The provider interface and its error tree.
+
+    LLMError                      every provider failure, classified (error_class)
+    ├── OverloadError             503 UNAVAILABLE / "model overloaded"        -> backoff retry
+    ├── ServerError               500, 504, timeouts, connection errors      -> backoff retry
+    ├── QuotaMinuteError          429 per-minute (retry_after_s if known)    -> park until due
+    ├── QuotaDayError             429 per-day or zero quota                  -> park until reset
+    └── PermanentError            400-class, safety block, empty/malformed, unknown question
+
+Providers translate their library's errors at the boundary (`raise QuotaMinuteError(...) from
+exc`); nothing above this module sees an HTTP status or an SDK exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from qaloop.core.model import ErrorClass
+
+
+class LLMError(Exception):
+    error_class: ClassVar[ErrorClass] = ErrorClass.PERMANENT
+
+    def __init__(
+        self, detail: str, *, retry_after_s: float | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+        self.status = status
+
+
+class OverloadError(LLMError):
+    error_class = ErrorClass.OVERLOAD
+
+
+class ServerError(LLMError):
+    error_class = ErrorClass.SERVER
+
+
+class QuotaMinuteError(LLMError):
+    error_class = ErrorClass.QUOTA_MINUTE
+
+
+class QuotaDayError(LLMError):
+    error_class = ErrorClass.QUOTA_DAY
+
+
+class PermanentError(LLMError):
+    error_class = ErrorClass.PERMANENT
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    question_id: str
+    question: str
+    attempt: int
+    try_no: int  # 1-based number of this LLM call for the question (retries, parks included)
+    prompt: str
+    # Only simulated providers may read the reference (to make answers of known quality).
+    reference_answer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    text: str
+    latency_ms: float
+    model: str = ""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class Provider(Protocol):
+    name: str
+
+    async def generate(self, request: GenerationRequest) -> Generation: ...
+
+    async def aclose(self) -> None: ...
+
+
+DEFAULT_PROMPT_TEMPLATE = (
+    "Answer the following question concisely, in the same language as the question.\n\n"
+    "Question: {question}\n\nAnswer:"
+)
+
+
+def render_prompt(template: str, question: str) -> str:
+    return template.replace("{question}", question)

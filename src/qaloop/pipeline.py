@@ -1,0 +1,177 @@
+"""The embedded mode: every stage in one process over the in-process bus and SQLite.
+
+At start, every question storage knows as unfinished is put back on the topic its state says
+(queued -> pending questions, or delayed when parked; generating -> pending questions; scoring
+-> generated answers): together with the write-before-202 in the gateway, a crash (even
+SIGKILL) and restart loses no accepted question. Replays are harmless: writes are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from qaloop.bus.base import Bus, OutMessage, Topics
+from qaloop.bus.memory import MemoryBus
+from qaloop.core.cache import make_cache
+from qaloop.core.model import Envelope, QuestionState
+from qaloop.core.retry import RetryPolicy
+from qaloop.core.routing import GateConfig
+from qaloop.gateway.service import QuestionService, StatusBoard
+from qaloop.llm.base import Provider
+from qaloop.llm.factory import make_provider
+from qaloop.quality import get_scorer
+from qaloop.services.judge import Judge
+from qaloop.services.retrier import Retrier
+from qaloop.services.runner import BatchRunner, ConcurrentRunner, out
+from qaloop.services.store import Store
+from qaloop.services.worker import Worker, WorkerConfig
+from qaloop.settings import Settings
+from qaloop.storage.base import Repository, open_repository
+
+log = logging.getLogger(__name__)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        overload_tries=settings.overload_tries,
+        backoff_base_s=settings.backoff_base_s,
+        backoff_cap_s=settings.backoff_cap_s,
+        quota_default_delay_s=settings.quota_default_delay_s,
+        quota_day_delay_s=settings.quota_day_delay_s,
+        max_parks=settings.max_parks,
+    )
+
+
+def resume_message(envelope: Envelope, topics: Topics) -> OutMessage:
+    """Where an unfinished question goes back to after a restart."""
+    if envelope.state is QuestionState.SCORING and envelope.answer is not None:
+        return out(topics.generated, envelope)
+    if envelope.due_at is not None:
+        return out(topics.delayed, envelope)
+    return out(topics.questions, envelope.evolve(state=QuestionState.QUEUED))
+
+
+class EmbeddedPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        provider: Provider | None = None,
+        repo: Repository | None = None,
+        bus: Bus | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics.with_prefix(settings.topic_prefix)
+        self.bus: Bus = bus or MemoryBus(self.topics)
+        self.repo = repo or open_repository(settings.db)
+        self.provider = provider or make_provider(settings)
+        self.board = StatusBoard()
+        self.cache = make_cache(
+            settings.cache_policy, settings.cache_size, settings.cache_ttl_s or None
+        )
+        self.service = QuestionService(
+            self.repo, self.bus, self.topics, self.cache, board=self.board, clock=clock
+        )
+        self.worker = Worker(
+            self.provider,
+            self.topics,
+            WorkerConfig(
+                concurrency=settings.llm_concurrency,
+                request_timeout_s=settings.llm_timeout_s,
+                seed=settings.sim_seed,
+            ),
+            retry_policy(settings),
+            clock=clock,
+            on_start=self.board.started,
+        )
+        self.judge = Judge(
+            get_scorer(settings.scorer),
+            GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts),
+            self.topics,
+            clock=clock,
+        )
+        self.store = Store(self.repo, self.topics, on_final=self.service.notify_final, clock=clock)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.resumed = 0
+        self.retrier: Retrier | None = None
+        self.runners: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        await self.bus.start()
+        t = self.topics
+        worker = ConcurrentRunner(
+            "worker", self.bus, self.bus.consumer("worker", [t.questions]), self.worker.handle,
+            concurrency=self.settings.llm_concurrency, dead_letter_topic=t.dead_letter,
+        )
+        judge = BatchRunner(
+            "judge", self.bus, self.bus.consumer("judge", [t.generated]), self.judge.handle_batch,
+            max_batch=256,
+        )
+        store = BatchRunner(
+            "store", self.bus, self.bus.consumer("store", self.store.subscriptions()),
+            self.store.handle_batch, max_batch=2000, poll_timeout_s=0.05,
+        )
+        self.retrier = Retrier(self.bus, self.bus.consumer("retrier", [t.delayed]), t)
+        self.runners = {"worker": worker, "judge": judge, "store": store}
+        await self._resume()
+        for name, coro in (
+            ("worker", worker.run(self._stop)),
+            ("judge", judge.run(self._stop)),
+            ("store", store.run(self._stop)),
+            ("retrier", self.retrier.run(self._stop)),
+            ("hits", self.service.run_hit_flusher(self._stop)),
+        ):
+            self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def _resume(self) -> None:
+        unfinished = await asyncio.to_thread(self.repo.unfinished)
+        if not unfinished:
+            return
+        messages = [resume_message(e, self.topics) for e in unfinished]
+        self.service.in_flight.update(e.question_id for e in unfinished)
+        await self.bus.publish_many(messages)
+        self.resumed = len(unfinished)
+        log.info("resumed %d unfinished questions from storage", len(unfinished))
+
+    async def drain(self, timeout_s: float = 60.0) -> bool:
+        """Wait until every question accepted or resumed here is final."""
+        deadline = time.monotonic() + timeout_s
+        while self.service.in_flight:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.service.flush_hits()
+        await self.provider.aclose()
+        await self.bus.close()
+
+    def stats(self) -> dict[str, Any]:
+        w = self.worker.stats
+        return {
+            **self.service.stats(),
+            "pipeline": {
+                "llm_calls": w.llm_calls,
+                "answers": w.answers,
+                "llm_errors": dict(w.errors),
+                "retried_in_process": dict(w.retried_now),
+                "parked": dict(w.parked),
+                "resumed_from_park": self.retrier.resumed if self.retrier else 0,
+                "held_parked": self.retrier.held if self.retrier else 0,
+                "llm_dead_lettered": dict(w.dead_lettered),
+                "judge_decisions": dict(self.judge.decisions),
+                "judge_unscored": self.judge.unscored,
+                "resumed_at_start": self.resumed,
+                "in_flight": len(self.service.in_flight),
+            },
+            "storage": self.repo.state_counts(),
+        }

@@ -1,0 +1,43 @@
+"""The scorer interface and the registry the judge selects from by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores an answer against a reference in [0, 1]; higher is closer."""
+
+    name: str
+
+    def score(self, answer: str, reference: str) -> float: ...
+
+    def score_batch(self, pairs: Sequence[tuple[str, str]]) -> list[float]: ...
+
+
+_REGISTRY: dict[str, Callable[[], Scorer]] = {}
+
+
+def register(name: str, factory: Callable[[], Scorer]) -> None:
+    _REGISTRY[name] = factory
+
+
+def scorer_names() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_scorer(name: str) -> Scorer:
+    _load_builtins()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown scorer {name!r}; choose one of {sorted(_REGISTRY)}") from None
+    return factory()
+
+
+def _load_builtins() -> None:
+    # Imported lazily so that `qaloop.quality.base` stays free of heavy optional imports.
+    import qaloop.quality.scorers  # noqa: F401

@@ -1,0 +1,72 @@
+"""The plain-Python quality judge: scores generated answers in batches and routes each one with
+qaloop.core.routing.judge (the same function the Flink job calls)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from qaloop.bus.base import Message, OutMessage, Topics
+from qaloop.core.model import Envelope
+from qaloop.core.routing import Decision, GateConfig, judge
+from qaloop.quality.base import Scorer
+from qaloop.services.runner import decode_batch, out
+
+log = logging.getLogger(__name__)
+
+
+def route(decision: Decision, envelope: Envelope, topics: Topics) -> OutMessage:
+    match decision:
+        case Decision.VALIDATE:
+            return out(topics.validated, envelope)
+        case Decision.REGENERATE:
+            return out(topics.questions, envelope)
+        case Decision.GIVE_UP:
+            return out(topics.dead_letter, envelope, **{"qaloop-reason": "gave_up: low score"})
+
+
+def score_envelopes(scorer: Scorer, envelopes: Sequence[Envelope]) -> list[float | None]:
+    """Scores for the envelopes that have a reference (None where there is none to compare)."""
+    indexed = [
+        (i, e.answer or "", e.reference_answer)
+        for i, e in enumerate(envelopes)
+        if e.reference_answer is not None and e.reference_answer.strip()
+    ]
+    scores: list[float | None] = [None] * len(envelopes)
+    values = scorer.score_batch([(a, r) for _, a, r in indexed]) if indexed else []
+    for (i, _, _), value in zip(indexed, values, strict=True):
+        scores[i] = value
+    return scores
+
+
+class Judge:
+    def __init__(
+        self, scorer: Scorer, gate: GateConfig, topics: Topics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.scorer = scorer
+        self.gate = gate
+        self.topics = topics
+        self.clock = clock
+        self.decisions: Counter[str] = Counter()
+        self.unscored = 0
+
+    async def handle_batch(self, messages: Sequence[Message]) -> list[OutMessage]:
+        good, outputs = decode_batch(messages, self.topics.dead_letter)
+        envelopes = [e for e, _ in good]
+        scores = score_envelopes(self.scorer, envelopes)
+        now = self.clock()
+        for envelope, score in zip(envelopes, scores, strict=True):
+            if score is None:
+                self.unscored += 1
+            decision, routed = judge(envelope, score, self.gate, now)
+            self.decisions[decision.value] += 1
+            log.info(
+                "question %s attempt %d: score %s -> %s",
+                envelope.question_id, envelope.attempt,
+                "n/a" if score is None else f"{score:.3f}", decision.value,
+            )
+            outputs.append(route(decision, routed, self.topics))
+        return outputs

@@ -1,0 +1,204 @@
+"""The consume -> handle -> produce -> commit loop every stage runs on.
+
+Offsets are committed only after a message's outputs are durably published (at-least-once);
+downstream writes are idempotent, so a redelivery never duplicates a row. A message that can't
+be decoded, or whose handler raises, becomes a dead-letter record with the reason, and the loop
+carries on: one bad message never kills a consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from qaloop.bus.base import Bus, Consumer, Message, OutMessage
+from qaloop.core import codec
+from qaloop.core.model import Envelope
+
+log = logging.getLogger(__name__)
+
+OneHandler = Callable[[Envelope], Awaitable[list[OutMessage]]]
+BatchHandler = Callable[[list[Envelope]], Awaitable[list[OutMessage]]]
+
+
+def envelope_headers(envelope: Envelope, **extra: str) -> dict[str, str]:
+    headers = {
+        "qaloop-id": envelope.question_id,
+        "qaloop-attempt": str(envelope.attempt),
+        "qaloop-trace-id": envelope.trace_id,
+        "qaloop-first-seen": f"{envelope.first_seen:.6f}",
+        "qaloop-schema": str(envelope.schema_version),
+    }
+    if envelope.error_class is not None:
+        headers["qaloop-error-class"] = envelope.error_class.value
+    if envelope.due_at is not None:
+        headers["qaloop-due-at"] = f"{envelope.due_at:.6f}"
+    headers.update(extra)
+    return headers
+
+
+def out(topic: str, envelope: Envelope, **headers: str) -> OutMessage:
+    return OutMessage(topic, envelope.question_id, codec.encode(envelope),
+                      envelope_headers(envelope, **headers))
+
+
+def poison(dead_letter_topic: str, message: Message, reason: str) -> OutMessage:
+    """The original bytes, untouched, with where they came from and why they were rejected."""
+    return OutMessage(
+        dead_letter_topic,
+        message.key or "",
+        message.value or b"",
+        {
+            **message.headers,
+            "qaloop-reason": reason[:500],
+            "qaloop-source-topic": message.topic,
+            "qaloop-source-partition": str(message.partition),
+            "qaloop-source-offset": str(message.offset),
+            "qaloop-poison": "1",
+        },
+    )
+
+
+@dataclass
+class StageStats:
+    consumed: int = 0
+    produced: int = 0
+    dead_lettered: int = 0
+    handler_errors: int = 0
+    busy_s: float = 0.0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class ConcurrentRunner:
+    """Up to `concurrency` messages handled at once (the LLM worker: calls overlap)."""
+
+    def __init__(
+        self,
+        name: str,
+        bus: Bus,
+        consumer: Consumer,
+        handler: OneHandler,
+        *,
+        concurrency: int,
+        dead_letter_topic: str,
+    ) -> None:
+        self.name = name
+        self.bus = bus
+        self.consumer = consumer
+        self.handler = handler
+        self.concurrency = concurrency
+        self.dead_letter_topic = dead_letter_topic
+        self.stats = StageStats()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                await self._slots.acquire()
+                self._slots.release()
+                free = self._slots._value  # noqa: SLF001 - how many we may fetch now
+                messages = await self.consumer.poll(max(1, free), 0.2)
+                for message in messages:
+                    await self._slots.acquire()
+                    task = asyncio.create_task(self._handle(message))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.consumer.close()
+
+    async def _handle(self, message: Message) -> None:
+        try:
+            self.stats.consumed += 1
+            outputs = await handle_one(self, message)
+            if outputs:
+                await self.bus.publish_many(outputs)
+                self.stats.produced += len(outputs)
+            await self.consumer.commit([message])
+        except Exception:  # the publish itself failed: leave uncommitted, it will come back
+            log.exception("%s: could not publish outputs of offset %s", self.name, message.offset)
+        finally:
+            self._slots.release()
+
+
+async def handle_one(runner: ConcurrentRunner, message: Message) -> list[OutMessage]:
+    try:
+        envelope = codec.decode(message.value)
+    except codec.InvalidMessage as exc:
+        runner.stats.dead_lettered += 1
+        log.warning("%s: dead-lettering %s@%s: %s", runner.name, message.topic, message.offset, exc)
+        return [poison(runner.dead_letter_topic, message, str(exc))]
+    try:
+        return await runner.handler(envelope)
+    except Exception as exc:
+        runner.stats.handler_errors += 1
+        log.exception("%s: handler failed on question %s", runner.name, envelope.question_id)
+        return [poison(runner.dead_letter_topic, message, f"handler error: {exc!r}")]
+
+
+class BatchRunner:
+    """Messages handled a batch at a time (the judge scores in batches; the store writes one
+    transaction per batch)."""
+
+    def __init__(
+        self,
+        name: str,
+        bus: Bus,
+        consumer: Consumer,
+        handler: Callable[[Sequence[Message]], Awaitable[list[OutMessage]]],
+        *,
+        max_batch: int,
+        poll_timeout_s: float = 0.2,
+    ) -> None:
+        self.name = name
+        self.bus = bus
+        self.consumer = consumer
+        self.handler = handler
+        self.max_batch = max_batch
+        self.poll_timeout_s = poll_timeout_s
+        self.stats = StageStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                messages = await self.consumer.poll(self.max_batch, self.poll_timeout_s)
+                if not messages:
+                    continue
+                started = time.perf_counter()
+                self.stats.consumed += len(messages)
+                try:
+                    outputs = await self.handler(messages)
+                    if outputs:
+                        await self.bus.publish_many(outputs)
+                        self.stats.produced += len(outputs)
+                    await self.consumer.commit(messages)
+                except Exception:
+                    # Nothing committed: the batch comes back after a restart. Don't spin on it.
+                    self.stats.handler_errors += 1
+                    log.exception("%s: batch of %d failed", self.name, len(messages))
+                    await asyncio.sleep(1.0)
+                self.stats.busy_s += time.perf_counter() - started
+        finally:
+            await self.consumer.close()
+
+
+def decode_batch(
+    messages: Sequence[Message], dead_letter_topic: str | None
+) -> tuple[list[tuple[Envelope, Message]], list[OutMessage]]:
+    """Split a batch into decoded envelopes and dead-letter records (when this stage owns the
+    topic; a projection that doesn't own it passes None and just skips what it can't read)."""
+    good: list[tuple[Envelope, Message]] = []
+    bad: list[OutMessage] = []
+    for message in messages:
+        try:
+            good.append((codec.decode(message.value), message))
+        except codec.InvalidMessage as exc:
+            if dead_letter_topic is not None:
+                log.warning("dead-lettering %s@%s: %s", message.topic, message.offset, exc)
+                bad.append(poison(dead_letter_topic, message, str(exc)))
+    return good, bad

@@ -1,0 +1,101 @@
+"""The storage consumer: projects every topic into the repository, a batch per transaction.
+
+It owns the validated topic (dead-letters what it can't read there) and the dead-letter topic
+(records every dead letter with its reason); the other topics it only mirrors so that a
+question's state is visible while it moves. Writes are idempotent (see storage.base), and
+offsets are committed after the transaction: a replay re-applies the same rows harmlessly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from qaloop.bus.base import Message, OutMessage, Topics
+from qaloop.core import codec
+from qaloop.core.model import Envelope
+from qaloop.services.runner import poison
+from qaloop.storage.base import DeadLetter, Repository
+
+log = logging.getLogger(__name__)
+
+
+def dead_letter_key(*parts: object) -> str:
+    raw = "\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+class Store:
+    def __init__(
+        self,
+        repo: Repository,
+        topics: Topics,
+        *,
+        on_final: Callable[[Envelope], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.repo = repo
+        self.topics = topics
+        self.on_final = on_final
+        self.clock = clock
+        self.written = 0
+        self.dead_letters = 0
+
+    def subscriptions(self) -> list[str]:
+        t = self.topics
+        return [t.questions, t.generated, t.delayed, t.validated, t.dead_letter]
+
+    async def handle_batch(self, messages: Sequence[Message]) -> list[OutMessage]:
+        envelopes: list[Envelope] = []
+        letters: list[DeadLetter] = []
+        outputs: list[OutMessage] = []
+        now = self.clock()
+        for message in messages:
+            if message.topic == self.topics.dead_letter:
+                letter, envelope = self._dead_letter(message, now)
+                letters.append(letter)
+                if envelope is not None:
+                    envelopes.append(envelope)
+                continue
+            try:
+                envelopes.append(codec.decode(message.value))
+            except codec.InvalidMessage as exc:
+                if message.topic == self.topics.validated:  # ours to dead-letter
+                    outputs.append(poison(self.topics.dead_letter, message, str(exc)))
+        if envelopes or letters:
+            await asyncio.to_thread(self._write, envelopes, letters)
+        self.written += len(envelopes)
+        self.dead_letters += len(letters)
+        if self.on_final is not None:
+            for envelope in envelopes:
+                if envelope.state.is_final:
+                    self.on_final(envelope)
+        return outputs
+
+    def _write(self, envelopes: list[Envelope], letters: list[DeadLetter]) -> None:
+        self.repo.apply(envelopes)
+        if letters:
+            self.repo.record_dead_letters(letters)
+
+    def _dead_letter(self, message: Message, now: float) -> tuple[DeadLetter, Envelope | None]:
+        headers = message.headers
+        reason = headers.get("qaloop-reason", "unknown")
+        if headers.get("qaloop-poison") == "1":
+            source = headers.get("qaloop-source-topic", message.topic)
+            key = dead_letter_key(
+                source, headers.get("qaloop-source-partition"),
+                headers.get("qaloop-source-offset"), message.value,
+            )
+            return DeadLetter(key, reason, source, now, message.key, message.value), None
+        try:
+            envelope = codec.decode(message.value)
+        except codec.InvalidMessage as exc:
+            key = dead_letter_key(message.topic, message.partition, message.offset, message.value)
+            return DeadLetter(key, f"undecodable dead letter: {exc}", message.topic, now,
+                              message.key, message.value), None
+        key = dead_letter_key(envelope.question_id, envelope.attempt, len(envelope.history), reason)
+        letter = DeadLetter(key, reason, message.topic, now, envelope.question_id, message.value)
+        return letter, envelope

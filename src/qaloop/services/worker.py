@@ -1,0 +1,170 @@
+"""The LLM worker: pending question -> generated answer, parked retry, or dead letter.
+
+Many calls in flight at once (ConcurrentRunner). Overload/server errors are retried inside the
+call's own task with full-jitter backoff (the task sleeps; the consumer loop never does); quota
+errors park the question on the delayed topic; permanent errors dead-letter it with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from qaloop.bus.base import OutMessage, Topics
+from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState
+from qaloop.core.retry import GiveUp, Park, RetryNow, RetryPolicy, on_llm_error
+from qaloop.llm.base import (
+    DEFAULT_PROMPT_TEMPLATE,
+    GenerationRequest,
+    LLMError,
+    Provider,
+    ServerError,
+    render_prompt,
+)
+from qaloop.services.runner import out
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    concurrency: int = 64
+    request_timeout_s: float = 60.0
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    seed: int = 42  # seeds backoff jitter per (question, attempt, try): runs are repeatable
+
+
+class WorkerStats:
+    def __init__(self) -> None:
+        self.llm_calls = 0
+        self.answers = 0
+        self.errors: Counter[str] = Counter()  # LLM errors by class
+        self.retried_now: Counter[str] = Counter()
+        self.parked: Counter[str] = Counter()
+        self.dead_lettered: Counter[str] = Counter()
+
+
+class Worker:
+    def __init__(
+        self,
+        provider: Provider,
+        topics: Topics,
+        config: WorkerConfig,
+        retry: RetryPolicy,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_start: Callable[[Envelope], None] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.topics = topics
+        self.config = config
+        self.retry = retry
+        self.clock = clock
+        self.on_start = on_start
+        self.stats = WorkerStats()
+
+    def _rng(self, envelope: Envelope, try_no: int) -> random.Random:
+        key = f"backoff:{self.config.seed}:{envelope.question_id}:{envelope.attempt}:{try_no}"
+        return random.Random(hashlib.blake2b(key.encode(), digest_size=8).digest())
+
+    async def handle(self, envelope: Envelope) -> list[OutMessage]:
+        if self.on_start is not None:
+            self.on_start(envelope)
+        env = envelope.evolve(state=QuestionState.GENERATING)
+        while True:
+            try_no = env.tries_in_attempt + 1
+            request = GenerationRequest(
+                question_id=env.question_id,
+                question=env.question,
+                attempt=env.attempt,
+                try_no=env.llm_calls + 1,
+                prompt=render_prompt(self.config.prompt_template, env.question),
+                reference_answer=env.reference_answer,
+            )
+            started = self.clock()
+            self.stats.llm_calls += 1
+            try:
+                generation = await asyncio.wait_for(
+                    self.provider.generate(request), self.config.request_timeout_s
+                )
+            except (LLMError, TimeoutError) as raw_error:
+                error = (
+                    raw_error
+                    if isinstance(raw_error, LLMError)
+                    else ServerError(f"timed out after {self.config.request_timeout_s} s")
+                )
+                now = self.clock()
+                cls = error.error_class
+                self.stats.errors[cls.value] += 1
+                env = env.with_event(
+                    EventKind.LLM_ERROR,
+                    now,
+                    error_class=cls,
+                    detail=error.detail[:300],
+                    latency_ms=(now - started) * 1000,
+                ).evolve(llm_calls=env.llm_calls + 1, tries_in_attempt=try_no)
+                action = on_llm_error(
+                    env, cls, error.retry_after_s, try_no, self.retry, now, self._rng(env, try_no)
+                )
+                match action:
+                    case RetryNow(delay_s=delay):
+                        self.stats.retried_now[cls.value] += 1
+                        log.info("question %s: %s, retry in %.2f s", env.question_id, cls, delay)
+                        await asyncio.sleep(delay)
+                        continue
+                    case Park(due_at=due_at):
+                        self.stats.parked[cls.value] += 1
+                        log.info("question %s: %s, parked until %.3f", env.question_id, cls, due_at)
+                        parked = env.with_event(
+                            EventKind.PARKED, now, error_class=cls, wait_s=due_at - now
+                        ).evolve(
+                            state=QuestionState.QUEUED,
+                            due_at=due_at,
+                            error_class=cls,
+                            error_detail=error.detail[:300],
+                            tries_in_attempt=0,
+                        )
+                        return [out(self.topics.delayed, parked)]
+                    case GiveUp(reason=reason):
+                        self.stats.dead_lettered[cls.value] += 1
+                        log.warning("question %s: giving up: %s", env.question_id, reason)
+                        failed = env.with_event(
+                            EventKind.GAVE_UP, now, error_class=cls, detail=reason
+                        ).evolve(
+                            state=QuestionState.FAILED,
+                            error_class=cls if cls is not ErrorClass.BUDGET else ErrorClass.BUDGET,
+                            error_detail=f"{reason}: {error.detail[:200]}",
+                            answer=env.best_answer,
+                            score=env.best_score,
+                        )
+                        return [out(self.topics.dead_letter, failed, **{"qaloop-reason": reason})]
+            now = self.clock()
+            self.stats.answers += 1
+            generated = env.with_event(
+                EventKind.GENERATED,
+                now,
+                answer=generation.text,
+                latency_ms=generation.latency_ms,
+                detail=_usage(generation.input_tokens, generation.output_tokens),
+            ).evolve(
+                state=QuestionState.SCORING,
+                answer=generation.text,
+                llm_calls=env.llm_calls + 1,
+                tries_in_attempt=try_no,
+                error_class=None,
+                error_detail=None,
+                due_at=None,
+            )
+            return [out(self.topics.generated, generated)]
+
+
+def _usage(input_tokens: int | None, output_tokens: int | None) -> str | None:
+    if input_tokens is None and output_tokens is None:
+        return None
+    return f"tokens in={input_tokens} out={output_tokens}"

@@ -1,0 +1,76 @@
+"""The repository interface. Every write is idempotent, so replayed messages never duplicate:
+
+- `accept` inserts a question once (unique question id); a second accept returns the row.
+- `apply` projects envelopes: a question row keeps the highest progress seen (a replayed older
+  state never overwrites a newer one; the first final state wins), and history events are
+  keyed by (question id, seq).
+- `record_dead_letters` is keyed by a dedup key.
+The tests in tests/contract/test_storage.py run against every implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from qaloop.core.model import Envelope, Event, QuestionRecord
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    dedup_key: str
+    reason: str
+    source_topic: str
+    at: float
+    question_id: str | None = None
+    raw: bytes | None = None
+    replayed: bool = False
+
+
+class Repository(Protocol):
+    def migrate(self) -> None: ...
+
+    def accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
+        """Insert a new question (state queued); returns (inserted, the row now stored)."""
+        ...
+
+    def get(self, question_id: str) -> QuestionRecord | None: ...
+
+    def apply(self, envelopes: Sequence[Envelope]) -> None:
+        """Project envelopes (states + history) in one transaction."""
+        ...
+
+    def add_hits(self, hits: Mapping[str, int]) -> None: ...
+
+    def unfinished(self) -> list[Envelope]:
+        """The last envelope of every question not yet validated or failed (for resume)."""
+        ...
+
+    def events(self, question_id: str) -> list[Event]: ...
+
+    def record_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...
+
+    def dead_letters(self, limit: int = 100, include_replayed: bool = False) -> list[DeadLetter]: ...
+
+    def mark_replayed(self, dedup_keys: Sequence[str]) -> None: ...
+
+    def state_counts(self) -> dict[str, int]: ...
+
+    def export_questions(self) -> list[dict[str, Any]]: ...
+
+    def export_events(self) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+def open_repository(url: str) -> Repository:
+    """`sqlite:///path.db`, `sqlite://:memory:` or a plain path; `postgresql://...`."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from qaloop.storage.postgres import PostgresRepository  # optional dependency
+
+        return PostgresRepository(url)
+    from qaloop.storage.sqlite import SQLiteRepository
+
+    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
+    return SQLiteRepository(path or ":memory:")

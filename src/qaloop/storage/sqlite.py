@@ -1,0 +1,309 @@
+"""SQLite repository: the embedded default. WAL + synchronous=NORMAL: a committed transaction
+survives the process being killed (SIGKILL); only an OS crash can lose the last commits."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+from qaloop.core import codec
+from qaloop.core.model import (
+    Envelope,
+    ErrorClass,
+    Event,
+    QuestionRecord,
+    QuestionState,
+    progress_key,
+)
+from qaloop.storage.base import DeadLetter
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS questions (
+    question_id TEXT PRIMARY KEY,
+    question TEXT NOT NULL,
+    reference_answer TEXT,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    progress INTEGER NOT NULL,
+    first_seen REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    answer TEXT,
+    score REAL,
+    llm_calls INTEGER NOT NULL DEFAULT 0,
+    hit_count INTEGER NOT NULL DEFAULT 0,
+    error_class TEXT,
+    error_detail TEXT,
+    trace_id TEXT NOT NULL DEFAULT '',
+    envelope BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS questions_state ON questions(state);
+CREATE TABLE IF NOT EXISTS events (
+    question_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    at REAL NOT NULL,
+    answer TEXT,
+    score REAL,
+    latency_ms REAL,
+    error_class TEXT,
+    detail TEXT,
+    decision TEXT,
+    wait_s REAL,
+    PRIMARY KEY (question_id, seq)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    dedup_key TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    source_topic TEXT NOT NULL,
+    at REAL NOT NULL,
+    question_id TEXT,
+    raw BLOB,
+    replayed INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+_QUESTION_COLUMNS = (
+    "question_id, question, reference_answer, state, attempt, first_seen, updated_at, answer, "
+    "score, llm_calls, hit_count, finished_at, error_class, error_detail, trace_id"
+)
+
+_UPSERT = """
+INSERT INTO questions (question_id, question, reference_answer, state, attempt, progress,
+    first_seen, updated_at, finished_at, answer, score, llm_calls, error_class, error_detail,
+    trace_id, envelope)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(question_id) DO UPDATE SET
+    state = excluded.state, attempt = excluded.attempt, progress = excluded.progress,
+    updated_at = excluded.updated_at, finished_at = excluded.finished_at,
+    answer = excluded.answer, score = excluded.score, llm_calls = excluded.llm_calls,
+    error_class = excluded.error_class, error_detail = excluded.error_detail,
+    envelope = excluded.envelope
+WHERE excluded.progress > questions.progress
+"""
+
+_INSERT_NEW = _UPSERT.split("ON CONFLICT")[0] + "ON CONFLICT(question_id) DO NOTHING"
+
+_EVENT_INSERT = """
+INSERT OR IGNORE INTO events (question_id, seq, attempt, kind, at, answer, score, latency_ms,
+    error_class, detail, decision, wait_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def question_row(envelope: Envelope, now: float) -> tuple[Any, ...]:
+    """The values a projected envelope writes (shared with the PostgreSQL adapter)."""
+    final = envelope.state.is_final
+    finished_at = (envelope.history[-1].at if envelope.history else now) if final else None
+    return (
+        envelope.question_id,
+        envelope.question,
+        envelope.reference_answer,
+        envelope.state.value,
+        envelope.attempt,
+        progress_key(envelope.state, envelope.attempt),
+        envelope.first_seen,
+        now,
+        finished_at,
+        envelope.answer,
+        envelope.score,
+        envelope.llm_calls,
+        None if envelope.error_class is None else envelope.error_class.value,
+        envelope.error_detail,
+        envelope.trace_id,
+        codec.encode(envelope),
+    )
+
+
+def event_rows(envelope: Envelope) -> list[tuple[Any, ...]]:
+    return [
+        (
+            envelope.question_id,
+            e.seq,
+            e.attempt,
+            e.kind.value,
+            e.at,
+            e.answer,
+            e.score,
+            e.latency_ms,
+            None if e.error_class is None else e.error_class.value,
+            e.detail,
+            e.decision,
+            e.wait_s,
+        )
+        for e in envelope.history
+    ]
+
+
+def record_from_row(row: Sequence[Any]) -> QuestionRecord:
+    (qid, question, reference, state, attempt, first_seen, updated_at, answer, score, llm_calls,
+     hit_count, finished_at, error_class, error_detail, trace_id) = row
+    return QuestionRecord(
+        question_id=qid,
+        question=question,
+        reference_answer=reference,
+        state=QuestionState(state),
+        attempt=int(attempt),
+        first_seen=float(first_seen),
+        updated_at=float(updated_at),
+        answer=answer,
+        score=None if score is None else float(score),
+        llm_calls=int(llm_calls),
+        hit_count=int(hit_count),
+        finished_at=None if finished_at is None else float(finished_at),
+        error_class=None if error_class is None else ErrorClass(error_class),
+        error_detail=error_detail,
+        trace_id=trace_id or "",
+    )
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    seq, attempt, kind, at, answer, score, latency_ms, error_class, detail, decision, wait_s = row
+    return Event.from_dict(
+        {
+            "seq": seq, "attempt": attempt, "kind": kind, "at": at, "answer": answer,
+            "score": score, "latency_ms": latency_ms, "error_class": error_class,
+            "detail": detail, "decision": decision, "wait_s": wait_s,
+        }
+    )
+
+
+EVENT_COLUMNS = "seq, attempt, kind, at, answer, score, latency_ms, error_class, detail, decision, wait_s"
+
+
+class SQLiteRepository:
+    def __init__(self, path: str = ":memory:") -> None:
+        self.path = path
+        # One connection shared by threads, serialised by a lock: SQLite has one writer anyway.
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+        self.migrate()
+
+    def migrate(self) -> None:
+        with self._lock:
+            self._conn.executescript(SCHEMA)
+
+    def accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
+        now = time.time()
+        with self._lock:
+            cur = self._conn.execute(_INSERT_NEW, question_row(envelope, now))
+            inserted = cur.rowcount == 1
+            if inserted:
+                self._conn.executemany(_EVENT_INSERT, event_rows(envelope))
+            row = self._conn.execute(
+                f"SELECT {_QUESTION_COLUMNS} FROM questions WHERE question_id = ?",
+                (envelope.question_id,),
+            ).fetchone()
+        return inserted, record_from_row(row)
+
+    def get(self, question_id: str) -> QuestionRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_QUESTION_COLUMNS} FROM questions WHERE question_id = ?", (question_id,)
+            ).fetchone()
+        return None if row is None else record_from_row(row)
+
+    def apply(self, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                self._conn.executemany(_UPSERT, [question_row(e, now) for e in envelopes])
+                self._conn.executemany(
+                    _EVENT_INSERT, [row for e in envelopes for row in event_rows(e)]
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def add_hits(self, hits: Mapping[str, int]) -> None:
+        if not hits:
+            return
+        with self._lock:
+            self._conn.executemany(
+                "UPDATE questions SET hit_count = hit_count + ? WHERE question_id = ?",
+                [(n, qid) for qid, n in hits.items()],
+            )
+
+    def unfinished(self) -> list[Envelope]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT envelope FROM questions WHERE state NOT IN ('validated', 'failed')"
+            ).fetchall()
+        return [codec.decode(r[0]) for r in rows]
+
+    def events(self, question_id: str) -> list[Event]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE question_id = ? ORDER BY seq",
+                (question_id,),
+            ).fetchall()
+        return [event_from_row(r) for r in rows]
+
+    def record_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        with self._lock:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO dead_letters (dedup_key, reason, source_topic, at, "
+                "question_id, raw) VALUES (?, ?, ?, ?, ?, ?)",
+                [(d.dedup_key, d.reason, d.source_topic, d.at, d.question_id, d.raw)
+                 for d in letters],
+            )
+
+    def dead_letters(self, limit: int = 100, include_replayed: bool = False) -> list[DeadLetter]:
+        where = "" if include_replayed else "WHERE replayed = 0"
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT dedup_key, reason, source_topic, at, question_id, raw, replayed "
+                f"FROM dead_letters {where} ORDER BY at LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [DeadLetter(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+    def mark_replayed(self, dedup_keys: Sequence[str]) -> None:
+        with self._lock:
+            self._conn.executemany(
+                "UPDATE dead_letters SET replayed = 1 WHERE dedup_key = ?",
+                [(k,) for k in dedup_keys],
+            )
+
+    def state_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT state, COUNT(*) FROM questions GROUP BY state"
+            ).fetchall()
+        return {state: int(n) for state, n in rows}
+
+    def export_questions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {_QUESTION_COLUMNS} FROM questions").fetchall()
+        return [_asdict(record_from_row(r)) for r in rows]
+
+    def export_events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT question_id, {EVENT_COLUMNS} FROM events ORDER BY question_id, seq"
+            ).fetchall()
+        return [{"question_id": r[0], **event_from_row(r[1:]).to_dict()} for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _asdict(record: QuestionRecord) -> dict[str, Any]:
+    data = dataclasses.asdict(record)
+    data["state"] = record.state.value
+    data["error_class"] = None if record.error_class is None else record.error_class.value
+    return data
