@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,kafka
+EXTRAS ?= dev,kafka,report
 
 .PHONY: venv demo test lint typecheck unit format clean
 
