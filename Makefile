@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,kafka,report
+EXTRAS ?= dev,kafka,report,gemini,postgres
 
 .PHONY: venv demo test lint typecheck unit format clean
 
