@@ -139,6 +139,13 @@ class EmbeddedPipeline:
         self.resumed = len(unfinished)
         log.info("resumed %d unfinished questions from storage", len(unfinished))
 
+    def pause_workers(self) -> None:
+        """Stop handing pending questions to the LLM worker (accepting still works)."""
+        self.runners["worker"].consumer.pause()
+
+    def resume_workers(self) -> None:
+        self.runners["worker"].consumer.resume()
+
     async def drain(self, timeout_s: float = 60.0) -> bool:
         """Wait until every question accepted or resumed here is final."""
         deadline = time.monotonic() + timeout_s

@@ -11,7 +11,6 @@ import click
 COMMAND_MODULES = [
     "qaloop.cli.demo",
     "qaloop.cli.serve",
-    "qaloop.cli.traffic",
 ]
 
 

@@ -5,7 +5,8 @@
     ├── ServerError               500, 504, timeouts, connection errors      -> backoff retry
     ├── QuotaMinuteError          429 per-minute (retry_after_s if known)    -> park until due
     ├── QuotaDayError             429 per-day or zero quota                  -> park until reset
-    └── PermanentError            400-class, safety block, empty/malformed, unknown question
+    ├── PermanentError            400-class, safety block, empty/malformed, unknown question
+    └── BudgetError               the question's LLM-call budget is spent      -> dead letter
 
 Providers translate their library's errors at the boundary (`raise QuotaMinuteError(...) from
 exc`); nothing above this module sees an HTTP status or an SDK exception.
@@ -49,6 +50,12 @@ class QuotaDayError(LLMError):
 
 class PermanentError(LLMError):
     error_class = ErrorClass.PERMANENT
+
+
+class BudgetError(LLMError):
+    """Raised before a call when the question already spent its LLM-call budget."""
+
+    error_class = ErrorClass.BUDGET
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,223 @@
+"""The embedded demo: replay questions through the full loop and summarise what happened.
+
+Requests are drawn from the dataset with Zipf popularity (seeded) and offered in waves; the
+pipeline drains between waves. Within a wave a repeated question joins the one in flight
+(coalescing); across waves it is a cache or storage hit. With the seeded simulated LLM this
+makes every count repeatable run to run; only the timings vary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qaloop.dataset import QA
+from qaloop.pipeline import EmbeddedPipeline
+from qaloop.settings import Settings
+
+
+@dataclass
+class RequestOutcome:
+    question_id: str
+    asked_at: float
+    status: int
+    source: str  # cache | storage | queued | joined | failed
+    latency_s: float  # hits: time to the response; queued: time to the final answer
+
+
+@dataclass
+class DemoResult:
+    offered: int
+    outcomes: list[RequestOutcome]
+    stats: dict[str, Any]
+    questions: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    wall_s: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def zipf_draws(n_items: int, n_draws: int, s: float, rng: random.Random) -> list[int]:
+    weights = [1.0 / (rank + 1) ** s for rank in range(n_items)]
+    return rng.choices(range(n_items), weights=weights, k=n_draws)
+
+
+async def run_demo(
+    settings: Settings,
+    dataset: list[QA],
+    *,
+    requests: int = 400,
+    unique: int = 200,
+    zipf_s: float = 1.0,
+    wave: int = 50,
+    seed: int = 42,
+) -> DemoResult:
+    pool = dataset[:unique]
+    if not pool:
+        raise ValueError("the dataset has no usable rows")
+    rng = random.Random(seed)
+    order = [pool[i] for i in zipf_draws(len(pool), requests, zipf_s, rng)]
+    pipeline = EmbeddedPipeline(settings)
+    await pipeline.start()
+    outcomes: list[RequestOutcome] = []
+    started = time.perf_counter()
+    try:
+        for begin in range(0, len(order), wave):
+            queued: list[RequestOutcome] = []
+            # Hold the worker while a wave is offered: whether a repeat joins the question in
+            # flight or hits storage then depends on the order of requests, not on timing.
+            pipeline.pause_workers()
+            for qa in order[begin : begin + wave]:
+                t0 = time.perf_counter()
+                asked_at = time.time()
+                status, body = await pipeline.service.ask(qa.question, qa.reference_answer)
+                elapsed = time.perf_counter() - t0
+                if status == 200:
+                    source = body["source"] if body["status"] == "answered" else "failed"
+                else:
+                    source = "joined" if body.get("joined") else "queued"
+                outcome = RequestOutcome(body["id"], asked_at, status, source, elapsed)
+                outcomes.append(outcome)
+                if status == 202:
+                    queued.append(outcome)
+            pipeline.resume_workers()
+            if not await pipeline.drain(timeout_s=120):
+                raise RuntimeError("the pipeline did not drain within 120 s")
+            for outcome in queued:
+                record = pipeline.repo.get(outcome.question_id)
+                if record is not None and record.finished_at is not None:
+                    outcome.latency_s = max(0.0, record.finished_at - outcome.asked_at)
+    finally:
+        await pipeline.stop()
+    wall = time.perf_counter() - started
+    result = DemoResult(
+        offered=len(order),
+        outcomes=outcomes,
+        stats=pipeline.stats(),
+        questions=pipeline.repo.export_questions(),
+        events=pipeline.repo.export_events(),
+        wall_s=wall,
+    )
+    pipeline.repo.close()
+    result.summary = summarise(result)
+    return result
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def summarise(result: DemoResult) -> dict[str, Any]:
+    sources = Counter(o.source for o in result.outcomes)
+    by_state: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for q in result.questions:
+        by_state[q["state"]].append(q)
+    validated_by_attempt = Counter(q["attempt"] for q in by_state["validated"])
+    scores_by_attempt: dict[int, list[float]] = defaultdict(list)
+    errors: Counter[str] = Counter()
+    error_questions: dict[str, set[str]] = defaultdict(set)
+    recovered: dict[str, set[str]] = defaultdict(set)
+    last_error_at: dict[tuple[str, str], float] = {}
+    for e in result.events:
+        kind = e["kind"]
+        if kind == "scored" and e.get("score") is not None:
+            scores_by_attempt[e["attempt"]].append(e["score"])
+        elif kind == "llm_error":
+            cls = e["error_class"]
+            errors[cls] += 1
+            error_questions[cls].add(e["question_id"])
+            last_error_at[(cls, e["question_id"])] = e["at"]
+        elif kind == "generated":
+            for (cls, qid), at in last_error_at.items():
+                if qid == e["question_id"] and at <= e["at"]:
+                    recovered[cls].add(qid)
+    hits = [o.latency_s for o in result.outcomes if o.source in ("cache", "storage")]
+    queued = [o.latency_s for o in result.outcomes if o.source in ("queued", "joined")]
+    llm_calls = result.stats["pipeline"]["llm_calls"]
+    failed = by_state["failed"]
+    return {
+        "offered": result.offered,
+        "answered_cache": sources["cache"],
+        "answered_storage": sources["storage"],
+        "queued_new": sources["queued"],
+        "joined_in_flight": sources["joined"],
+        "answered_failed": sources["failed"],
+        "unique_questions": len(result.questions),
+        "llm_calls": llm_calls,
+        "validated_by_attempt": dict(sorted(validated_by_attempt.items())),
+        "gave_up_low_score": sum(1 for q in failed if q["error_class"] is None),
+        "gave_up_errors": sum(1 for q in failed if q["error_class"] is not None),
+        "errors": {
+            cls: {
+                "calls": errors[cls],
+                "questions": len(error_questions[cls]),
+                "recovered": len(recovered[cls]),
+            }
+            for cls in sorted(errors)
+        },
+        "mean_score_by_attempt": {
+            a: round(statistics.fmean(v), 3) for a, v in sorted(scores_by_attempt.items())
+        },
+        "hit_p50_ms": _ms(_pct(hits, 0.5)),
+        "hit_p95_ms": _ms(_pct(hits, 0.95)),
+        "queued_p50_ms": _ms(_pct(queued, 0.5)),
+        "queued_p95_ms": _ms(_pct(queued, 0.95)),
+        "wall_s": round(result.wall_s, 2),
+    }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+def format_summary(s: dict[str, Any], settings: Settings) -> str:
+    lines = [
+        "qaloop demo — embedded mode, simulated LLM "
+        f"(seed {settings.sim_seed}, scorer {settings.scorer}, threshold {settings.threshold}, "
+        f"max attempts {settings.max_attempts}, cache {settings.cache_policy}/{settings.cache_size})",
+        "",
+        f"questions offered           {s['offered']}  ({s['unique_questions']} unique)",
+        f"answered from cache         {s['answered_cache']}",
+        f"answered from storage       {s['answered_storage']}",
+        f"queued (new)                {s['queued_new']}",
+        f"joined a question in flight {s['joined_in_flight']}",
+        f"known failures served       {s['answered_failed']}",
+        f"LLM calls                   {s['llm_calls']}",
+    ]
+    for attempt, n in s["validated_by_attempt"].items():
+        lines.append(f"validated on attempt {attempt}      {n}")
+    lines.append(f"gave up (low score)         {s['gave_up_low_score']}")
+    lines.append(f"gave up (LLM errors)        {s['gave_up_errors']}")
+    lines.append("errors by type              calls / questions / recovered")
+    if not s["errors"]:
+        lines.append("  (none)")
+    for cls, e in s["errors"].items():
+        lines.append(f"  {cls:<25} {e['calls']} / {e['questions']} / {e['recovered']}")
+    scores = ", ".join(f"{a}: {m:.3f}" for a, m in s["mean_score_by_attempt"].items())
+    lines.append(f"mean score by attempt       {scores}")
+    lines.append(
+        f"time to answer, hits       p50 {s['hit_p50_ms']} ms, p95 {s['hit_p95_ms']} ms"
+    )
+    lines.append(
+        f"time to answer, queued     p50 {s['queued_p50_ms']} ms, p95 {s['queued_p95_ms']} ms"
+    )
+    lines.append(f"wall time                   {s['wall_s']} s")
+    return "\n".join(lines)
+
+
+def temporary_db() -> str:
+    directory = Path(tempfile.mkdtemp(prefix="qaloop-demo-"))
+    return f"sqlite:///{directory / 'demo.db'}"
+
+
+def run(settings: Settings, dataset: list[QA], **kwargs: Any) -> DemoResult:
+    return asyncio.run(run_demo(settings, dataset, **kwargs))

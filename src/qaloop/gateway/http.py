@@ -1,0 +1,200 @@
+"""The HTTP adapter of the gateway (FastAPI). HTTP status codes live here and nowhere else.
+
+Handlers read and validate the body themselves (orjson, explicit checks) instead of through a
+pydantic model: the cache-hit path is the hot path, and every bad input must get a 4xx with a
+message that names the problem — never a 500.
+
+Limits (Settings): body <= max_body_bytes (413), question <= max_question_chars and reference
+<= max_reference_chars (422), ?wait <= max_wait_s (422).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from qaloop.gateway.service import QuestionService
+from qaloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+QUESTION_BODY_SCHEMA = {
+    "type": "object",
+    "required": ["question"],
+    "properties": {
+        "question": {"type": "string", "minLength": 1},
+        "reference_answer": {"type": ["string", "null"]},
+    },
+}
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def json_response(status: int, body: Any) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    return json_response(status, {"error": {"code": code, "message": message}})
+
+
+async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest(400, "bad_content_length", "Content-Length is not a number")
+        if int(declared) > max_bytes:
+            raise BadRequest(
+                413, "body_too_large", f"request body is {declared} bytes; the limit is {max_bytes}"
+            )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # chunked bodies: enforce the limit while reading
+        size += len(chunk)
+        if size > max_bytes:
+            raise BadRequest(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise BadRequest(400, "empty_body", "request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(
+            422, "invalid_body", f"expected a JSON object, got {type(data).__name__}"
+        )
+    return data
+
+
+def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str | None]:
+    if "question" not in data:
+        raise BadRequest(422, "missing_field", "field 'question' is required")
+    question = data["question"]
+    if not isinstance(question, str):
+        raise BadRequest(
+            422, "invalid_field", f"field 'question' must be a string, got {type(question).__name__}"
+        )
+    if not question.strip():
+        raise BadRequest(422, "invalid_field", "field 'question' must not be empty")
+    if len(question) > settings.max_question_chars:
+        raise BadRequest(
+            422,
+            "question_too_long",
+            f"field 'question' has {len(question)} characters; the limit is "
+            f"{settings.max_question_chars}",
+        )
+    reference = data.get("reference_answer")
+    if reference is not None:
+        if not isinstance(reference, str):
+            raise BadRequest(
+                422,
+                "invalid_field",
+                "field 'reference_answer' must be a string or null, "
+                f"got {type(reference).__name__}",
+            )
+        if len(reference) > settings.max_reference_chars:
+            raise BadRequest(
+                422,
+                "reference_too_long",
+                f"field 'reference_answer' has {len(reference)} characters; the limit is "
+                f"{settings.max_reference_chars}",
+            )
+    return question, reference
+
+
+def parse_wait(raw: str | None, settings: Settings) -> float:
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise BadRequest(422, "invalid_query", f"'wait' must be a number of seconds, got {raw!r}")
+    if not 0 <= wait <= settings.max_wait_s or wait != wait:
+        raise BadRequest(
+            422, "invalid_query", f"'wait' must be between 0 and {settings.max_wait_s} seconds"
+        )
+    return wait
+
+
+def create_app(
+    service: QuestionService,
+    settings: Settings,
+    stats: Callable[[], dict[str, Any]] | None = None,
+    **fastapi_kwargs: Any,
+) -> FastAPI:
+    app = FastAPI(title="qaloop", version="0.1.0", **fastapi_kwargs)
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(_: Request, exc: BadRequest) -> Response:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(422, "invalid_request", str(exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        # Not the client's fault: say so without leaking internals; the log has the trace.
+        log.exception("unexpected error while serving a request")
+        return error_response(503, "unavailable", "the service could not handle the request")
+
+    @app.post(
+        "/v1/questions",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": QUESTION_BODY_SCHEMA}},
+            }
+        },
+        responses={200: {"description": "answered"}, 202: {"description": "queued"}},
+    )
+    async def ask(request: Request) -> Response:
+        data = await read_json_body(request, settings.max_body_bytes)
+        question, reference = parse_question(data, settings)
+        status, body = await service.ask(question, reference)
+        return json_response(status, body)
+
+    @app.get("/v1/questions/{question_id}")
+    async def get_question(request: Request, question_id: str) -> Response:
+        if not _ID.match(question_id):
+            raise BadRequest(
+                404, "not_found", f"no question with id {question_id!r} (ids are 32 hex digits)"
+            )
+        wait = parse_wait(request.query_params.get("wait"), settings)
+        body = await (service.wait(question_id, wait) if wait > 0 else service.status(question_id))
+        if body is None:
+            raise BadRequest(404, "not_found", f"no question with id {question_id!r}")
+        return json_response(200, body)
+
+    @app.get("/v1/stats")
+    async def get_stats() -> Response:
+        return json_response(200, stats() if stats is not None else service.stats())
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response(200, {"status": "ok"})
+
+    return app
