@@ -1,0 +1,508 @@
+"""The Kafka bus (confluent-kafka / librdkafka), honouring the semantics of qaloop.bus.base.
+
+Producer: idempotent, acks=all; `publish_many` hands every message to librdkafka and returns
+only when the broker has acknowledged all of them (delivery reports, served by a background
+thread that polls the producer, are bridged to one asyncio future per call). A failed delivery
+raises KafkaDeliveryError: the caller leaves its input uncommitted and it comes back.
+
+Consumer: no auto-commit. `poll` runs `consume()` on the consumer's own thread, so the event
+loop stays free; `commit` marks messages done in an OffsetTracker and commits, synchronously
+and with explicit offsets, only the contiguous done prefix of each partition (concurrent commits
+coalesce into one request). Rebalances: on revoke, the done prefix of every partition is
+committed and the tracker forgets the revoked partitions; messages still in flight there may be
+redelivered to the new owner, which is harmless because every downstream write is idempotent.
+`pause`/`resume` act on every assigned partition (and on partitions assigned while paused), and
+the caller keeps polling, so the consumer stays in its group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer as RawConsumer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewPartitions, NewTopic
+
+from qaloop.bus.base import Message, OffsetTracker, OutMessage, Topics
+
+log = logging.getLogger(__name__)
+
+# Commit failures that only mean "the group moved on": the messages come back, nothing is lost.
+_REBALANCE_CODES = {
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError._NO_OFFSET,
+    KafkaError._ASSIGNMENT_LOST,
+}
+
+
+class KafkaDeliveryError(RuntimeError):
+    """At least one message of a `publish_many` call was not acknowledged by the broker."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap: str = "127.0.0.1:19092"
+    partitions: int = 6  # questions, generated, validated: bounds the useful consumers per group
+    cold_partitions: int = 2  # delayed, dead letter
+    replication_factor: int = 1
+    session_timeout_ms: int = 10_000  # how long a killed consumer holds its partitions
+    linger_ms: float = 5.0
+    client_id: str = "qaloop"
+    producer: dict[str, Any] = field(default_factory=dict)  # extra librdkafka settings
+    consumer: dict[str, Any] = field(default_factory=dict)
+
+
+class _Delivery:
+    """Counts the delivery reports of one publish_many call (served on the poll thread) and
+    completes one asyncio future when the last one arrives."""
+
+    __slots__ = ("error", "future", "lock", "loop", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.remaining = count
+        self.error: str | None = None
+        self.lock = threading.Lock()
+
+    def report(self, err: KafkaError | None, _msg: object) -> None:
+        self.settle(1, None if err is None else str(err))
+
+    def settle(self, count: int, error: str | None) -> None:
+        with self.lock:
+            if error is not None and self.error is None:
+                self.error = error
+            self.remaining -= count
+            finished = self.remaining == 0
+        if finished:
+            self.loop.call_soon_threadsafe(self._finish)
+
+    def _finish(self) -> None:
+        if self.future.done():
+            return
+        if self.error is not None:
+            self.future.set_exception(KafkaDeliveryError(self.error))
+        else:
+            self.future.set_result(None)
+
+
+class KafkaBus:
+    def __init__(
+        self,
+        settings: KafkaSettings | str,
+        topics: Topics | None = None,
+    ) -> None:
+        self.settings = KafkaSettings(settings) if isinstance(settings, str) else settings
+        self.topics = topics or Topics()
+        self._producer: Producer | None = None
+        self._poller: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def topic_partitions(self) -> dict[str, int]:
+        s, t = self.settings, self.topics
+        return {
+            t.questions: s.partitions,
+            t.generated: s.partitions,
+            t.validated: s.partitions,
+            t.delayed: s.cold_partitions,
+            t.dead_letter: s.cold_partitions,
+        }
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        await asyncio.to_thread(self._ensure_topics)
+        self._producer = Producer(self._producer_config())
+        self._closing.clear()
+        self._poller = threading.Thread(
+            target=self._serve_deliveries, name="kafka-producer-poll", daemon=True
+        )
+        self._poller.start()
+
+    def _base_config(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.settings.bootstrap,
+            "client.id": self.settings.client_id,
+        }
+
+    def _producer_config(self) -> dict[str, Any]:
+        return {
+            **self._base_config(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": self.settings.linger_ms,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 500_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            **self.settings.producer,
+        }
+
+    def _admin(self) -> AdminClient:
+        return AdminClient(self._base_config())
+
+    def _ensure_topics(self) -> None:
+        """Create the topics (idempotent; never relies on broker auto-creation) and grow the
+        partition count of existing ones that have fewer than configured."""
+        admin = self._admin()
+        wanted = self.topic_partitions()
+        existing = admin.list_topics(timeout=30).topics
+        new = [
+            NewTopic(name, num_partitions=n, replication_factor=self.settings.replication_factor)
+            for name, n in wanted.items()
+            if name not in existing
+        ]
+        if new:
+            for name, future in admin.create_topics(new, operation_timeout=30).items():
+                try:
+                    future.result()
+                    log.info("created topic %s (%d partitions)", name, wanted[name])
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise
+        grow = [
+            NewPartitions(name, n)
+            for name, n in wanted.items()
+            if name in existing and len(existing[name].partitions) < n
+        ]
+        if grow:
+            for name, future in admin.create_partitions(grow, operation_timeout=30).items():
+                future.result()
+                log.info("grew topic %s to %d partitions", name, wanted[name])
+        # Wait until the metadata shows every partition (a new topic takes a moment).
+        deadline = time.monotonic() + 30
+        while True:
+            meta = admin.list_topics(timeout=10).topics
+            if all(
+                name in meta and len(meta[name].partitions) >= n and meta[name].error is None
+                for name, n in wanted.items()
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topics not ready after 30 s: {sorted(wanted)}")
+            time.sleep(0.1)
+
+    def _serve_deliveries(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while not self._closing.is_set():
+            producer.poll(0.05)
+
+    async def close(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        remaining = await asyncio.to_thread(producer.flush, 30)
+        if remaining:
+            log.warning("closing with %d undelivered messages", remaining)
+        self._closing.set()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join, 5)
+        self._producer = None
+        self._poller = None
+
+    # ------------------------------------------------------------------ producing
+
+    async def publish_many(self, messages: Sequence[OutMessage]) -> None:
+        if not messages:
+            return
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("KafkaBus.start() was not called (or the bus is closed)")
+        delivery = _Delivery(asyncio.get_running_loop(), len(messages))
+        for i, m in enumerate(messages):
+            key = m.key.encode("utf-8", "replace")
+            headers: list[tuple[str, str | bytes | None]] = [
+                (k, v.encode("utf-8", "replace")) for k, v in m.headers.items()
+            ]
+            try:
+                while True:
+                    try:
+                        producer.produce(
+                            m.topic,
+                            value=m.value,
+                            key=key,
+                            headers=headers,
+                            on_delivery=delivery.report,
+                        )
+                        break
+                    except BufferError:  # local queue full: the poll thread drains it
+                        await asyncio.sleep(0.005)
+            except Exception as exc:  # e.g. message too large: the rest is not sent
+                delivery.settle(len(messages) - i, f"produce to {m.topic} failed: {exc!r}")
+                break
+        await delivery.future
+
+    # ------------------------------------------------------------------ consuming
+
+    def consumer(self, group: str, topics: Sequence[str]) -> KafkaConsumer:
+        return KafkaConsumer(self, group, list(topics))
+
+    def consumer_config(self, group: str) -> dict[str, Any]:
+        timeout = self.settings.session_timeout_ms
+        return {
+            **self._base_config(),
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": timeout,
+            "heartbeat.interval.ms": max(500, timeout // 5),
+            "fetch.wait.max.ms": 100,
+            "enable.partition.eof": False,
+            **self.settings.consumer,
+        }
+
+    # ------------------------------------------------------------------ observability
+
+    def lag(self, group: str, topics: Iterable[str]) -> dict[str, int]:
+        """Messages not yet committed by `group`, per topic (blocking: call from a thread)."""
+        probe = RawConsumer({**self.consumer_config(group), "client.id": "qaloop-lag-probe"})
+        try:
+            names = list(topics)
+            meta = probe.list_topics(timeout=10).topics
+            parts = [TopicPartition(t, p) for t in names if t in meta for p in meta[t].partitions]
+            committed = probe.committed(parts, timeout=10) if parts else []
+            result = dict.fromkeys(names, 0)
+            for tp in committed:
+                _, high = probe.get_watermark_offsets(tp, timeout=10, cached=False)
+                position = tp.offset if tp.offset >= 0 else 0
+                # A group with no commit starts at the earliest retained offset.
+                if tp.offset < 0:
+                    low, _ = probe.get_watermark_offsets(tp, timeout=10, cached=False)
+                    position = low
+                result[tp.topic] += max(0, high - position)
+            return result
+        finally:
+            probe.close()
+
+    def end_offsets(self, topics: Iterable[str]) -> dict[str, int]:
+        """Messages ever written per topic (sum of high watermarks; blocking)."""
+        probe = RawConsumer({**self.consumer_config("qaloop-probe"), "client.id": "probe"})
+        try:
+            names = list(topics)
+            meta = probe.list_topics(timeout=10).topics
+            result = dict.fromkeys(names, 0)
+            for t in names:
+                for p in meta[t].partitions if t in meta else ():
+                    _, high = probe.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+                    result[t] += high
+            return result
+        finally:
+            probe.close()
+
+
+class _Tracker(OffsetTracker):
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        for tp in partitions:
+            self._pending.pop(tp, None)
+
+
+def _to_message(raw: Any) -> Message:
+    key = raw.key()
+    headers = raw.headers()
+    _, ts_ms = raw.timestamp()
+    return Message(
+        topic=raw.topic(),
+        partition=raw.partition(),
+        offset=raw.offset(),
+        key=None if key is None else key.decode("utf-8", "replace"),
+        value=raw.value(),
+        headers={}
+        if not headers
+        else {k: "" if v is None else v.decode("utf-8", "replace") for k, v in headers},
+        timestamp=ts_ms / 1000.0 if ts_ms and ts_ms > 0 else 0.0,
+    )
+
+
+class KafkaConsumer:
+    def __init__(self, bus: KafkaBus, group: str, topics: list[str]) -> None:
+        self.bus = bus
+        self.group = group
+        self.topics = topics
+        self._lock = threading.Lock()  # tracker, pause flag, assignment (poll vs loop thread)
+        self._tracker = _Tracker()
+        self._paused = False
+        self._assigned: set[tuple[str, int]] = set()
+        self._retry: dict[tuple[str, int], int] = {}  # positions whose commit failed
+        self._closed = False
+        # One thread polls (consume() blocks up to its timeout), another commits, so a commit
+        # never waits for a poll and the event loop never blocks on either.
+        self._poll_pool = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-poll-{group}")
+        self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-commit-{group}")
+        self._commit_lock: asyncio.Lock | None = None
+        self._raw = RawConsumer(bus.consumer_config(group))
+        self._raw.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    # -- rebalance callbacks: run on the poll thread, inside consume()
+
+    def _on_assign(self, consumer: RawConsumer, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            self._assigned.update((p.topic, p.partition) for p in partitions)
+            paused = self._paused
+        log.info("%s: assigned %s", self.group, _names(partitions))
+        if paused and partitions:
+            consumer.incremental_assign(partitions)
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: RawConsumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(p.topic, p.partition) for p in partitions}
+        with self._lock:
+            positions = self._committable_locked()
+            self._tracker.forget(revoked)
+            self._assigned -= revoked
+            for tp in revoked:
+                self._retry.pop(tp, None)
+        log.info("%s: revoked %s", self.group, _names(partitions))
+        if positions:
+            try:
+                consumer.commit(offsets=_offsets(positions), asynchronous=False)
+            except KafkaException as exc:
+                log.warning(
+                    "%s: commit on revoke failed (will be redelivered): %s", self.group, exc
+                )
+
+    def _on_lost(self, consumer: RawConsumer, partitions: list[TopicPartition]) -> None:
+        lost = {(p.topic, p.partition) for p in partitions}
+        with self._lock:
+            self._tracker.forget(lost)
+            self._assigned -= lost
+            for tp in lost:
+                self._retry.pop(tp, None)
+        log.warning(
+            "%s: lost %s (their uncommitted messages will be redelivered)",
+            self.group,
+            _names(partitions),
+        )
+
+    # -- polling
+
+    def _consume(self, max_records: int, timeout_s: float) -> list[Message]:
+        raws = self._raw.consume(num_messages=max(1, max_records), timeout=max(0.0, timeout_s))
+        batch: list[Message] = []
+        with self._lock:
+            for raw in raws:
+                err = raw.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("%s: consume error: %s", self.group, err)
+                    continue
+                message = _to_message(raw)
+                self._tracker.fetched(message)
+                batch.append(message)
+        return batch
+
+    async def poll(self, max_records: int, timeout_s: float) -> list[Message]:
+        if self._closed:
+            return []
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._poll_pool, self._consume, max_records, timeout_s)
+
+    # -- committing
+
+    def _committable_locked(self) -> dict[tuple[str, int], int]:
+        positions = self._tracker.committable()
+        for tp, pos in self._retry.items():
+            if pos > positions.get(tp, -1):
+                positions[tp] = pos
+        self._retry.clear()
+        return {tp: pos for tp, pos in positions.items() if tp in self._assigned}
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        with self._lock:
+            for m in messages:
+                self._tracker.done(m)
+        if self._commit_lock is None:
+            self._commit_lock = asyncio.Lock()
+        # Callers that queue here while a commit is in flight find their offsets either
+        # included by the next request or already committed: commits coalesce under load.
+        async with self._commit_lock:
+            with self._lock:
+                positions = self._committable_locked()
+            if not positions:
+                return
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(
+                    self._commit_pool,
+                    functools.partial(
+                        self._raw.commit, offsets=_offsets(positions), asynchronous=False
+                    ),
+                )
+            except KafkaException as exc:
+                self._commit_failed(positions, exc)
+
+    def _commit_failed(self, positions: dict[tuple[str, int], int], exc: KafkaException) -> None:
+        code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+        with self._lock:
+            for tp, pos in positions.items():
+                if tp in self._assigned and pos > self._retry.get(tp, -1):
+                    self._retry[tp] = pos  # retried with the next commit
+        if code in _REBALANCE_CODES:
+            log.info("%s: commit deferred by a rebalance: %s", self.group, exc)
+        else:
+            log.warning("%s: commit failed (retried with the next one): %s", self.group, exc)
+
+    # -- flow control
+
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+        assignment = self._raw.assignment()
+        if assignment:
+            self._raw.pause(assignment)
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+        assignment = self._raw.assignment()
+        if assignment:
+            self._raw.resume(assignment)
+
+    # -- shutdown
+
+    def _close(self) -> None:
+        with self._lock:
+            positions = self._committable_locked()
+        if positions:
+            try:
+                self._raw.commit(offsets=_offsets(positions), asynchronous=False)
+            except KafkaException as exc:
+                log.warning("%s: final commit failed (will be redelivered): %s", self.group, exc)
+        self._raw.close()  # leaves the group (on_revoke commits what is done)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._commit_lock is not None:
+            async with self._commit_lock:  # let an in-flight commit finish first
+                pass
+        loop = asyncio.get_running_loop()
+        # On the poll thread: after any consume() still running, never concurrently with it.
+        await loop.run_in_executor(self._poll_pool, self._close)
+        self._poll_pool.shutdown(wait=False)
+        self._commit_pool.shutdown(wait=False)
+
+
+def _offsets(positions: dict[tuple[str, int], int]) -> list[TopicPartition]:
+    return [TopicPartition(t, p, pos) for (t, p), pos in sorted(positions.items())]
+
+
+def _names(partitions: Sequence[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"
