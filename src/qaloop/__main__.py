@@ -1,0 +1,3 @@
+from qaloop.cli import main
+
+main()
