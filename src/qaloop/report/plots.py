@@ -1,0 +1,267 @@
+"""PNG plots of the report's sections (matplotlib, Agg backend; the optional `report` extra).
+
+Figures are built with the object API (`matplotlib.figure.Figure`), never pyplot's global
+state, so plotting is safe in tests and threads. Every function writes one file and returns
+its path; with no data it still writes the file, saying so on the canvas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from qaloop.report import tables as T
+
+COLORS = {"hit": "#2a9d8f", "queued": "#e76f51", "error": "#6c757d"}
+PALETTE = ["#264653", "#2a9d8f", "#e9c46a", "#f4a261", "#e76f51", "#8d99ae", "#6a4c93"]
+DPI = 110
+
+
+def new_figure(width: float = 8.0, height: float = 4.8) -> Figure:
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def no_data(ax: Any, message: str = "no data") -> None:
+    ax.text(
+        0.5,
+        0.5,
+        message,
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        fontsize=12,
+        color="#6c757d",
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def ecdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
+    xs = sorted(values)
+    n = len(xs)
+    return xs, [(i + 1) / n for i in range(n)]
+
+
+def latency_cdf(latency: T.Latency, path: Path) -> Path:
+    fig = new_figure()
+    ax = fig.subplots()
+    drawn = False
+    for i, (kind, values) in enumerate(latency.samples.items()):
+        if not values:
+            continue
+        xs, ys = ecdf([max(v, 1e-4) for v in values])
+        p50 = T.percentile(values, 50) or 0.0
+        color = COLORS.get(kind, PALETTE[i % len(PALETTE)])
+        ax.step(
+            xs,
+            ys,
+            where="post",
+            color=color,
+            lw=2,
+            label=f"{kind} (n={len(values)}, p50 {p50:.3g} s)",
+        )
+        drawn = True
+    if not drawn:
+        no_data(ax, "no finished questions")
+    else:
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right")
+        ax.set_xlabel("time to an answer (s, log scale)")
+        ax.set_ylabel("fraction of requests answered")
+    ax.set_title(f"Perceived latency: CDF of time to an answer\n(source: {latency.source})")
+    return save(fig, path)
+
+
+def throughput(series: dict[str, Sequence[float]], path: Path, source: str) -> Path:
+    """`series`: label -> event times (s); plotted as events per second over time."""
+    fig = new_figure()
+    ax = fig.subplots()
+    starts = [min(v) for v in series.values() if v]
+    if not starts:
+        no_data(ax)
+    else:
+        t0 = min(starts)
+        for i, (label, times) in enumerate(series.items()):
+            if not times:
+                continue
+            xs, rates, _ = T.throughput([t - t0 for t in times])
+            offset = min(times) - t0
+            color = COLORS.get(label, PALETTE[i % len(PALETTE)])
+            ax.plot(
+                [x + offset for x in xs],
+                rates,
+                drawstyle="steps-post",
+                lw=2,
+                color=color,
+                label=f"{label} (n={len(times)})",
+            )
+        ax.set_xlabel("time since the first request (s)")
+        ax.set_ylabel("events per second")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    ax.set_title(f"Throughput over time (source: {source})")
+    return save(fig, path)
+
+
+def retries(data: T.Retries, path: Path) -> Path:
+    fig = new_figure(9.0, 4.8)
+    ax_out, ax_wait = fig.subplots(1, 2, width_ratios=[3, 2])
+    rows = data.rows
+    if not rows:
+        no_data(ax_out, "no LLM errors")
+        no_data(ax_wait, "no waits")
+    else:
+        names = [r.error_class for r in rows]
+        xs = list(range(len(rows)))
+        w = 0.27
+        for j, (label, attr, color) in enumerate(
+            (
+                ("recovered", "recovered", "#2a9d8f"),
+                ("gave up", "gave_up", "#e76f51"),
+                ("pending", "pending", "#adb5bd"),
+            )
+        ):
+            ax_out.bar(
+                [x + (j - 1) * w for x in xs],
+                [getattr(r, attr) for r in rows],
+                w,
+                label=label,
+                color=color,
+            )
+        ax_out.set_xticks(xs, names)
+        ax_out.set_ylabel("questions")
+        ax_out.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_out.set_xlabel("error class")
+        ax_out.set_title("What became of questions that hit an error")
+        ax_out.legend()
+        means = [T.mean(r.waits_s) or 0.0 for r in rows]
+        p95s = [T.percentile(r.waits_s, 95) or 0.0 for r in rows]
+        ax_wait.bar([x - 0.2 for x in xs], means, 0.4, label="mean", color="#264653")
+        ax_wait.bar([x + 0.2 for x in xs], p95s, 0.4, label="p95", color="#e9c46a")
+        ax_wait.set_xticks(xs, names)
+        ax_wait.set_ylabel("wait per retry (s)")
+        ax_wait.set_xlabel("error class")
+        ax_wait.set_title("Time waiting (backoff) or parked")
+        ax_wait.legend()
+    fig.suptitle("Retry effectiveness per error type")
+    return save(fig, path)
+
+
+def feedback(data: T.Feedback, path: Path, threshold: float) -> Path:
+    fig = new_figure(9.0, 4.5)
+    ax_val, ax_score = fig.subplots(1, 2)
+    if not data.attempts:
+        no_data(ax_val, "no scored answers")
+        no_data(ax_score, "no scored answers")
+    else:
+        att = [a.attempt for a in data.attempts]
+        ax_val.bar(att, [a.validated for a in data.attempts], color="#2a9d8f", label="validated")
+        ax_val.bar(
+            att,
+            [a.regenerated for a in data.attempts],
+            color="#e9c46a",
+            bottom=[a.validated for a in data.attempts],
+            label="sent back",
+        )
+        ax_val.bar(
+            att,
+            [a.gave_up for a in data.attempts],
+            color="#e76f51",
+            bottom=[a.validated + a.regenerated for a in data.attempts],
+            label="gave up",
+        )
+        ax_val.set_xticks(att)
+        ax_val.set_xlabel("attempt")
+        ax_val.set_ylabel("answers scored")
+        ax_val.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_val.set_title("Decision per attempt")
+        ax_val.legend()
+        means = [a.mean_score for a in data.attempts]
+        ax_score.plot(
+            att,
+            [m if m is not None else float("nan") for m in means],
+            "o-",
+            color="#264653",
+            lw=2,
+            label="mean score",
+        )
+        ax_score.axhline(threshold, color="#e76f51", ls="--", label=f"threshold {threshold:g}")
+        ax_score.set_xticks(att)
+        ax_score.set_ylim(0, 1)
+        ax_score.set_xlabel("attempt")
+        ax_score.set_ylabel("mean score (0-1)")
+        ax_score.set_title("Mean score per attempt")
+        ax_score.legend()
+    overhead = data.overhead_pct
+    fig.suptitle("Feedback loop" + ("" if overhead is None else f": +{overhead:.1f} % LLM calls"))
+    return save(fig, path)
+
+
+def scores(data: T.Scores, path: Path) -> Path:
+    fig = new_figure()
+    ax = fig.subplots()
+    if not data.all_scores:
+        no_data(ax, "no scores")
+    else:
+        bins = [i / 40 for i in range(41)]
+        ax.hist(
+            data.all_scores,
+            bins=bins,
+            color="#8d99ae",
+            label=f"all attempts (n={len(data.all_scores)})",
+        )
+        ax.hist(
+            data.first_attempt,
+            bins=bins,
+            histtype="step",
+            lw=2,
+            color="#264653",
+            label=f"first attempt (n={len(data.first_attempt)})",
+        )
+        rate = data.pass_rate_pct or 0.0
+        ax.axvline(
+            data.threshold,
+            color="#e76f51",
+            lw=2,
+            ls="--",
+            label=f"threshold {data.threshold:g} ({rate:.1f} % pass)",
+        )
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("quality score (0-1)")
+        ax.set_ylabel("answers")
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+    ax.set_title("Score distribution with the validation threshold")
+    return save(fig, path)
+
+
+def dead_letters(data: T.DeadLetters, path: Path) -> Path:
+    fig = new_figure(8.0, max(3.0, 1.2 + 0.45 * len(data.by_reason)))
+    ax = fig.subplots()
+    if not data.by_reason:
+        no_data(ax, "no dead letters")
+    else:
+        reasons = [r if len(r) <= 45 else r[:44] + "…" for r, _, _ in data.by_reason][::-1]
+        counts = [n for _, n, _ in data.by_reason][::-1]
+        ax.barh(reasons, counts, color="#e76f51")
+        for y, n in enumerate(counts):
+            ax.text(n, y, f" {n}", va="center")
+        ax.set_xlabel("dead letters")
+        ax.margins(x=0.15)
+    ax.set_title(f"Dead letters by reason (total {data.total})")
+    return save(fig, path)

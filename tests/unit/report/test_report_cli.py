@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("matplotlib", reason="the report needs the `report` extra")
+
+from qaloop.cli.report import command
+from qaloop.report.data import RequestsFileError, read_requests
+from qaloop.report.render import PLOT_FILES
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(command, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_report_writes_markdown_html_and_every_plot(known_db: str, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    output = run("--db", known_db, "--out", str(out), "--threshold", "0.5")
+    assert "5 questions" in output
+    for name in ("report.md", "report.html", *PLOT_FILES):
+        path = out / name
+        assert path.exists() and path.stat().st_size > 0, name
+    for name in PLOT_FILES:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "Retry effectiveness per error type" in md
+    assert "| quota_minute | 1 | 1 | 0 | 1 | 1 | 0 | 0 | 100.0 |" in md
+    assert "| LLM calls per validated answer | 5.000 |" in md
+    assert "![Score distribution](scores.png)" in md
+    assert '<img src="feedback.png"' in (out / "report.html").read_text()
+
+
+def test_report_on_an_empty_database_still_writes_every_file(tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    run("--db", f"sqlite:///{tmp_path / 'empty.db'}", "--out", str(out))
+    for name in ("report.md", "report.html", *PLOT_FILES):
+        assert (out / name).exists(), name
+
+
+def test_report_reads_a_requests_csv(known_db: str, tmp_path: Path) -> None:
+    csv_path = tmp_path / "requests.csv"
+    csv_path.write_text(
+        "sent_at,latency_ms,outcome,question_id\n"
+        "1000.0,2.0,hit,a\n1000.5,1500,queued,b\n1001.0,2500,validated,c\n1001.2,30,503,d\n"
+        "1001.3,,error,e\n"
+    )
+    rows = read_requests(csv_path)
+    assert [(r.outcome, r.latency_s) for r in rows] == [
+        ("hit", 0.002),
+        ("queued", 1.5),
+        ("queued", 2.5),
+        ("error", 0.03),
+    ]
+    out = tmp_path / "rep"
+    run("--db", known_db, "--out", str(out), "--requests", str(csv_path))
+    md = (out / "report.md").read_text()
+    assert "Source: requests CSV." in md
+    assert "| queued | 2 | 2.000 |" in md
+
+
+def test_requests_csv_without_a_latency_column_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sent_at,outcome\n1,hit\n")
+    with pytest.raises(RequestsFileError, match="latency"):
+        read_requests(bad)
+    result = CliRunner().invoke(
+        command,
+        [
+            "--db",
+            f"sqlite:///{tmp_path}/x.db",
+            "--out",
+            str(tmp_path / "o"),
+            "--requests",
+            str(bad),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "no latency column" in result.output
