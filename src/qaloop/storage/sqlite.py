@@ -183,10 +183,22 @@ class SQLiteRepository:
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=5000")
+            self._enable_wal()
+            self._conn.execute("PRAGMA synchronous=NORMAL")
         self.migrate()
+
+    def _enable_wal(self) -> None:
+        # Switching a new file to WAL needs an exclusive lock and SQLite answers "database is
+        # locked" at once, without the busy handler, while another connection opens it too.
+        for attempt in range(100):
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.01 * (1 + attempt % 10))
 
     def migrate(self) -> None:
         with self._lock:

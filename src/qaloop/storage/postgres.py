@@ -1,0 +1,480 @@
+"""PostgreSQL repository (distributed mode): psycopg 3 with a connection pool.
+
+The same idempotent semantics as the SQLite repository (see storage.base):
+
+- questions(question_id): an upsert overwrites a row only with a strictly higher `progress`,
+  so a replayed older state never goes backwards and the first final state wins;
+- events(question_id, seq): INSERT ... ON CONFLICT DO NOTHING;
+- dead_letters(dedup_key): INSERT ... ON CONFLICT DO NOTHING;
+- hit counts are added, never set.
+
+`apply()` writes a whole batch in one transaction. Before writing, a batch is reduced to one
+envelope per question (the highest progress; the first of equal ones, as SQLite's row-by-row
+upsert would keep): PostgreSQL refuses an INSERT ... ON CONFLICT DO UPDATE that touches the same
+row twice ("cannot affect row a second time"). Rows are written sorted by key, so concurrent
+batches that overlap lock rows in the same order and can't deadlock.
+
+Two write paths, chosen by `write_mode` (measured in bench/bench_storage.py, docs/storage.md):
+"copy" (default) streams the batch into a temporary staging table with COPY and merges it with
+one INSERT ... SELECT ... ON CONFLICT per table; "executemany" sends one upsert per row in
+pipeline mode. Schema migrations live in qaloop/storage/migrations/NNNN_*.sql and are applied
+in order under an advisory lock, so concurrent starts are safe.
+
+PostgreSQL TEXT can't hold NUL characters: they are replaced by U+FFFD in the text columns (the
+stored envelope, a BYTEA, keeps the original bytes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from qaloop.core import codec
+from qaloop.core.model import Envelope, Event, QuestionRecord, progress_key
+from qaloop.storage.base import DeadLetter
+from qaloop.storage.sqlite import (
+    EVENT_COLUMNS,
+    event_from_row,
+    event_rows,
+    question_row,
+    record_from_row,
+)
+
+log = logging.getLogger(__name__)
+
+WriteMode = Literal["copy", "executemany"]
+
+# pg_advisory_lock(key1, key2): key1 is ours ("qalo"), key2 the schema being migrated.
+_LOCK_NAMESPACE = 0x71616C6F
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+_QUESTION_COLUMNS = (
+    "question_id, question, reference_answer, state, attempt, first_seen, updated_at, answer, "
+    "score, llm_calls, hit_count, finished_at, error_class, error_detail, trace_id"
+)
+# the order of storage.sqlite.question_row()
+_WRITE_COLUMNS = (
+    "question_id, question, reference_answer, state, attempt, progress, first_seen, updated_at, "
+    "finished_at, answer, score, llm_calls, error_class, error_detail, trace_id, envelope"
+)
+_EVENT_WRITE_COLUMNS = f"question_id, {EVENT_COLUMNS}"
+
+_ON_CONFLICT_QUESTION = """
+ON CONFLICT (question_id) DO UPDATE SET
+    state = excluded.state, attempt = excluded.attempt, progress = excluded.progress,
+    updated_at = excluded.updated_at, finished_at = excluded.finished_at,
+    answer = excluded.answer, score = excluded.score, llm_calls = excluded.llm_calls,
+    error_class = excluded.error_class, error_detail = excluded.error_detail,
+    envelope = excluded.envelope
+WHERE excluded.progress > questions.progress
+"""
+
+_VALUES_16 = ", ".join(["%s"] * 16)
+_VALUES_12 = ", ".join(["%s"] * 12)
+_UPSERT = f"INSERT INTO questions ({_WRITE_COLUMNS}) VALUES ({_VALUES_16}) {_ON_CONFLICT_QUESTION}"
+_INSERT_NEW = (
+    f"INSERT INTO questions ({_WRITE_COLUMNS}) VALUES ({_VALUES_16}) "
+    "ON CONFLICT (question_id) DO NOTHING RETURNING question_id"
+)
+_EVENT_INSERT = (
+    f"INSERT INTO events ({_EVENT_WRITE_COLUMNS}) VALUES ({_VALUES_12}) "
+    "ON CONFLICT (question_id, seq) DO NOTHING"
+)
+
+# Staging tables for the COPY path: one pair per pooled connection, emptied at every commit.
+_STAGE_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS qaloop_stage_questions (
+    question_id TEXT, question TEXT, reference_answer TEXT, state TEXT, attempt INTEGER,
+    progress INTEGER, first_seen DOUBLE PRECISION, updated_at DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION, answer TEXT, score DOUBLE PRECISION, llm_calls INTEGER,
+    error_class TEXT, error_detail TEXT, trace_id TEXT, envelope BYTEA
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS qaloop_stage_events (
+    question_id TEXT, seq INTEGER, attempt INTEGER, kind TEXT, at DOUBLE PRECISION, answer TEXT,
+    score DOUBLE PRECISION, latency_ms DOUBLE PRECISION, error_class TEXT, detail TEXT,
+    decision TEXT, wait_s DOUBLE PRECISION
+) ON COMMIT DELETE ROWS;
+"""
+_QUESTION_TYPES = [
+    "text", "text", "text", "text", "int4", "int4", "float8", "float8",
+    "float8", "text", "float8", "int4", "text", "text", "text", "bytea",
+]  # fmt: skip
+_EVENT_TYPES = [
+    "text", "int4", "int4", "text", "float8", "text",
+    "float8", "float8", "text", "text", "text", "float8",
+]  # fmt: skip
+_MERGE_QUESTIONS = (
+    f"INSERT INTO questions ({_WRITE_COLUMNS}) SELECT {_WRITE_COLUMNS} "
+    f"FROM qaloop_stage_questions ORDER BY question_id {_ON_CONFLICT_QUESTION}"
+)
+_MERGE_EVENTS = (
+    f"INSERT INTO events ({_EVENT_WRITE_COLUMNS}) SELECT {_EVENT_WRITE_COLUMNS} "
+    "FROM qaloop_stage_events ORDER BY question_id, seq ON CONFLICT (question_id, seq) DO NOTHING"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations() -> list[Migration]:
+    """The migration files shipped in the package, in version order."""
+    found: list[Migration] = []
+    for entry in resources.files("qaloop.storage").joinpath("migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match is None:
+            continue
+        found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration versions: {[m.name for m in found]}")
+    return found
+
+
+def dedupe_batch(envelopes: Sequence[Envelope]) -> list[Envelope]:
+    """One envelope per question: the highest progress, the first of equal ones; sorted by id."""
+    best: dict[str, tuple[int, Envelope]] = {}
+    for envelope in envelopes:
+        progress = progress_key(envelope.state, envelope.attempt)
+        seen = best.get(envelope.question_id)
+        if seen is None or progress > seen[0]:
+            best[envelope.question_id] = (progress, envelope)
+    return [best[qid][1] for qid in sorted(best)]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _clean_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_clean(v) for v in row)
+
+
+def batch_rows(
+    envelopes: Sequence[Envelope], now: float
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Question rows (deduplicated, sorted) and event rows (every envelope's history; the first
+    of each (question_id, seq) kept, sorted) for one batch."""
+    questions = [_clean_row(question_row(e, now)) for e in dedupe_batch(envelopes)]
+    events: dict[tuple[str, int], tuple[Any, ...]] = {}
+    for envelope in envelopes:
+        for row in event_rows(envelope):
+            events.setdefault((row[0], row[1]), row)
+    return questions, [_clean_row(events[key]) for key in sorted(events)]
+
+
+class PostgresRepository:
+    """The Repository protocol over PostgreSQL. Thread-safe: every call borrows a pooled
+    connection for one transaction."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 4,
+        write_mode: WriteMode = "copy",
+        connect_timeout: float = 30.0,
+        migrate: bool = True,
+    ) -> None:
+        if write_mode not in ("copy", "executemany"):
+            raise ValueError(f"unknown write_mode {write_mode!r}")
+        self.write_mode: WriteMode = write_mode
+        self.schema = schema
+        kwargs: dict[str, Any] = {}
+        if schema is not None:
+            kwargs["options"] = f"-c search_path={_quote_ident(schema)}"
+        self._kwargs = kwargs
+        self._dsn = dsn
+        self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs=kwargs,
+            configure=self._configure,
+            open=False,
+            name="qaloop-storage",
+        )
+        self._pool.open(wait=True, timeout=connect_timeout)
+        if migrate:
+            self.migrate()
+
+    @staticmethod
+    def _configure(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(_STAGE_DDL)
+        conn.commit()
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        """A pooled connection inside one transaction (committed on success)."""
+        with self._pool.connection() as conn, conn.transaction():
+            yield conn
+
+    # -- migrations -------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Apply the pending migrations in order, each in its own transaction, holding a
+        session advisory lock for this schema so concurrent starts apply each file once."""
+        migrations = load_migrations()
+        with psycopg.connect(self._dsn, autocommit=True, **self._kwargs) as conn:
+            # the schema may not exist yet (current_schema() is then NULL): key on its name
+            lock_sql = "hashtext(coalesce(%s, current_schema(), 'public')))"
+            lock_args = (_LOCK_NAMESPACE, self.schema)
+            conn.execute("SELECT pg_advisory_lock(%s, " + lock_sql, lock_args)
+            try:
+                if self.schema is not None:
+                    conn.execute(
+                        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                            sql.Identifier(self.schema)
+                        )
+                    )
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,"
+                    " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )
+                applied = {
+                    int(v): (str(n), str(c))
+                    for v, n, c in conn.execute(
+                        "SELECT version, name, checksum FROM schema_migrations"
+                    ).fetchall()
+                }
+                for migration in migrations:
+                    done = applied.get(migration.version)
+                    if done is not None:
+                        if done[1] != migration.checksum:
+                            log.warning(
+                                "migration %s changed after it was applied (as %s); "
+                                "add a new migration instead of editing an applied one",
+                                migration.name,
+                                done[0],
+                            )
+                        continue
+                    with conn.transaction():
+                        conn.execute(migration.sql)  # type: ignore[arg-type]  # trusted file
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name, checksum) "
+                            "VALUES (%s, %s, %s)",
+                            (migration.version, migration.name, migration.checksum),
+                        )
+                    log.info("applied migration %s", migration.name)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, " + lock_sql, lock_args)
+
+    def applied_migrations(self) -> list[int]:
+        with self._tx() as conn:
+            rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        return [int(r[0]) for r in rows]
+
+    # -- questions --------------------------------------------------------------------------
+
+    def accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
+        now = time.time()
+        with self._tx() as conn:
+            cur = conn.execute(_INSERT_NEW, _clean_row(question_row(envelope, now)))
+            inserted = cur.fetchone() is not None
+            if inserted:
+                rows = [_clean_row(r) for r in event_rows(envelope)]
+                if rows:
+                    conn.cursor().executemany(_EVENT_INSERT, rows)
+            row = conn.execute(
+                f"SELECT {_QUESTION_COLUMNS} FROM questions WHERE question_id = %s",
+                (envelope.question_id,),
+            ).fetchone()
+        assert row is not None  # inserted here, or by someone else before us
+        return inserted, record_from_row(row)
+
+    def get(self, question_id: str) -> QuestionRecord | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                f"SELECT {_QUESTION_COLUMNS} FROM questions WHERE question_id = %s",
+                (question_id,),
+            ).fetchone()
+        return None if row is None else record_from_row(row)
+
+    def apply(self, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
+        questions, events = batch_rows(envelopes, time.time())
+        with self._tx() as conn:
+            if self.write_mode == "copy":
+                self._apply_copy(conn, questions, events)
+            else:
+                self._apply_executemany(conn, questions, events)
+
+    @staticmethod
+    def _apply_executemany(
+        conn: psycopg.Connection[Any],
+        questions: list[tuple[Any, ...]],
+        events: list[tuple[Any, ...]],
+    ) -> None:
+        with conn.cursor() as cur:  # executemany runs in pipeline mode (libpq >= 14)
+            cur.executemany(_UPSERT, questions)
+            if events:
+                cur.executemany(_EVENT_INSERT, events)
+
+    @staticmethod
+    def _apply_copy(
+        conn: psycopg.Connection[Any],
+        questions: list[tuple[Any, ...]],
+        events: list[tuple[Any, ...]],
+    ) -> None:
+        with conn.cursor() as cur:
+            with cur.copy(
+                f"COPY qaloop_stage_questions ({_WRITE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(_QUESTION_TYPES)
+                for row in questions:
+                    copy.write_row(row)
+            cur.execute(_MERGE_QUESTIONS)
+            if events:
+                with cur.copy(
+                    f"COPY qaloop_stage_events ({_EVENT_WRITE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(_EVENT_TYPES)
+                    for row in events:
+                        copy.write_row(row)
+                cur.execute(_MERGE_EVENTS)
+
+    def add_hits(self, hits: Mapping[str, int]) -> None:
+        if not hits:
+            return
+        ids = sorted(hits)
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE questions SET hit_count = questions.hit_count + h.n "
+                "FROM unnest(%s::text[], %s::bigint[]) AS h(question_id, n) "
+                "WHERE questions.question_id = h.question_id",
+                (ids, [int(hits[q]) for q in ids]),
+            )
+
+    def unfinished(self) -> list[Envelope]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT envelope FROM questions WHERE state NOT IN ('validated', 'failed') "
+                "ORDER BY first_seen, question_id"
+            ).fetchall()
+        return [codec.decode(bytes(r[0])) for r in rows]
+
+    def events(self, question_id: str) -> list[Event]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE question_id = %s ORDER BY seq",
+                (question_id,),
+            ).fetchall()
+        return [event_from_row(r) for r in rows]
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    def record_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        rows = sorted(
+            {
+                d.dedup_key: (
+                    d.dedup_key,
+                    _clean(d.reason),
+                    _clean(d.source_topic),
+                    d.at,
+                    _clean(d.question_id),
+                    d.raw,
+                )
+                for d in reversed(letters)  # the first of a duplicated key wins
+            }.values()
+        )
+        with self._tx() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO dead_letters (dedup_key, reason, source_topic, at, question_id, raw) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dedup_key) DO NOTHING",
+                rows,
+            )
+
+    def dead_letters(self, limit: int = 100, include_replayed: bool = False) -> list[DeadLetter]:
+        where = "" if include_replayed else "WHERE NOT replayed"
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT dedup_key, reason, source_topic, at, question_id, raw, replayed "
+                f"FROM dead_letters {where} ORDER BY at, dedup_key LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [
+            DeadLetter(
+                r[0],
+                r[1],
+                r[2],
+                float(r[3]),
+                r[4],
+                None if r[5] is None else bytes(r[5]),
+                bool(r[6]),
+            )
+            for r in rows
+        ]
+
+    def mark_replayed(self, dedup_keys: Sequence[str]) -> None:
+        if not dedup_keys:
+            return
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE dead_letters SET replayed = TRUE WHERE dedup_key = ANY(%s)",
+                (sorted(set(dedup_keys)),),
+            )
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def state_counts(self) -> dict[str, int]:
+        with self._tx() as conn:
+            rows = conn.execute("SELECT state, COUNT(*) FROM questions GROUP BY state").fetchall()
+        return {str(state): int(n) for state, n in rows}
+
+    def export_questions(self) -> list[dict[str, Any]]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_QUESTION_COLUMNS} FROM questions ORDER BY question_id"
+            ).fetchall()
+        return [record_to_dict(record_from_row(r)) for r in rows]
+
+    def export_events(self) -> list[dict[str, Any]]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT question_id, {EVENT_COLUMNS} FROM events ORDER BY question_id, seq"
+            ).fetchall()
+        return [{"question_id": r[0], **event_from_row(r[1:]).to_dict()} for r in rows]
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def record_to_dict(record: QuestionRecord) -> dict[str, Any]:
+    data = dataclasses.asdict(record)
+    data["state"] = record.state.value
+    data["error_class"] = None if record.error_class is None else record.error_class.value
+    return data
+
+
+def _quote_ident(name: str) -> str:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ValueError(f"invalid schema name {name!r} (lower-case letters, digits and _ only)")
+    return name
