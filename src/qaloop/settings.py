@@ -18,6 +18,13 @@ class Settings(BaseSettings):
     bus: Literal["memory", "kafka"] = Field("memory", description="Message bus")
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
     topic_prefix: str = Field("qaloop", description="Prefix of every topic name")
+    kafka_partitions: int = Field(6, ge=1, description="Partitions of the hot topics")
+    kafka_session_timeout_ms: int = Field(
+        10000, ge=6000, description="How long a dead consumer keeps its partitions"
+    )
+    stale_after_s: float = Field(
+        60.0, gt=0, description="Re-publish questions queued this long with no progress"
+    )
 
     # Cache
     cache_policy: Literal["lru", "lfu", "fifo"] = Field("lru", description="Cache eviction policy")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from qaloop.core.model import Envelope, Event, QuestionRecord
 
@@ -62,6 +62,17 @@ class Repository(Protocol):
     def export_events(self) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class StaleQueries(Protocol):
+    """Optional repository query for the distributed mode's safety sweep (qaloop.distributed)."""
+
+    def stale(self, older_than_s: float, limit: int = 1000) -> list[Envelope]:
+        """Questions accepted more than `older_than_s` ago with nothing recorded since (state
+        queued, no event after `accepted`), oldest first: the gateway may have stored them and
+        died before publishing them."""
+        ...
 
 
 def open_repository(url: str) -> Repository:

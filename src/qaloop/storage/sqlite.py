@@ -256,6 +256,18 @@ class SQLiteRepository:
             ).fetchall()
         return [codec.decode(r[0]) for r in rows]
 
+    def stale(self, older_than_s: float, limit: int = 1000) -> list[Envelope]:
+        cutoff = time.time() - older_than_s
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT q.envelope FROM questions q WHERE q.state = 'queued' "
+                "AND q.updated_at < ? AND NOT EXISTS (SELECT 1 FROM events e "
+                "WHERE e.question_id = q.question_id AND e.seq > 0) "
+                "ORDER BY q.updated_at LIMIT ?",
+                (cutoff, limit),
+            ).fetchall()
+        return [codec.decode(r[0]) for r in rows]
+
     def events(self, question_id: str) -> list[Event]:
         with self._lock:
             rows = self._conn.execute(
