@@ -9,7 +9,6 @@ makes every count repeatable run to run; only the timings vary.
 from __future__ import annotations
 
 import asyncio
-import random
 import statistics
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Any
 from qaloop.dataset import QA
 from qaloop.pipeline import EmbeddedPipeline
 from qaloop.settings import Settings
+from qaloop.traffic_model import popularity
 
 
 @dataclass
@@ -43,11 +43,6 @@ class DemoResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def zipf_draws(n_items: int, n_draws: int, s: float, rng: random.Random) -> list[int]:
-    weights = [1.0 / (rank + 1) ** s for rank in range(n_items)]
-    return rng.choices(range(n_items), weights=weights, k=n_draws)
-
-
 async def run_demo(
     settings: Settings,
     dataset: list[QA],
@@ -61,8 +56,7 @@ async def run_demo(
     pool = dataset[:unique]
     if not pool:
         raise ValueError("the dataset has no usable rows")
-    rng = random.Random(seed)
-    order = [pool[i] for i in zipf_draws(len(pool), requests, zipf_s, rng)]
+    order = [pool[i] for i in popularity("zipf", len(pool), seed, zipf_s).sample(requests)]
     pipeline = EmbeddedPipeline(settings)
     await pipeline.start()
     outcomes: list[RequestOutcome] = []

@@ -11,6 +11,7 @@ import click
 COMMAND_MODULES = [
     "qaloop.cli.demo",
     "qaloop.cli.serve",
+    "qaloop.cli.traffic",
 ]
 
 
