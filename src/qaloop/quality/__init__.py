@@ -1,5 +1,19 @@
 """Answer-quality scorers behind one interface (qaloop.quality.base.Scorer)."""
 
-from qaloop.quality.base import Scorer, get_scorer, scorer_names
+from qaloop.quality.base import (
+    DetailedScorer,
+    ScoreDetail,
+    Scorer,
+    get_scorer,
+    score_details,
+    scorer_names,
+)
 
-__all__ = ["Scorer", "get_scorer", "scorer_names"]
+__all__ = [
+    "DetailedScorer",
+    "ScoreDetail",
+    "Scorer",
+    "get_scorer",
+    "score_details",
+    "scorer_names",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 
@@ -15,6 +16,30 @@ class Scorer(Protocol):
     def score(self, answer: str, reference: str) -> float: ...
 
     def score_batch(self, pairs: Sequence[tuple[str, str]]) -> list[float]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreDetail:
+    """One score with what the scorer noticed about the pair (languages: qaloop.quality.lang)."""
+
+    score: float
+    answer_lang: str = "und"
+    reference_lang: str = "und"
+    cross_language: bool = False
+
+
+@runtime_checkable
+class DetailedScorer(Scorer, Protocol):
+    """Optional extension: scores plus per-pair details (the judge uses it when present)."""
+
+    def score_batch_detailed(self, pairs: Sequence[tuple[str, str]]) -> list[ScoreDetail]: ...
+
+
+def score_details(scorer: Scorer, pairs: Sequence[tuple[str, str]]) -> list[ScoreDetail]:
+    """Details from a DetailedScorer, or bare scores (languages undetermined) from any Scorer."""
+    if isinstance(scorer, DetailedScorer):
+        return scorer.score_batch_detailed(pairs)
+    return [ScoreDetail(score=s) for s in scorer.score_batch(pairs)]
 
 
 _REGISTRY: dict[str, Callable[[], Scorer]] = {}

@@ -1,29 +1,59 @@
-"""Lexical scorers. Tokenisation is Unicode-aware: accents, CJK and other scripts count."""
+"""Lexical scorers and the weighted composite. Pure Python (+ rapidfuzz for LCS): no model.
+
+Every scorer:
+- maps (answer, reference) to [0, 1], higher = closer;
+- tokenises with qaloop.quality.text (Unicode-aware: accents, CJK, emoji count);
+- reads at most MAX_CHARS characters of each side (a 2 MB answer costs the same as a 20 kB one);
+- scores two empty texts 1.0 and one empty text 0.0;
+- reports per pair the detected languages and a `cross_language` flag (score_batch_detailed):
+  the score itself is never altered, see docs/quality.md ("Language").
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
-from qaloop.quality.base import register
+from rapidfuzz.distance import LCSseq
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+from qaloop.quality.base import ScoreDetail, Scorer, get_scorer, register
+from qaloop.quality.lang import UNDETERMINED, detect_language
+from qaloop.quality.text import normalize
+from qaloop.quality.text import tokens as _tokens
+
+MAX_CHARS = 20_000
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
 
 # A small English + Spanish stop list for the keyword part of the multi-metric score.
-STOPWORDS = frozenset(
+STOPWORDS = _words(
     """a an the and or but if of to in on at by for with from as is are was were be been being
     it its this that these those i you he she we they me him her us them my your his our their
     what which who whom how why when where do does did not no so than then there here can could
     would should will just about into over also more most some any all very
-    el la los las un una unos unas y o de del en que es por para con se no lo al su sus como""".split()
+    el la los las un una unos unas y o de del en que es por para con se no lo al su sus
+    como"""
 )
 
 
 def tokens(text: str) -> list[str]:
-    return _WORD.findall(text.casefold())
+    return _tokens(text[:MAX_CHARS])
 
 
-class _PairwiseScorer:
+def _empty_rule(a_empty: bool, r_empty: bool) -> float | None:
+    if a_empty and r_empty:
+        return 1.0
+    if a_empty or r_empty:
+        return 0.0
+    return None
+
+
+class BaseScorer:
+    """Pairwise scoring with the batch and detailed methods derived from `score`."""
+
     name = "base"
 
     def score(self, answer: str, reference: str) -> float:
@@ -32,22 +62,34 @@ class _PairwiseScorer:
     def score_batch(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         return [self.score(a, r) for a, r in pairs]
 
+    def score_batch_detailed(self, pairs: Sequence[tuple[str, str]]) -> list[ScoreDetail]:
+        return [
+            detail(score, answer, reference)
+            for score, (answer, reference) in zip(self.score_batch(pairs), pairs, strict=True)
+        ]
 
-class JaccardScorer(_PairwiseScorer):
+
+def detail(score: float, answer: str, reference: str) -> ScoreDetail:
+    a_lang = detect_language(answer[:MAX_CHARS])
+    r_lang = detect_language(reference[:MAX_CHARS])
+    cross = a_lang != UNDETERMINED and r_lang != UNDETERMINED and a_lang != r_lang
+    return ScoreDetail(score=score, answer_lang=a_lang, reference_lang=r_lang, cross_language=cross)
+
+
+class JaccardScorer(BaseScorer):
     """|A ∩ B| / |A ∪ B| over word sets: the original baseline (strict, language-blind)."""
 
     name = "jaccard"
 
     def score(self, answer: str, reference: str) -> float:
         a, b = set(tokens(answer)), set(tokens(reference))
-        if not a and not b:
-            return 1.0
-        if not a or not b:
-            return 0.0
+        empty = _empty_rule(not a, not b)
+        if empty is not None:
+            return empty
         return len(a & b) / len(a | b)
 
 
-class MultiMetricScorer(_PairwiseScorer):
+class MultiMetricScorer(BaseScorer):
     """The original system's lenient score: completeness 0.4 + keyword overlap 0.3 + length 0.3.
 
     Reconstructed from its description: completeness saturates at 20 words, keyword overlap
@@ -74,5 +116,126 @@ class MultiMetricScorer(_PairwiseScorer):
         return 0.4 * completeness + 0.3 * keyword + 0.3 * length
 
 
+def _f1(overlap: float, n_answer: int, n_reference: int) -> float:
+    if overlap <= 0:
+        return 0.0
+    precision = overlap / n_answer
+    recall = overlap / n_reference
+    return 2 * precision * recall / (precision + recall)
+
+
+class TokenF1Scorer(BaseScorer):
+    """SQuAD-style bag-of-tokens F1: multiset overlap, precision over the answer, recall over
+    the reference. Order-blind; rewards answers that reuse the reference's words."""
+
+    name = "token_f1"
+
+    def score(self, answer: str, reference: str) -> float:
+        a, r = tokens(answer), tokens(reference)
+        empty = _empty_rule(not a, not r)
+        if empty is not None:
+            return empty
+        overlap = sum((Counter(a) & Counter(r)).values())
+        return _f1(overlap, len(a), len(r))
+
+
+class RougeLScorer(BaseScorer):
+    """ROUGE-L F1 (beta = 1, as rouge-score reports `fmeasure`): the longest common
+    subsequence of the two token lists, computed by rapidfuzz's bit-parallel LCS.
+
+    Same formula as rouge-score's rougeL, but with qaloop's Unicode-aware tokens: rouge-score's
+    default tokenizer keeps only [a-z0-9], so "canción" becomes "canci n" and CJK text vanishes.
+    """
+
+    name = "rouge_l"
+
+    def score(self, answer: str, reference: str) -> float:
+        a, r = tokens(answer), tokens(reference)
+        empty = _empty_rule(not a, not r)
+        if empty is not None:
+            return empty
+        lcs = LCSseq.similarity(a, r)
+        return _f1(float(lcs), len(a), len(r))
+
+
+class ChrFScorer(BaseScorer):
+    """chrF (Popović 2015) as sacrebleu computes it: character n-grams of orders 1..6 with
+    whitespace removed, precision and recall averaged over the orders present in both texts,
+    then F-beta with beta = 2 (recall weighs 4x precision). Reported in [0, 1] (sacrebleu
+    reports x100) on casefolded NFC text, so it is case-insensitive (sacrebleu's default isn't).
+    Script-agnostic: works for accents and CJK without any tokeniser."""
+
+    name = "chrf"
+    order = 6
+    beta = 2.0
+
+    @staticmethod
+    def _chars(text: str) -> str:
+        return "".join(normalize(text[:MAX_CHARS]).split())
+
+    def score(self, answer: str, reference: str) -> float:
+        a, r = self._chars(answer), self._chars(reference)
+        empty = _empty_rule(not a, not r)
+        if empty is not None:
+            return empty
+        precision_sum = recall_sum = 0.0
+        orders = 0
+        for n in range(1, self.order + 1):
+            if len(a) < n or len(r) < n:
+                break
+            a_grams = Counter(a[i : i + n] for i in range(len(a) - n + 1))
+            r_grams = Counter(r[i : i + n] for i in range(len(r) - n + 1))
+            matches = sum((a_grams & r_grams).values())
+            precision_sum += matches / (len(a) - n + 1)
+            recall_sum += matches / (len(r) - n + 1)
+            orders += 1
+        if orders == 0:
+            return 0.0
+        precision, recall = precision_sum / orders, recall_sum / orders
+        if precision + recall == 0:
+            return 0.0
+        factor = self.beta**2
+        return (1 + factor) * precision * recall / (factor * precision + recall)
+
+
+DEFAULT_COMPOSITE = {"chrf": 0.5, "rouge_l": 0.25, "token_f1": 0.25}
+EMBEDDING_COMPOSITE = {"embedding": 0.5, "chrf": 0.5}
+
+
+class CompositeScorer(BaseScorer):
+    """Weighted mean of other scorers (weights normalised to sum 1); each part is batched."""
+
+    def __init__(self, weights: Mapping[str, float], name: str = "composite") -> None:
+        if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"composite weights must be >= 0 with a positive sum: {weights}")
+        total = sum(weights.values())
+        self.name = name
+        self.weights = {k: w / total for k, w in weights.items()}
+        self.parts: dict[str, Scorer] = {k: get_scorer(k) for k in self.weights}
+
+    def score(self, answer: str, reference: str) -> float:
+        return self.score_batch([(answer, reference)])[0]
+
+    def score_batch(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        totals = [0.0] * len(pairs)
+        for key, part in self.parts.items():
+            weight = self.weights[key]
+            for i, value in enumerate(part.score_batch(pairs)):
+                totals[i] += weight * value
+        return [min(1.0, max(0.0, t)) for t in totals]
+
+
+def _embedding() -> Scorer:
+    from qaloop.quality.embedding import EmbeddingScorer
+
+    return EmbeddingScorer()
+
+
 register("jaccard", JaccardScorer)
 register("multi_metric", MultiMetricScorer)
+register("token_f1", TokenF1Scorer)
+register("rouge_l", RougeLScorer)
+register("chrf", ChrFScorer)
+register("composite", lambda: CompositeScorer(DEFAULT_COMPOSITE, "composite"))
+register("embedding", _embedding)
+register("composite_embedding", lambda: CompositeScorer(EMBEDDING_COMPOSITE, "composite_embedding"))

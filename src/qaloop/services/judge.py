@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from qaloop.bus.base import Message, OutMessage, Topics
 from qaloop.core.model import Envelope
 from qaloop.core.routing import Decision, GateConfig, judge
-from qaloop.quality.base import Scorer
+from qaloop.quality.base import Scorer, score_details
 from qaloop.services.runner import decode_batch, out
 
 log = logging.getLogger(__name__)
@@ -27,23 +27,37 @@ def route(decision: Decision, envelope: Envelope, topics: Topics) -> OutMessage:
             return out(topics.dead_letter, envelope, **{"qaloop-reason": "gave_up: low score"})
 
 
-def score_envelopes(scorer: Scorer, envelopes: Sequence[Envelope]) -> list[float | None]:
-    """Scores for the envelopes that have a reference (None where there is none to compare)."""
+def score_envelopes(
+    scorer: Scorer, envelopes: Sequence[Envelope], stats: Counter[str] | None = None
+) -> list[float | None]:
+    """Scores for the envelopes that have a reference (None where there is none to compare).
+    `stats` counts `cross_language` pairs when the scorer reports details (docs/quality.md)."""
     indexed = [
         (i, e.answer or "", e.reference_answer)
         for i, e in enumerate(envelopes)
         if e.reference_answer is not None and e.reference_answer.strip()
     ]
     scores: list[float | None] = [None] * len(envelopes)
-    values = scorer.score_batch([(a, r) for _, a, r in indexed]) if indexed else []
-    for (i, _, _), value in zip(indexed, values, strict=True):
-        scores[i] = value
+    details = score_details(scorer, [(a, r) for _, a, r in indexed]) if indexed else []
+    for (i, _, _), detail in zip(indexed, details, strict=True):
+        scores[i] = detail.score
+        if stats is not None and detail.cross_language:
+            stats["cross_language"] += 1
+            log.info(
+                "question %s: answer language %s, reference %s (cross-language)",
+                envelopes[i].question_id,
+                detail.answer_lang,
+                detail.reference_lang,
+            )
     return scores
 
 
 class Judge:
     def __init__(
-        self, scorer: Scorer, gate: GateConfig, topics: Topics,
+        self,
+        scorer: Scorer,
+        gate: GateConfig,
+        topics: Topics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.scorer = scorer
@@ -52,11 +66,12 @@ class Judge:
         self.clock = clock
         self.decisions: Counter[str] = Counter()
         self.unscored = 0
+        self.quality: Counter[str] = Counter()  # e.g. "cross_language"
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[OutMessage]:
         good, outputs = decode_batch(messages, self.topics.dead_letter)
         envelopes = [e for e, _ in good]
-        scores = score_envelopes(self.scorer, envelopes)
+        scores = score_envelopes(self.scorer, envelopes, self.quality)
         now = self.clock()
         for envelope, score in zip(envelopes, scores, strict=True):
             if score is None:
@@ -65,8 +80,10 @@ class Judge:
             self.decisions[decision.value] += 1
             log.info(
                 "question %s attempt %d: score %s -> %s",
-                envelope.question_id, envelope.attempt,
-                "n/a" if score is None else f"{score:.3f}", decision.value,
+                envelope.question_id,
+                envelope.attempt,
+                "n/a" if score is None else f"{score:.3f}",
+                decision.value,
             )
             outputs.append(route(decision, routed, self.topics))
         return outputs
