@@ -15,16 +15,40 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parents[1] / "src" / "qaloop" / "data" / "sample_questions.csv"
 
 TOPICS = {
-    1: ("Society & Culture", ["tradition", "holiday", "wedding custom", "festival", "etiquette rule"]),
-    2: ("Science & Mathematics", ["photosynthesis", "gravity", "prime number", "volcano", "rainbow"]),
+    1: (
+        "Society & Culture",
+        ["tradition", "holiday", "wedding custom", "festival", "etiquette rule"],
+    ),
+    2: (
+        "Science & Mathematics",
+        ["photosynthesis", "gravity", "prime number", "volcano", "rainbow"],
+    ),
     3: ("Health", ["headache", "sleep schedule", "vitamin D", "back pain", "hydration"]),
-    4: ("Education & Reference", ["essay outline", "thesis", "exam plan", "citation", "scholarship"]),
-    5: ("Computers & Internet", ["password manager", "wifi router", "laptop battery", "backup", "browser cache"]),
+    4: (
+        "Education & Reference",
+        ["essay outline", "thesis", "exam plan", "citation", "scholarship"],
+    ),
+    5: (
+        "Computers & Internet",
+        ["password manager", "wifi router", "laptop battery", "backup", "browser cache"],
+    ),
     6: ("Sports", ["marathon", "free throw", "swimming stroke", "tennis serve", "warm-up"]),
-    7: ("Business & Finance", ["budget", "credit score", "savings account", "invoice", "small loan"]),
-    8: ("Entertainment & Music", ["guitar chord", "film score", "playlist", "drum beat", "karaoke song"]),
-    9: ("Family & Relationships", ["friendship", "first date", "sibling argument", "family dinner", "apology"]),
-    10: ("Politics & Government", ["election", "city council", "tax form", "passport", "jury duty"]),
+    7: (
+        "Business & Finance",
+        ["budget", "credit score", "savings account", "invoice", "small loan"],
+    ),
+    8: (
+        "Entertainment & Music",
+        ["guitar chord", "film score", "playlist", "drum beat", "karaoke song"],
+    ),
+    9: (
+        "Family & Relationships",
+        ["friendship", "first date", "sibling argument", "family dinner", "apology"],
+    ),
+    10: (
+        "Politics & Government",
+        ["election", "city council", "tax form", "passport", "jury duty"],
+    ),
 }
 
 QUESTIONS = [
@@ -60,8 +84,15 @@ CLOSERS = [
 ]
 
 SPANISH = [
-    ("¿Cómo puedo mejorar mi {t}?", "Empieza poco a poco con {t} y practica cada día. Pide consejos a alguien con experiencia."),
-    ("¿Qué es lo más importante de {t}?", "Lo más importante de {t} es entender lo básico antes de avanzar. La paciencia ayuda mucho."),
+    (
+        "¿Cómo puedo mejorar mi {t}?",
+        "Empieza poco a poco con {t} y practica cada día. Pide consejos a alguien con experiencia.",
+    ),
+    (
+        "¿Qué es lo más importante de {t}?",
+        "Lo más importante de {t} es entender lo básico antes de avanzar. "
+        "La paciencia ayuda mucho.",
+    ),
 ]
 
 

@@ -39,8 +39,9 @@ def parse_rows(rows: Iterator[list[str]], source: str) -> Iterator[QA]:
         if line_no == 1 and tuple(c.strip().lower() for c in row[:4]) == HEADER:
             continue
         if len(row) < 4:
-            raise DatasetError(f"{source}:{line_no}: expected 4 columns ({', '.join(HEADER)}), "
-                               f"got {len(row)}")
+            raise DatasetError(
+                f"{source}:{line_no}: expected 4 columns ({', '.join(HEADER)}), got {len(row)}"
+            )
         title, content, answer = (decode_text(c) for c in row[1:4])
         question = title if not content else f"{title} {content}"
         if not question or not answer:

@@ -107,7 +107,7 @@ def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summarise(result: DemoResult) -> dict[str, Any]:
@@ -177,7 +177,8 @@ def format_summary(s: dict[str, Any], settings: Settings) -> str:
     lines = [
         "qaloop demo — embedded mode, simulated LLM "
         f"(seed {settings.sim_seed}, scorer {settings.scorer}, threshold {settings.threshold}, "
-        f"max attempts {settings.max_attempts}, cache {settings.cache_policy}/{settings.cache_size})",
+        f"max attempts {settings.max_attempts}, "
+        f"cache {settings.cache_policy}/{settings.cache_size})",
         "",
         f"questions offered           {s['offered']}  ({s['unique_questions']} unique)",
         f"answered from cache         {s['answered_cache']}",
@@ -198,9 +199,7 @@ def format_summary(s: dict[str, Any], settings: Settings) -> str:
         lines.append(f"  {cls:<25} {e['calls']} / {e['questions']} / {e['recovered']}")
     scores = ", ".join(f"{a}: {m:.3f}" for a, m in s["mean_score_by_attempt"].items())
     lines.append(f"mean score by attempt       {scores}")
-    lines.append(
-        f"time to answer, hits       p50 {s['hit_p50_ms']} ms, p95 {s['hit_p95_ms']} ms"
-    )
+    lines.append(f"time to answer, hits       p50 {s['hit_p50_ms']} ms, p95 {s['hit_p95_ms']} ms")
     lines.append(
         f"time to answer, queued     p50 {s['queued_p50_ms']} ms, p95 {s['queued_p95_ms']} ms"
     )

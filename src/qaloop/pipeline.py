@@ -16,11 +16,11 @@ from typing import Any
 
 from qaloop.bus.base import Bus, OutMessage, Topics
 from qaloop.bus.memory import MemoryBus
-from qaloop.core.cache import make_cache
+from qaloop.core.cache import Cache, make_cache
 from qaloop.core.model import Envelope, QuestionState
 from qaloop.core.retry import RetryPolicy
 from qaloop.core.routing import GateConfig
-from qaloop.gateway.service import QuestionService, StatusBoard
+from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
 from qaloop.quality import get_scorer
@@ -43,6 +43,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         quota_default_delay_s=settings.quota_default_delay_s,
         quota_day_delay_s=settings.quota_day_delay_s,
         max_parks=settings.max_parks,
+        max_total_s=settings.retry_max_total_s,
     )
 
 
@@ -71,7 +72,7 @@ class EmbeddedPipeline:
         self.repo = repo or open_repository(settings.db)
         self.provider = provider or make_provider(settings)
         self.board = StatusBoard()
-        self.cache = make_cache(
+        self.cache: Cache[str, CachedAnswer] = make_cache(
             settings.cache_policy, settings.cache_size, settings.cache_ttl_s or None
         )
         self.service = QuestionService(
@@ -82,7 +83,9 @@ class EmbeddedPipeline:
             self.topics,
             WorkerConfig(
                 concurrency=settings.llm_concurrency,
-                request_timeout_s=settings.llm_timeout_s,
+                # the provider's own timeout + the longest rate-limit wait (qaloop.llm.protection)
+                request_timeout_s=settings.llm_timeout_s + settings.llm_max_queue_wait_s + 5.0,
+                prompt_template=settings.prompt_template,
                 seed=settings.sim_seed,
             ),
             retry_policy(settings),
@@ -106,16 +109,27 @@ class EmbeddedPipeline:
         await self.bus.start()
         t = self.topics
         worker = ConcurrentRunner(
-            "worker", self.bus, self.bus.consumer("worker", [t.questions]), self.worker.handle,
-            concurrency=self.settings.llm_concurrency, dead_letter_topic=t.dead_letter,
+            "worker",
+            self.bus,
+            self.bus.consumer("worker", [t.questions]),
+            self.worker.handle,
+            concurrency=self.settings.llm_concurrency,
+            dead_letter_topic=t.dead_letter,
         )
         judge = BatchRunner(
-            "judge", self.bus, self.bus.consumer("judge", [t.generated]), self.judge.handle_batch,
+            "judge",
+            self.bus,
+            self.bus.consumer("judge", [t.generated]),
+            self.judge.handle_batch,
             max_batch=256,
         )
         store = BatchRunner(
-            "store", self.bus, self.bus.consumer("store", self.store.subscriptions()),
-            self.store.handle_batch, max_batch=2000, poll_timeout_s=0.05,
+            "store",
+            self.bus,
+            self.bus.consumer("store", self.store.subscriptions()),
+            self.store.handle_batch,
+            max_batch=2000,
+            poll_timeout_s=0.05,
         )
         self.retrier = Retrier(self.bus, self.bus.consumer("retrier", [t.delayed]), t)
         self.runners = {"worker": worker, "judge": judge, "store": store}

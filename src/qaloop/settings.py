@@ -9,12 +9,16 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QALOOP_", extra="ignore", frozen=True)
 
     # Storage and bus
-    db: str = Field("sqlite:///qaloop.db", description="Storage URL: sqlite:///path or postgresql://")
+    db: str = Field(
+        "sqlite:///qaloop.db", description="Storage URL: sqlite:///path or postgresql://"
+    )
     bus: Literal["memory", "kafka"] = Field("memory", description="Message bus")
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
     topic_prefix: str = Field("qaloop", description="Prefix of every topic name")
@@ -50,6 +54,51 @@ class Settings(BaseSettings):
     sim_quota_rate: float = Field(0.0, ge=0, le=1, description="Simulated 429 rate per call")
     sim_quota_retry_after_s: float = Field(1.0, ge=0, description="Retry-After of simulated 429s")
     sim_permanent_rate: float = Field(0.0, ge=0, le=1, description="Simulated 400 rate per call")
+    llm_model: str | None = Field(
+        None, description="Model name; default gemini-2.5-flash-lite (gemini), gpt-4o-mini (openai)"
+    )
+    llm_base_url: str | None = Field(
+        None, description="Provider base URL (OpenAI-compatible server; Gemini endpoint override)"
+    )
+    llm_max_output_tokens: int = Field(1024, ge=1, description="Longest answer asked for (tokens)")
+    prompt_template: str = Field(
+        DEFAULT_PROMPT_TEMPLATE, description="LLM prompt; {question} is replaced by the question"
+    )
+    replay_file: str | None = Field(
+        None, description="JSONL of recorded answers (question, llm_answer) for --llm replay"
+    )
+    replay_latency_ms: float = Field(0.0, ge=0, description="Latency added to each replay answer")
+    llm_rpm: int = Field(0, ge=0, description="Client-side limit: requests per minute (0 = none)")
+    llm_tpm: int = Field(0, ge=0, description="Client-side limit: tokens per minute (0 = none)")
+    llm_rpd: int = Field(0, ge=0, description="Client-side limit: requests per day (0 = none)")
+    llm_rate_burst: float = Field(
+        0.0, ge=0, description="Requests allowed at once after idling (0 = 1 s worth of llm_rpm)"
+    )
+    llm_rate_backend: Literal["local", "postgres"] = Field(
+        "local", description="Rate-limit counters: per process, or shared in PostgreSQL"
+    )
+    llm_rate_dsn: str | None = Field(
+        None, description="PostgreSQL DSN of the shared limiter (default: db if postgresql://)"
+    )
+    llm_rate_key: str | None = Field(
+        None, description="Name of the shared quota (default: provider:model)"
+    )
+    llm_max_queue_wait_s: float = Field(
+        10.0, ge=0, description="Longest wait for a rate-limit slot before parking the question"
+    )
+    llm_max_in_flight: int = Field(
+        0, ge=0, description="LLM calls in flight per process (0 = llm_concurrency)"
+    )
+    llm_breaker_failures: int | None = Field(
+        None,
+        ge=0,
+        description="Consecutive failures that open the breaker (0 = off; "
+        "default 5 for gemini/openai, off for simulated/replay)",
+    )
+    llm_breaker_cooldown_s: float = Field(30.0, gt=0, description="How long the breaker stays open")
+    llm_max_calls: int = Field(
+        0, ge=0, description="LLM calls allowed per question, retries included (0 = no cap)"
+    )
 
     # Retry policy
     overload_tries: int = Field(4, ge=1, description="In-process tries on 503/5xx before parking")
@@ -58,6 +107,9 @@ class Settings(BaseSettings):
     quota_default_delay_s: float = Field(30.0, ge=0, description="Park time of a 429 without delay")
     quota_day_delay_s: float = Field(3600.0, ge=0, description="Park time of a per-day 429")
     max_parks: int = Field(6, ge=0, description="Parks allowed per question before giving up")
+    retry_max_total_s: float = Field(
+        6 * 3600.0, gt=0, description="Give up on a question this long after it was first seen"
+    )
 
     # Gateway
     host: str = Field("127.0.0.1", description="Gateway bind address")

@@ -70,14 +70,18 @@ def outcome_of(status: int, body: dict[str, Any]) -> str:
 
 
 async def run_traffic(
-    plan: TrafficPlan, dataset: Sequence[QA], ask: AskFn, wait: WaitFn | None = None,
+    plan: TrafficPlan,
+    dataset: Sequence[QA],
+    ask: AskFn,
+    wait: WaitFn | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[RequestRecord]:
     if not dataset:
         raise ValueError("the dataset is empty")
     pick = popularity(plan.popularity, len(dataset), plan.seed, plan.zipf_s)
-    plan_items = list(schedule(arrivals(plan.arrival, plan.rate, plan.seed), pick,
-                               plan.n_requests()))
+    plan_items = list(
+        schedule(arrivals(plan.arrival, plan.rate, plan.seed), pick, plan.n_requests())
+    )
     slots = asyncio.Semaphore(plan.max_in_flight)
     records: list[RequestRecord] = []
     start = time.perf_counter()
@@ -88,13 +92,28 @@ async def run_traffic(
         t0 = time.perf_counter()
         try:
             status, body = await ask(qa.question, qa.reference_answer)
-            record = RequestRecord(seq, at, sent, str(body.get("id", "")), status,
-                                   outcome_of(status, body), (time.perf_counter() - t0) * 1000)
+            record = RequestRecord(
+                seq,
+                at,
+                sent,
+                str(body.get("id", "")),
+                status,
+                outcome_of(status, body),
+                (time.perf_counter() - t0) * 1000,
+            )
             if status == 400 or status >= 422:
                 record.error = str(body.get("error", {}).get("message", ""))[:200]
         except Exception as exc:  # a network failure is data here, not a crash
-            record = RequestRecord(seq, at, sent, "", 0, "error",
-                                   (time.perf_counter() - t0) * 1000, error=repr(exc)[:200])
+            record = RequestRecord(
+                seq,
+                at,
+                sent,
+                "",
+                0,
+                "error",
+                (time.perf_counter() - t0) * 1000,
+                error=repr(exc)[:200],
+            )
         if wait is not None and plan.wait_s > 0 and record.outcome in ("queued", "joined"):
             final = await wait(record.question_id, plan.wait_s)
             record.answer_ms = (time.perf_counter() - t0) * 1000
@@ -120,13 +139,13 @@ async def run_traffic(
 
 def http_client_fns(client: httpx.AsyncClient) -> tuple[AskFn, WaitFn]:
     async def ask(question: str, reference: str | None) -> tuple[int, dict[str, Any]]:
-        r = await client.post("/v1/questions",
-                              json={"question": question, "reference_answer": reference})
+        r = await client.post(
+            "/v1/questions", json={"question": question, "reference_answer": reference}
+        )
         return r.status_code, r.json()
 
     async def wait(qid: str, seconds: float) -> dict[str, Any] | None:
-        r = await client.get(f"/v1/questions/{qid}", params={"wait": seconds},
-                             timeout=seconds + 10)
+        r = await client.get(f"/v1/questions/{qid}", params={"wait": seconds}, timeout=seconds + 10)
         return r.json() if r.status_code == 200 else None
 
     return ask, wait

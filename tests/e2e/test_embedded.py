@@ -24,9 +24,15 @@ from qaloop.storage.sqlite import SQLiteRepository
 async def test_every_retry_path_end_to_end(tmp_path: Path) -> None:
     settings = Settings(
         db=f"sqlite:///{tmp_path / 'e2e.db'}",
-        sim_overload_rate=0.15, sim_quota_rate=0.10, sim_quota_retry_after_s=0.05,
-        sim_permanent_rate=0.02, sim_latency_ms=2, backoff_base_s=0.001, backoff_cap_s=0.05,
-        overload_tries=2, max_parks=8,
+        sim_overload_rate=0.15,
+        sim_quota_rate=0.10,
+        sim_quota_retry_after_s=0.05,
+        sim_permanent_rate=0.02,
+        sim_latency_ms=2,
+        backoff_base_s=0.001,
+        backoff_cap_s=0.05,
+        overload_tries=2,
+        max_parks=8,
     )
     pipeline = EmbeddedPipeline(settings)
     await pipeline.start()
@@ -51,8 +57,9 @@ async def test_every_retry_path_end_to_end(tmp_path: Path) -> None:
     assert any("permanent" in d.reason for d in letters)
     events = pipeline.repo.export_events()
     recovered = {e["question_id"] for e in events if e["kind"] == "resumed"}
-    validated = {q["question_id"] for q in pipeline.repo.export_questions()
-                 if q["state"] == "validated"}
+    validated = {
+        q["question_id"] for q in pipeline.repo.export_questions() if q["state"] == "validated"
+    }
     assert recovered & validated  # parked questions came back and passed
     assert pipeline.settings.max_attempts >= max(e["attempt"] for e in events)
 
@@ -68,9 +75,19 @@ def _serve(db: Path, port: int, latency_ms: int) -> subprocess.Popen[bytes]:
     log = db.with_suffix(f".{port}.{latency_ms}.log")
     with log.open("ab") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "qaloop", "serve", "--port", str(port), "--db",
-             f"sqlite:///{db}"],
-            env=env, stdout=sink, stderr=sink,
+            [
+                sys.executable,
+                "-m",
+                "qaloop",
+                "serve",
+                "--port",
+                str(port),
+                "--db",
+                f"sqlite:///{db}",
+            ],
+            env=env,
+            stdout=sink,
+            stderr=sink,
         )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -93,8 +110,10 @@ def test_sigkill_and_restart_loses_no_accepted_question(tmp_path: Path) -> None:
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             for qa in load_sample(limit=60):
-                r = client.post("/v1/questions", json={"question": qa.question,
-                                                       "reference_answer": qa.reference_answer})
+                r = client.post(
+                    "/v1/questions",
+                    json={"question": qa.question, "reference_answer": qa.reference_answer},
+                )
                 assert r.status_code == 202
                 accepted.append(r.json()["id"])
             time.sleep(0.5)

@@ -27,8 +27,12 @@ class Topics:
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
-        return cls(*(f"{prefix}.{name}" for name in ("questions", "generated", "validated",
-                                                    "delayed", "dead-letter")))
+        return cls(
+            *(
+                f"{prefix}.{name}"
+                for name in ("questions", "generated", "validated", "delayed", "dead-letter")
+            )
+        )
 
     def all(self) -> list[str]:
         return [self.questions, self.generated, self.validated, self.delayed, self.dead_letter]

@@ -42,5 +42,7 @@ def command(**flags: object) -> None:
     """Run the HTTP gateway with all stages in one process (no servers needed)."""
     settings = build_settings(**flags)
     setup_logging(settings.log_level, settings.log_json)
-    click.echo(f"qaloop gateway on http://{settings.host}:{settings.port} (embedded, db {settings.db})")
+    click.echo(
+        f"qaloop gateway on http://{settings.host}:{settings.port} (embedded, db {settings.db})"
+    )
     serve(build_embedded_app(settings), settings.host, settings.port)

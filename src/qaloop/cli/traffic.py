@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import click
 import httpx
@@ -15,32 +16,78 @@ from qaloop.traffic_model import ARRIVAL_KINDS, POPULARITY_KINDS
 
 @click.command("traffic")
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Gateway URL")
-@click.option("--dataset", type=click.Path(dir_okay=False), default=None,
-              help="Yahoo! Answers CSV (Kaggle layout); default: the shipped sample")
-@click.option("--arrival", type=click.Choice(ARRIVAL_KINDS), default="poisson",
-              show_default=True, help="Arrival process")
-@click.option("--rate", type=float, default=20.0, show_default=True,
-              help="Mean requests per second")
-@click.option("--popularity", "popularity_kind", type=click.Choice(POPULARITY_KINDS),
-              default="zipf", show_default=True, help="Which questions get asked")
+@click.option(
+    "--dataset",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Yahoo! Answers CSV (Kaggle layout); default: the shipped sample",
+)
+@click.option(
+    "--arrival",
+    type=click.Choice(ARRIVAL_KINDS),
+    default="poisson",
+    show_default=True,
+    help="Arrival process",
+)
+@click.option(
+    "--rate", type=float, default=20.0, show_default=True, help="Mean requests per second"
+)
+@click.option(
+    "--popularity",
+    "popularity_kind",
+    type=click.Choice(POPULARITY_KINDS),
+    default="zipf",
+    show_default=True,
+    help="Which questions get asked",
+)
 @click.option("--zipf-s", type=float, default=1.1, show_default=True, help="Zipf exponent")
 @click.option("--count", type=int, default=None, help="Number of requests (default 200)")
 @click.option("--duration", type=float, default=None, help="Or: seconds of traffic")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--max-in-flight", type=int, default=256, show_default=True)
-@click.option("--wait", "wait_s", type=float, default=0.0, show_default=True,
-              help="Long-poll queued questions up to this many seconds for the final answer")
-@click.option("--out", type=click.Path(dir_okay=False), default="traffic.csv",
-              show_default=True, help="Per-request CSV")
-def command(url: str, dataset: str | None, arrival: str, rate: float, popularity_kind: str,
-            zipf_s: float, count: int | None, duration: float | None, seed: int,
-            max_in_flight: int, wait_s: float, out: str) -> None:
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Long-poll queued questions up to this many seconds for the final answer",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="traffic.csv",
+    show_default=True,
+    help="Per-request CSV",
+)
+def command(
+    url: str,
+    dataset: str | None,
+    arrival: str,
+    rate: float,
+    popularity_kind: str,
+    zipf_s: float,
+    count: int | None,
+    duration: float | None,
+    seed: int,
+    max_in_flight: int,
+    wait_s: float,
+    out: str,
+) -> None:
     """Send seeded traffic (arrival process x popularity) to a gateway; record it to CSV."""
     if count is None and duration is None:
         count = 200
-    plan = TrafficPlan(arrival=arrival, rate=rate, popularity=popularity_kind, zipf_s=zipf_s,
-                       count=count, duration_s=duration, seed=seed,
-                       max_in_flight=max_in_flight, wait_s=wait_s)
+    plan = TrafficPlan(
+        arrival=arrival,
+        rate=rate,
+        popularity=popularity_kind,
+        zipf_s=zipf_s,
+        count=count,
+        duration_s=duration,
+        seed=seed,
+        max_in_flight=max_in_flight,
+        wait_s=wait_s,
+    )
     try:
         qas = load_csv(dataset) if dataset else load_sample()
     except DatasetError as exc:
@@ -54,8 +101,12 @@ def command(url: str, dataset: str | None, arrival: str, rate: float, popularity
             except httpx.HTTPError as exc:
                 raise click.ClickException(f"no gateway answers at {url}: {exc}") from exc
             ask, wait = http_client_fns(client)
-            with click.progressbar(length=plan.n_requests() if count else 0,
-                                   label="requests", file=click.get_text_stream("stderr")) as bar:
+            bar: Any = click.progressbar(
+                length=plan.n_requests() if count else 0,
+                label="requests",
+                file=click.get_text_stream("stderr"),
+            )
+            with bar:
                 records = await run_traffic(plan, qas, ask, wait, progress=bar.update)
         write_csv(records, out)
         click.echo(orjson.dumps(summarise(records), option=orjson.OPT_INDENT_2).decode())

@@ -15,6 +15,7 @@ from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
+K_contra = TypeVar("K_contra", contravariant=True)
 
 Clock = Callable[[], float]
 
@@ -47,12 +48,12 @@ class CacheStats:
         }
 
 
-class Cache(Protocol[K, V]):
+class Cache(Protocol[K_contra, V]):
     stats: CacheStats
     capacity: int
 
-    def get(self, key: K) -> V | None: ...
-    def put(self, key: K, value: V) -> None: ...
+    def get(self, key: K_contra) -> V | None: ...
+    def put(self, key: K_contra, value: V) -> None: ...
     def __len__(self) -> int: ...
     def __contains__(self, key: object) -> bool: ...
 

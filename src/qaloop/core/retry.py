@@ -73,7 +73,9 @@ def on_llm_error(
     if error_class in (ErrorClass.OVERLOAD, ErrorClass.SERVER):
         if tries_in_attempt < policy.overload_tries:
             return RetryNow(
-                full_jitter_backoff(tries_in_attempt, policy.backoff_base_s, policy.backoff_cap_s, rng)
+                full_jitter_backoff(
+                    tries_in_attempt, policy.backoff_base_s, policy.backoff_cap_s, rng
+                )
             )
         delay = policy.backoff_cap_s
     elif error_class is ErrorClass.QUOTA_MINUTE:

@@ -43,9 +43,9 @@ def decide(score: float | None, attempt: int, gate: GateConfig) -> Decision:
     return Decision.GIVE_UP
 
 
-def judge(envelope: Envelope, score: float | None, gate: GateConfig, now: float) -> tuple[
-    Decision, Envelope
-]:
+def judge(
+    envelope: Envelope, score: float | None, gate: GateConfig, now: float
+) -> tuple[Decision, Envelope]:
     """Apply the decision to a generated envelope; returns the envelope for the next topic."""
     decision = decide(score, envelope.attempt, gate)
     best_answer, best_score, best_attempt = (

@@ -78,9 +78,7 @@ async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise BadRequest(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise BadRequest(
-            422, "invalid_body", f"expected a JSON object, got {type(data).__name__}"
-        )
+        raise BadRequest(422, "invalid_body", f"expected a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -90,7 +88,9 @@ def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str |
     question = data["question"]
     if not isinstance(question, str):
         raise BadRequest(
-            422, "invalid_field", f"field 'question' must be a string, got {type(question).__name__}"
+            422,
+            "invalid_field",
+            f"field 'question' must be a string, got {type(question).__name__}",
         )
     if not question.strip():
         raise BadRequest(422, "invalid_field", "field 'question' must not be empty")
@@ -126,7 +126,9 @@ def parse_wait(raw: str | None, settings: Settings) -> float:
     try:
         wait = float(raw)
     except ValueError:
-        raise BadRequest(422, "invalid_query", f"'wait' must be a number of seconds, got {raw!r}")
+        raise BadRequest(
+            422, "invalid_query", f"'wait' must be a number of seconds, got {raw!r}"
+        ) from None
     if not 0 <= wait <= settings.max_wait_s or wait != wait:
         raise BadRequest(
             422, "invalid_query", f"'wait' must be between 0 and {settings.max_wait_s} seconds"

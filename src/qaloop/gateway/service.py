@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -95,6 +96,7 @@ class QuestionService:
                 self.counters["accepted"] += 1
                 log.info("question %s: accepted (trace %s)", qid, envelope.trace_id)
                 return 202, {"id": qid, "status": "queued"}
+        assert record is not None
         return self._known(record)
 
     def _known(self, record: QuestionRecord) -> tuple[int, dict[str, Any]]:
@@ -168,10 +170,8 @@ class QuestionService:
 
     async def run_hit_flusher(self, stop: asyncio.Event, every_s: float = 1.0) -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every_s)
-            except TimeoutError:
-                pass
             try:
                 await self.flush_hits()
             except Exception:

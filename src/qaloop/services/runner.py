@@ -41,8 +41,9 @@ def envelope_headers(envelope: Envelope, **extra: str) -> dict[str, str]:
 
 
 def out(topic: str, envelope: Envelope, **headers: str) -> OutMessage:
-    return OutMessage(topic, envelope.question_id, codec.encode(envelope),
-                      envelope_headers(envelope, **headers))
+    return OutMessage(
+        topic, envelope.question_id, codec.encode(envelope), envelope_headers(envelope, **headers)
+    )
 
 
 def poison(dead_letter_topic: str, message: Message, reason: str) -> OutMessage:
@@ -100,7 +101,7 @@ class ConcurrentRunner:
             while not stop.is_set():
                 await self._slots.acquire()
                 self._slots.release()
-                free = self._slots._value  # noqa: SLF001 - how many we may fetch now
+                free = self._slots._value
                 messages = await self.consumer.poll(max(1, free), 0.2)
                 for message in messages:
                     await self._slots.acquire()

@@ -86,16 +86,24 @@ class Store:
         if headers.get("qaloop-poison") == "1":
             source = headers.get("qaloop-source-topic", message.topic)
             key = dead_letter_key(
-                source, headers.get("qaloop-source-partition"),
-                headers.get("qaloop-source-offset"), message.value,
+                source,
+                headers.get("qaloop-source-partition"),
+                headers.get("qaloop-source-offset"),
+                message.value,
             )
             return DeadLetter(key, reason, source, now, message.key, message.value), None
         try:
             envelope = codec.decode(message.value)
         except codec.InvalidMessage as exc:
             key = dead_letter_key(message.topic, message.partition, message.offset, message.value)
-            return DeadLetter(key, f"undecodable dead letter: {exc}", message.topic, now,
-                              message.key, message.value), None
+            return DeadLetter(
+                key,
+                f"undecodable dead letter: {exc}",
+                message.topic,
+                now,
+                message.key,
+                message.value,
+            ), None
         key = dead_letter_key(envelope.question_id, envelope.attempt, len(envelope.history), reason)
         letter = DeadLetter(key, reason, message.topic, now, envelope.question_id, message.value)
         return letter, envelope

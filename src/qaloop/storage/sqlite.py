@@ -10,7 +10,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-
 from qaloop.core import codec
 from qaloop.core.model import (
     Envelope,
@@ -141,8 +140,23 @@ def event_rows(envelope: Envelope) -> list[tuple[Any, ...]]:
 
 
 def record_from_row(row: Sequence[Any]) -> QuestionRecord:
-    (qid, question, reference, state, attempt, first_seen, updated_at, answer, score, llm_calls,
-     hit_count, finished_at, error_class, error_detail, trace_id) = row
+    (
+        qid,
+        question,
+        reference,
+        state,
+        attempt,
+        first_seen,
+        updated_at,
+        answer,
+        score,
+        llm_calls,
+        hit_count,
+        finished_at,
+        error_class,
+        error_detail,
+        trace_id,
+    ) = row
     return QuestionRecord(
         question_id=qid,
         question=question,
@@ -166,14 +180,24 @@ def event_from_row(row: Sequence[Any]) -> Event:
     seq, attempt, kind, at, answer, score, latency_ms, error_class, detail, decision, wait_s = row
     return Event.from_dict(
         {
-            "seq": seq, "attempt": attempt, "kind": kind, "at": at, "answer": answer,
-            "score": score, "latency_ms": latency_ms, "error_class": error_class,
-            "detail": detail, "decision": decision, "wait_s": wait_s,
+            "seq": seq,
+            "attempt": attempt,
+            "kind": kind,
+            "at": at,
+            "answer": answer,
+            "score": score,
+            "latency_ms": latency_ms,
+            "error_class": error_class,
+            "detail": detail,
+            "decision": decision,
+            "wait_s": wait_s,
         }
     )
 
 
-EVENT_COLUMNS = "seq, attempt, kind, at, answer, score, latency_ms, error_class, detail, decision, wait_s"
+EVENT_COLUMNS = (
+    "seq, attempt, kind, at, answer, score, latency_ms, error_class, detail, decision, wait_s"
+)
 
 
 class SQLiteRepository:
@@ -281,8 +305,10 @@ class SQLiteRepository:
             self._conn.executemany(
                 "INSERT OR IGNORE INTO dead_letters (dedup_key, reason, source_topic, at, "
                 "question_id, raw) VALUES (?, ?, ?, ?, ?, ?)",
-                [(d.dedup_key, d.reason, d.source_topic, d.at, d.question_id, d.raw)
-                 for d in letters],
+                [
+                    (d.dedup_key, d.reason, d.source_topic, d.at, d.question_id, d.raw)
+                    for d in letters
+                ],
             )
 
     def dead_letters(self, limit: int = 100, include_replayed: bool = False) -> list[DeadLetter]:

@@ -146,7 +146,11 @@ def test_ttl_expires_and_counts() -> None:
     clock.now = 5.0
     assert cache.get("a") is None
     assert cache.stats.as_dict() == {
-        "hits": 1, "misses": 1, "evictions": 0, "expirations": 1, "hit_rate": 0.5
+        "hits": 1,
+        "misses": 1,
+        "evictions": 0,
+        "expirations": 1,
+        "hit_rate": 0.5,
     }
 
 

@@ -14,9 +14,15 @@ from qaloop.core.retry import (
     on_llm_error,
 )
 
-POLICY = RetryPolicy(overload_tries=3, backoff_base_s=1.0, backoff_cap_s=8.0,
-                     quota_default_delay_s=30.0, quota_day_delay_s=3600.0, max_parks=2,
-                     max_total_s=1000.0)
+POLICY = RetryPolicy(
+    overload_tries=3,
+    backoff_base_s=1.0,
+    backoff_cap_s=8.0,
+    quota_default_delay_s=30.0,
+    quota_day_delay_s=3600.0,
+    max_parks=2,
+    max_total_s=1000.0,
+)
 
 
 def _env(parks: int = 0) -> Envelope:
@@ -60,7 +66,8 @@ def test_permanent_gives_up_at_once() -> None:
 
 def test_budget_of_parks_and_time() -> None:
     rng = random.Random(0)
-    assert isinstance(on_llm_error(_env(2), ErrorClass.QUOTA_MINUTE, 1.0, 1, POLICY, 10.0, rng),
-                      GiveUp)
+    assert isinstance(
+        on_llm_error(_env(2), ErrorClass.QUOTA_MINUTE, 1.0, 1, POLICY, 10.0, rng), GiveUp
+    )
     late = on_llm_error(_env(), ErrorClass.QUOTA_MINUTE, 1.0, 1, POLICY, 2000.0, rng)
     assert isinstance(late, GiveUp) and "budget" in late.reason

@@ -8,14 +8,24 @@ from tests.cases.routing_cases import ROUTING_CASES
 
 
 def _env(attempt: int, answer: str = "ans") -> Envelope:
-    return Envelope("q" * 32, "Why?", "because", "t", 100.0, attempt=attempt, answer=answer,
-                    state=QuestionState.SCORING)
+    return Envelope(
+        "q" * 32,
+        "Why?",
+        "because",
+        "t",
+        100.0,
+        attempt=attempt,
+        answer=answer,
+        state=QuestionState.SCORING,
+    )
 
 
-@pytest.mark.parametrize(("score", "attempt", "threshold", "max_attempts", "expected", "nxt"),
-                         ROUTING_CASES)
-def test_case_table(score: float | None, attempt: int, threshold: float, max_attempts: int,
-                    expected: str, nxt: int) -> None:
+@pytest.mark.parametrize(
+    ("score", "attempt", "threshold", "max_attempts", "expected", "nxt"), ROUTING_CASES
+)
+def test_case_table(
+    score: float | None, attempt: int, threshold: float, max_attempts: int, expected: str, nxt: int
+) -> None:
     gate = GateConfig(threshold, max_attempts)
     assert decide(score, attempt, gate) == Decision(expected)
     decision, routed = judge(_env(attempt), score, gate, now=200.0)

@@ -19,8 +19,13 @@ REFERENCE = "Rayleigh scattering makes the sky look blue during the day"
 
 @pytest.fixture
 async def pipeline(tmp_path: Path) -> AsyncIterator[EmbeddedPipeline]:
-    settings = Settings(db=f"sqlite:///{tmp_path / 'g.db'}", max_body_bytes=2048,
-                        max_question_chars=200, max_wait_s=5, sim_latency_ms=5)
+    settings = Settings(
+        db=f"sqlite:///{tmp_path / 'g.db'}",
+        max_body_bytes=2048,
+        max_question_chars=200,
+        max_wait_s=5,
+        sim_latency_ms=5,
+    )
     p = EmbeddedPipeline(settings)
     await p.start()
     yield p

@@ -36,25 +36,40 @@ class FixedScorer:
         return [self.value for _ in pairs]
 
 
-@pytest.mark.parametrize(("score", "attempt", "threshold", "max_attempts", "expected", "nxt"),
-                         ROUTING_CASES)
-async def test_judge_follows_the_case_table(score: float | None, attempt: int, threshold: float,
-                                            max_attempts: int, expected: str, nxt: int) -> None:
-    judge = Judge(FixedScorer(score or 0.0), GateConfig(threshold, max_attempts), TOPICS,
-                  clock=lambda: 1.0)
-    env = Envelope("d" * 32, "q", None if score is None else "ref", "t", 0.0, attempt=attempt,
-                   answer="a", state=QuestionState.SCORING)
+@pytest.mark.parametrize(
+    ("score", "attempt", "threshold", "max_attempts", "expected", "nxt"), ROUTING_CASES
+)
+async def test_judge_follows_the_case_table(
+    score: float | None, attempt: int, threshold: float, max_attempts: int, expected: str, nxt: int
+) -> None:
+    judge = Judge(
+        FixedScorer(score or 0.0), GateConfig(threshold, max_attempts), TOPICS, clock=lambda: 1.0
+    )
+    env = Envelope(
+        "d" * 32,
+        "q",
+        None if score is None else "ref",
+        "t",
+        0.0,
+        attempt=attempt,
+        answer="a",
+        state=QuestionState.SCORING,
+    )
     [out] = await judge.handle_batch([_msg(TOPICS.generated, codec.encode(env))])
-    expected_topic = {"validate": TOPICS.validated, "regenerate": TOPICS.questions,
-                      "give_up": TOPICS.dead_letter}[expected]
+    expected_topic = {
+        "validate": TOPICS.validated,
+        "regenerate": TOPICS.questions,
+        "give_up": TOPICS.dead_letter,
+    }[expected]
     assert out.topic == expected_topic
     assert codec.decode(out.value).attempt == nxt
 
 
 async def test_judge_dead_letters_poison_and_keeps_going() -> None:
     judge = Judge(get_scorer("jaccard"), GateConfig(0.5, 3), TOPICS)
-    good = Envelope("e" * 32, "q", "the answer", "t", 0.0, answer="the answer",
-                    state=QuestionState.SCORING)
+    good = Envelope(
+        "e" * 32, "q", "the answer", "t", 0.0, answer="the answer", state=QuestionState.SCORING
+    )
     outs = await judge.handle_batch(
         [_msg(TOPICS.generated, b"{nope", 0), _msg(TOPICS.generated, codec.encode(good), 1)]
     )
@@ -68,9 +83,11 @@ async def test_store_is_idempotent_and_keeps_newest_state() -> None:
     store = Store(repo, TOPICS)
     env = Envelope("f" * 32, "q", "r", "t", 0.0).with_event(EventKind.ACCEPTED, 0.0)
     scoring = env.evolve(state=QuestionState.SCORING, answer="a").with_event(
-        EventKind.GENERATED, 1.0, answer="a")
+        EventKind.GENERATED, 1.0, answer="a"
+    )
     final = scoring.evolve(state=QuestionState.VALIDATED, score=0.9).with_event(
-        EventKind.SCORED, 2.0, score=0.9)
+        EventKind.SCORED, 2.0, score=0.9
+    )
     batch = [
         _msg(TOPICS.questions, codec.encode(env), 0),
         _msg(TOPICS.validated, codec.encode(final), 0),
@@ -87,11 +104,21 @@ async def test_store_is_idempotent_and_keeps_newest_state() -> None:
 async def test_store_records_dead_letters_once() -> None:
     repo = SQLiteRepository()
     store = Store(repo, TOPICS)
-    poison = _msg(TOPICS.dead_letter, b"garbage", 3, **{
-        "qaloop-poison": "1", "qaloop-reason": "not JSON", "qaloop-source-topic": TOPICS.questions,
-        "qaloop-source-partition": "0", "qaloop-source-offset": "12"})
-    failed = Envelope("a1" * 16, "q", "r", "t", 0.0, state=QuestionState.FAILED,
-                      error_detail="gave up").with_event(EventKind.GAVE_UP, 5.0)
+    poison = _msg(
+        TOPICS.dead_letter,
+        b"garbage",
+        3,
+        **{
+            "qaloop-poison": "1",
+            "qaloop-reason": "not JSON",
+            "qaloop-source-topic": TOPICS.questions,
+            "qaloop-source-partition": "0",
+            "qaloop-source-offset": "12",
+        },
+    )
+    failed = Envelope(
+        "a1" * 16, "q", "r", "t", 0.0, state=QuestionState.FAILED, error_detail="gave up"
+    ).with_event(EventKind.GAVE_UP, 5.0)
     dl = _msg(TOPICS.dead_letter, codec.encode(failed), 4, **{"qaloop-reason": "gave_up"})
     await store.handle_batch([poison, dl])
     await store.handle_batch([poison, dl])
@@ -103,8 +130,9 @@ async def test_store_records_dead_letters_once() -> None:
 
 async def test_store_dead_letters_poison_on_the_validated_topic_only() -> None:
     store = Store(SQLiteRepository(), TOPICS)
-    outs = await store.handle_batch([_msg(TOPICS.questions, b"x", 0),
-                                     _msg(TOPICS.validated, b"y", 0)])
+    outs = await store.handle_batch(
+        [_msg(TOPICS.questions, b"x", 0), _msg(TOPICS.validated, b"y", 0)]
+    )
     assert [o.headers["qaloop-source-topic"] for o in outs] == [TOPICS.validated]
 
 
@@ -112,12 +140,13 @@ async def test_retrier_releases_in_due_order_without_blocking() -> None:
     now = [100.0]
     bus = MemoryBus(TOPICS)
     await bus.start()
-    retrier = Retrier(bus, bus.consumer("retrier", [TOPICS.delayed]), TOPICS,
-                      clock=lambda: now[0])
+    retrier = Retrier(bus, bus.consumer("retrier", [TOPICS.delayed]), TOPICS, clock=lambda: now[0])
     late = Envelope("b1" * 16, "late", "r", "t", 0.0, due_at=160.0).with_event(
-        EventKind.PARKED, 100.0)
+        EventKind.PARKED, 100.0
+    )
     soon = Envelope("b2" * 16, "soon", "r", "t", 0.0, due_at=101.0).with_event(
-        EventKind.PARKED, 100.0)
+        EventKind.PARKED, 100.0
+    )
     from qaloop.services.runner import out
 
     await bus.publish_many([out(TOPICS.delayed, late), out(TOPICS.delayed, soon)])

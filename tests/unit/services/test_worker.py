@@ -24,8 +24,14 @@ from qaloop.llm.base import (
 from qaloop.services.worker import Worker, WorkerConfig
 
 TOPICS = Topics()
-POLICY = RetryPolicy(overload_tries=3, backoff_base_s=0.001, backoff_cap_s=5.0,
-                     quota_default_delay_s=30.0, quota_day_delay_s=3600.0, max_parks=3)
+POLICY = RetryPolicy(
+    overload_tries=3,
+    backoff_base_s=0.001,
+    backoff_cap_s=5.0,
+    quota_default_delay_s=30.0,
+    quota_day_delay_s=3600.0,
+    max_parks=3,
+)
 
 
 class ScriptedProvider:
@@ -77,7 +83,9 @@ async def test_overload_retries_then_recovers() -> None:
     assert topic == TOPICS.generated
     assert env.llm_calls == 3
     assert [e.error_class for e in env.history if e.kind == "llm_error"] == [
-        ErrorClass.OVERLOAD, ErrorClass.SERVER]
+        ErrorClass.OVERLOAD,
+        ErrorClass.SERVER,
+    ]
     assert [r.try_no for r in provider.requests] == [1, 2, 3]
     assert worker.stats.retried_now == {"overload": 1, "server": 1}
 
@@ -137,8 +145,9 @@ async def test_timeout_is_a_server_error() -> None:
             return Generation("late but fine", 1.0)
 
     provider = Slow([])
-    worker = Worker(provider, TOPICS, WorkerConfig(request_timeout_s=0.05), POLICY,
-                    clock=lambda: 100.0)
+    worker = Worker(
+        provider, TOPICS, WorkerConfig(request_timeout_s=0.05), POLICY, clock=lambda: 100.0
+    )
     topic, env = _only(await worker.handle(_env()))
     assert topic == TOPICS.generated
     assert env.history[0].error_class is ErrorClass.SERVER
