@@ -21,11 +21,12 @@ from qaloop.llm.base import (
     QuotaMinuteError,
 )
 
-_FILLER = (
+_FILLER_TEXT = (
     "generally usually depends several factors important consider example often many people "
     "think might however because approach common case answer simple way different option "
     "basically mostly typically likely source useful idea good help"
-).split()
+)
+_FILLER = _FILLER_TEXT.split()
 
 
 @dataclass(frozen=True, slots=True)
