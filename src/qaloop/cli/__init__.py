@@ -12,6 +12,9 @@ COMMAND_MODULES = [
     "qaloop.cli.demo",
     "qaloop.cli.serve",
     "qaloop.cli.traffic",
+    "qaloop.cli.services",
+    "qaloop.cli.up",
+    "qaloop.cli.dlq",
 ]
 
 
@@ -22,4 +25,6 @@ def main() -> None:
 
 
 for _module in COMMAND_MODULES:
-    main.add_command(importlib.import_module(_module).command)
+    _mod = importlib.import_module(_module)
+    for _command in getattr(_mod, "commands", None) or [_mod.command]:  # one or several
+        main.add_command(_command)

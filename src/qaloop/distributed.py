@@ -1,0 +1,478 @@
+"""The distributed mode: each stage in its own process over Kafka and a shared repository.
+
+The stage classes are the embedded pipeline's (qaloop.pipeline): Worker on a ConcurrentRunner,
+Judge and Store on BatchRunners, the Retrier, QuestionService behind the HTTP app. Only the
+adapters differ: KafkaBus instead of the in-process log, PostgreSQL (or a SQLite file shared by
+the processes on one machine) instead of a private SQLite database. One consumer group per
+stage (`<topic prefix>.<stage>`): start more processes of a stage and Kafka spreads the
+partitions over them.
+
+Stopping (SIGTERM/SIGINT): the stage stops polling, finishes what it holds (publishing its
+outputs), commits, leaves its group and flushes its producer. A SIGKILL loses nothing either:
+uncommitted messages are redelivered and every downstream write is idempotent.
+
+The gateway stores a new question before it publishes it. If it dies between the two, the
+question sits in `queued` with no progress: the retrier process runs a periodic sweep that
+re-publishes such questions (StaleSweep) once the worker group has no large backlog left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from qaloop.bus.base import Bus, Topics
+from qaloop.core.cache import Cache, make_cache
+from qaloop.core.model import Envelope, EventKind, QuestionState
+from qaloop.core.routing import GateConfig
+from qaloop.gateway.service import CachedAnswer, QuestionService
+from qaloop.llm.base import Provider
+from qaloop.llm.factory import make_provider
+from qaloop.pipeline import retry_policy
+from qaloop.quality import get_scorer
+from qaloop.services.judge import Judge
+from qaloop.services.retrier import Retrier
+from qaloop.services.runner import BatchRunner, ConcurrentRunner, out
+from qaloop.services.store import Store
+from qaloop.services.worker import Worker, WorkerConfig
+from qaloop.settings import Settings
+from qaloop.storage.base import Repository, StaleQueries, open_repository
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from qaloop.bus.kafka import KafkaBus
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("gateway", "worker", "judge", "store", "retrier")
+STATS_EVERY_S = 10.0
+
+
+def topics_for(settings: Settings) -> Topics:
+    return Topics.with_prefix(settings.topic_prefix)
+
+
+def group_for(settings: Settings, service: str) -> str:
+    return f"{settings.topic_prefix}.{service}"
+
+
+def make_bus(settings: Settings, topics: Topics | None = None) -> KafkaBus:
+    if settings.bus != "kafka":
+        raise ValueError(
+            "the distributed services need a shared bus: use --bus kafka (QALOOP_BUS=kafka); "
+            "the in-process bus is for `qaloop serve`"
+        )
+    from qaloop.bus.kafka import KafkaBus, KafkaSettings  # optional dependency
+
+    return KafkaBus(
+        KafkaSettings(
+            settings.kafka_bootstrap,
+            partitions=settings.kafka_partitions,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            client_id=f"qaloop-{settings.topic_prefix}",
+        ),
+        topics or topics_for(settings),
+    )
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM / SIGINT set `stop` (a second one is ignored: the stage is already stopping)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, _request_stop, stop, sig)
+
+
+def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if not stop.is_set():
+        log.info("%s: stopping (finishing in-flight work, committing)", sig.name)
+    stop.set()
+
+
+async def _log_stats(name: str, stats: Callable[[], dict[str, Any]], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=STATS_EVERY_S)
+        log.info("%s stats: %s", name, stats())
+
+
+async def _run_stage(
+    name: str,
+    bus: Bus,
+    mains: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]],
+    stats: Callable[[], dict[str, Any]],
+    stop: asyncio.Event,
+    closers: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> None:
+    """Run a stage's loops until `stop`, then close in order: loops (they commit and close
+    their consumers), then the producer (flush), then the rest."""
+    log.info("%s: running (group %s)", name, stats().get("group"))
+    tasks = [asyncio.create_task(main(stop), name=f"{name}-{i}") for i, main in enumerate(mains)]
+    tasks.append(asyncio.create_task(_log_stats(name, stats, stop), name=f"{name}-stats"))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        # A loop that dies on its own (a bug, a lost broker for good) takes the process down,
+        # so a supervisor restarts it, rather than leaving a half-alive stage in its group.
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and t.exception() is not None]
+        stop.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("%s: %s failed", name, task.get_name(), exc_info=result)
+        if failed:
+            raise RuntimeError(f"{name}: a loop failed") from failed[0].exception()
+    finally:
+        stopper.cancel()
+        await bus.close()
+        for close in closers:
+            await close()
+        log.info("%s: stopped; %s", name, stats())
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+async def run_worker(
+    settings: Settings, stop: asyncio.Event, *, provider: Provider | None = None
+) -> None:
+    topics = topics_for(settings)
+    bus = make_bus(settings, topics)
+    await bus.start()
+    llm = provider or make_provider(settings)
+    worker = Worker(
+        llm,
+        topics,
+        WorkerConfig(
+            concurrency=settings.llm_concurrency,
+            request_timeout_s=settings.llm_timeout_s,
+            seed=settings.sim_seed,
+        ),
+        retry_policy(settings),
+    )
+    group = group_for(settings, "worker")
+    runner = ConcurrentRunner(
+        "worker",
+        bus,
+        bus.consumer(group, [topics.questions]),
+        worker.handle,
+        concurrency=settings.llm_concurrency,
+        dead_letter_topic=topics.dead_letter,
+    )
+
+    def stats() -> dict[str, Any]:
+        w = worker.stats
+        return {
+            "group": group,
+            **_runner_stats(runner),
+            "llm_calls": w.llm_calls,
+            "answers": w.answers,
+            "llm_errors": dict(w.errors),
+            "retried_in_process": dict(w.retried_now),
+            "parked": dict(w.parked),
+            "llm_dead_lettered": dict(w.dead_lettered),
+        }
+
+    await _run_stage("worker", bus, [runner.run], stats, stop, [llm.aclose])
+
+
+async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
+    topics = topics_for(settings)
+    bus = make_bus(settings, topics)
+    await bus.start()
+    judge = Judge(
+        get_scorer(settings.scorer),
+        GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts),
+        topics,
+    )
+    group = group_for(settings, "judge")
+    runner = BatchRunner(
+        "judge", bus, bus.consumer(group, [topics.generated]), judge.handle_batch, max_batch=256
+    )
+
+    def stats() -> dict[str, Any]:
+        return {
+            "group": group,
+            **_runner_stats(runner),
+            "decisions": dict(judge.decisions),
+            "unscored": judge.unscored,
+        }
+
+    await _run_stage("judge", bus, [runner.run], stats, stop)
+
+
+async def run_store(
+    settings: Settings, stop: asyncio.Event, *, repo: Repository | None = None
+) -> None:
+    topics = topics_for(settings)
+    bus = make_bus(settings, topics)
+    await bus.start()
+    repository: Repository = (
+        repo if repo is not None else await asyncio.to_thread(open_repository, settings.db)
+    )
+    store = Store(repository, topics)
+    group = group_for(settings, "store")
+    runner = BatchRunner(
+        "store",
+        bus,
+        bus.consumer(group, store.subscriptions()),
+        store.handle_batch,
+        max_batch=2000,
+        poll_timeout_s=0.05,
+    )
+
+    def stats() -> dict[str, Any]:
+        return {
+            "group": group,
+            **_runner_stats(runner),
+            "written": store.written,
+            "dead_letters": store.dead_letters,
+        }
+
+    await _run_stage(
+        "store", bus, [runner.run], stats, stop, [_closer(repository)] if repo is None else []
+    )
+
+
+async def run_retrier(
+    settings: Settings, stop: asyncio.Event, *, repo: Repository | None = None
+) -> None:
+    topics = topics_for(settings)
+    bus = make_bus(settings, topics)
+    await bus.start()
+    repository: Repository = (
+        repo if repo is not None else await asyncio.to_thread(open_repository, settings.db)
+    )
+    group = group_for(settings, "retrier")
+    retrier = Retrier(bus, bus.consumer(group, [topics.delayed]), topics)
+    worker_group = group_for(settings, "worker")
+
+    async def backlog() -> int:
+        lag = await asyncio.to_thread(bus.lag, worker_group, [topics.questions])
+        return sum(lag.values())
+
+    sweep = StaleSweep(
+        repository, bus, topics, older_than_s=settings.stale_after_s, backlog=backlog
+    )
+
+    def stats() -> dict[str, Any]:
+        return {
+            "group": group,
+            "held": retrier.held,
+            "resumed": retrier.resumed,
+            "stale_republished": sweep.republished,
+            "sweeps_skipped": sweep.skipped,
+        }
+
+    await _run_stage(
+        "retrier",
+        bus,
+        [retrier.run, sweep.run],
+        stats,
+        stop,
+        [_closer(repository)] if repo is None else [],
+    )
+
+
+def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> FastAPI:
+    """QuestionService over Kafka and the shared repository, behind the HTTP app."""
+    from qaloop.gateway.http import create_app
+
+    topics = topics_for(settings)
+    bus = make_bus(settings, topics)
+    repository: Repository = repo if repo is not None else open_repository(settings.db)
+    cache: Cache[str, CachedAnswer] = make_cache(
+        settings.cache_policy, settings.cache_size, settings.cache_ttl_s or None
+    )
+    service = QuestionService(repository, bus, topics, cache)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        await bus.start()
+        flusher = asyncio.create_task(service.run_hit_flusher(stop))
+        log.info(
+            "gateway: serving on %s:%d (bus kafka %s)",
+            settings.host,
+            settings.port,
+            settings.kafka_bootstrap,
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            await flusher
+            await service.flush_hits()
+            await bus.close()
+            if repo is None:
+                await asyncio.to_thread(repository.close)
+            log.info("gateway: stopped; %s", service.stats())
+
+    def stats() -> dict[str, Any]:
+        # Accepted here is not final here: the store of another process finishes questions.
+        body = service.stats()
+        body["mode"] = "distributed"
+        return body
+
+    return create_app(service, settings, stats=stats, lifespan=lifespan)
+
+
+def run_gateway(settings: Settings) -> None:
+    """Blocking: uvicorn (one worker, uvloop/httptools, no access log) handles SIGTERM/SIGINT
+    and the app's lifespan closes the bus and the repository."""
+    from qaloop.gateway.server import serve
+
+    serve(build_gateway_app(settings), settings.host, settings.port, settings.log_level)
+
+
+STAGES: dict[str, Callable[[Settings, asyncio.Event], Awaitable[None]]] = {
+    "worker": run_worker,
+    "judge": run_judge,
+    "store": run_store,
+    "retrier": run_retrier,
+}
+
+
+def run_stage_process(service: str, settings: Settings) -> None:
+    """Entry point of one stage process: its own event loop (uvloop when installed) and
+    signal handlers; returns when the stage has stopped cleanly."""
+    if service == "gateway":
+        run_gateway(settings)
+        return
+    stage = STAGES[service]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await stage(settings, stop)
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+
+class StaleSweep:
+    """Re-publishes questions stored as accepted but never seen progressing (the gateway died
+    between its insert and its publish, or the publish failed after the insert).
+
+    A question waiting behind a backlog looks the same from storage, so the sweep runs only
+    while the worker group's backlog on the pending topic is small, and it re-publishes a
+    question at most once per `older_than_s`. A re-publish of a question that was in fact
+    published only costs an LLM call: every write downstream is idempotent.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        bus: Bus,
+        topics: Topics,
+        *,
+        older_than_s: float,
+        backlog: Callable[[], Awaitable[int]] | None = None,
+        max_backlog: int = 1000,
+        limit: int = 1000,
+        every_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.repo = repo
+        self.bus = bus
+        self.topics = topics
+        self.older_than_s = older_than_s
+        self.backlog = backlog
+        self.max_backlog = max_backlog
+        self.limit = limit
+        self.every_s = every_s if every_s is not None else min(30.0, max(1.0, older_than_s / 4))
+        self.clock = clock
+        self.republished = 0
+        self.skipped = 0
+        self._recent: dict[str, float] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.every_s)
+            if stop.is_set():
+                return
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.exception("stale sweep failed (will retry)")
+
+    async def sweep_once(self) -> int:
+        if self.backlog is not None:
+            pending = await self.backlog()
+            if pending > self.max_backlog:
+                self.skipped += 1
+                log.info("stale sweep skipped: %d questions still pending", pending)
+                return 0
+        candidates = await asyncio.to_thread(self._stale)
+        now = self.clock()
+        self._recent = {q: t for q, t in self._recent.items() if t > now - self.older_than_s}
+        fresh = [e for e in candidates if e.question_id not in self._recent]
+        if not fresh:
+            return 0
+        await self.bus.publish_many(
+            [out(self.topics.questions, e.evolve(state=QuestionState.QUEUED)) for e in fresh]
+        )
+        for e in fresh:
+            self._recent[e.question_id] = now
+            log.warning(
+                "question %s: stuck in queued for %.0f s, re-published",
+                e.question_id,
+                now - e.first_seen,
+            )
+        self.republished += len(fresh)
+        return len(fresh)
+
+    def _stale(self) -> list[Envelope]:
+        if isinstance(self.repo, StaleQueries):
+            return self.repo.stale(self.older_than_s, self.limit)
+        # Fallback for a repository without the query: unfinished, never progressed.
+        cutoff = self.clock() - self.older_than_s
+        found: list[Envelope] = []
+        for e in self.repo.unfinished():
+            if (
+                e.state is QuestionState.QUEUED
+                and e.attempt == 1
+                and [ev.kind for ev in e.history] == [EventKind.ACCEPTED]
+                and e.first_seen < cutoff
+                and all(ev.seq == 0 for ev in self.repo.events(e.question_id))
+            ):
+                found.append(e)
+                if len(found) >= self.limit:
+                    break
+        return found
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _runner_stats(runner: ConcurrentRunner | BatchRunner) -> dict[str, Any]:
+    s = runner.stats
+    return {
+        "consumed": s.consumed,
+        "produced": s.produced,
+        "dead_lettered": s.dead_lettered,
+        "handler_errors": s.handler_errors,
+    }
+
+
+def _closer(repo: Repository) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        await asyncio.to_thread(repo.close)
+
+    return close
