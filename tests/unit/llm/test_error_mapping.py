@@ -29,7 +29,8 @@ def _quota(quota_id: str, value: str = "15") -> dict[str, Any]:
         "@type": "type.googleapis.com/google.rpc.QuotaFailure",
         "violations": [
             {
-                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                "quotaMetric": "generativelanguage.googleapis.com/"
+                "generate_content_free_tier_requests",
                 "quotaId": quota_id,
                 "quotaValue": value,
             }
