@@ -15,6 +15,8 @@ COMMAND_MODULES = [
     "qaloop.cli.services",
     "qaloop.cli.up",
     "qaloop.cli.dlq",
+    "qaloop.cli.report",
+    "qaloop.cli.experiment",
 ]
 
 
