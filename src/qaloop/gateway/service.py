@@ -32,8 +32,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
+    """A final outcome: it never changes, so it can be cached without invalidation."""
+
     answer: str | None
     score: float | None
+    failed: bool = False
+    error: str | None = None
 
 
 class StatusBoard:
@@ -76,7 +80,7 @@ class QuestionService:
         self.counters["asked"] += 1
         cached = self.cache.get(qid)
         if cached is not None:
-            self.counters["answered_cache"] += 1
+            self.counters["answered_failed" if cached.failed else "answered_cache"] += 1
             self._pending_hits[qid] += 1
             return 200, _answered(qid, cached, "cache")
         record = await asyncio.to_thread(self.repo.get, qid)
@@ -108,11 +112,10 @@ class QuestionService:
             self.counters["answered_storage"] += 1
             return 200, _answered(qid, answer, "storage")
         if record.state is QuestionState.FAILED:
+            failed = CachedAnswer(record.answer, record.score, True, record.error_detail)
+            self.cache.put(qid, failed)
             self.counters["answered_failed"] += 1
-            body = _answered(qid, CachedAnswer(record.answer, record.score), "storage")
-            body["status"] = "failed"
-            body["error"] = record.error_detail
-            return 200, body
+            return 200, _answered(qid, failed, "storage")
         self.counters["coalesced"] += 1
         return 202, {"id": qid, "status": "queued", "joined": True}
 
@@ -182,10 +185,13 @@ class QuestionService:
 
 
 def _answered(qid: str, cached: CachedAnswer, source: str) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "id": qid,
-        "status": "answered",
+        "status": "failed" if cached.failed else "answered",
         "answer": cached.answer,
         "score": cached.score,
         "source": source,
     }
+    if cached.failed:
+        body["error"] = cached.error
+    return body
