@@ -14,11 +14,13 @@ upsert would keep): PostgreSQL refuses an INSERT ... ON CONFLICT DO UPDATE that 
 row twice ("cannot affect row a second time"). Rows are written sorted by key, so concurrent
 batches that overlap lock rows in the same order and can't deadlock.
 
-Two write paths, chosen by `write_mode` (measured in bench/bench_storage.py, docs/storage.md):
-"copy" (default) streams the batch into a temporary staging table with COPY and merges it with
-one INSERT ... SELECT ... ON CONFLICT per table; "executemany" sends one upsert per row in
-pipeline mode. Schema migrations live in qaloop/storage/migrations/NNNN_*.sql and are applied
-in order under an advisory lock, so concurrent starts are safe.
+Two write paths (measured in bench/bench_storage.py, see docs/storage.md): "copy" streams the
+batch into a temporary staging table with binary COPY and merges it with one INSERT ... SELECT
+... ON CONFLICT per table; "executemany" sends one upsert per row in pipeline mode. The default,
+`write_mode="auto"`, takes executemany for small batches and COPY from COPY_THRESHOLD rows on.
+
+Schema migrations live in qaloop/storage/migrations/NNNN_*.sql and are applied in order under an
+advisory lock, so concurrent starts are safe.
 
 PostgreSQL TEXT can't hold NUL characters: they are replaced by U+FFFD in the text columns (the
 stored envelope, a BYTEA, keeps the original bytes).
@@ -54,7 +56,10 @@ from qaloop.storage.sqlite import (
 
 log = logging.getLogger(__name__)
 
-WriteMode = Literal["copy", "executemany"]
+WriteMode = Literal["auto", "copy", "executemany"]
+# "auto": below this many question rows a batch goes through executemany (COPY has a fixed cost
+# of four round trips), from it on through COPY
+COPY_THRESHOLD = 50
 
 # pg_advisory_lock(key1, key2): key1 is ours ("qalo"), key2 the schema being migrated.
 _LOCK_NAMESPACE = 0x71616C6F
@@ -169,7 +174,15 @@ def _clean(value: Any) -> Any:
 
 
 def _clean_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(_clean(v) for v in row)
+    if any(isinstance(v, str) and "\x00" in v for v in row):
+        return tuple(_clean(v) for v in row)
+    return row
+
+
+def _clean_question_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    # every text column is also in the JSON envelope (last column), where orjson writes NUL
+    # as \u0000: one bytes search instead of a look at every column
+    return _clean_row(row) if b"\\u0000" in row[-1] else row
 
 
 def batch_rows(
@@ -177,7 +190,7 @@ def batch_rows(
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Question rows (deduplicated, sorted) and event rows (every envelope's history; the first
     of each (question_id, seq) kept, sorted) for one batch."""
-    questions = [_clean_row(question_row(e, now)) for e in dedupe_batch(envelopes)]
+    questions = [_clean_question_row(question_row(e, now)) for e in dedupe_batch(envelopes)]
     events: dict[tuple[str, int], tuple[Any, ...]] = {}
     for envelope in envelopes:
         for row in event_rows(envelope):
@@ -196,11 +209,11 @@ class PostgresRepository:
         schema: str | None = None,
         min_size: int = 1,
         max_size: int = 4,
-        write_mode: WriteMode = "copy",
+        write_mode: WriteMode = "auto",
         connect_timeout: float = 30.0,
         migrate: bool = True,
     ) -> None:
-        if write_mode not in ("copy", "executemany"):
+        if write_mode not in ("auto", "copy", "executemany"):
             raise ValueError(f"unknown write_mode {write_mode!r}")
         self.write_mode: WriteMode = write_mode
         self.schema = schema
@@ -294,7 +307,7 @@ class PostgresRepository:
     def accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
         now = time.time()
         with self._tx() as conn:
-            cur = conn.execute(_INSERT_NEW, _clean_row(question_row(envelope, now)))
+            cur = conn.execute(_INSERT_NEW, _clean_question_row(question_row(envelope, now)))
             inserted = cur.fetchone() is not None
             if inserted:
                 rows = [_clean_row(r) for r in event_rows(envelope)]
@@ -320,7 +333,8 @@ class PostgresRepository:
             return
         questions, events = batch_rows(envelopes, time.time())
         with self._tx() as conn:
-            if self.write_mode == "copy":
+            mode = self.write_mode
+            if mode == "copy" or (mode == "auto" and len(questions) >= COPY_THRESHOLD):
                 self._apply_copy(conn, questions, events)
             else:
                 self._apply_executemany(conn, questions, events)
