@@ -9,6 +9,7 @@ from qaloop.report.cache_experiment import CacheResults
 from qaloop.report.plots import PALETTE, ecdf, new_figure, save
 from qaloop.report.sync_async import PathResult
 
+PATH_COLORS = ("#e76f51", "#264653", *PALETTE)
 POLICY_STYLE = {"lru": ("#264653", "o"), "lfu": ("#e76f51", "s"), "fifo": ("#2a9d8f", "^")}
 
 
@@ -76,7 +77,7 @@ def sync_async_latency(paths: list[PathResult], path: Path) -> Path:
     ax_cdf, ax_bar = fig.subplots(1, 2, width_ratios=[3, 2])
     styles = {"hit": "-", "miss": "--"}
     for i, p in enumerate(paths):
-        color = PALETTE[(2 * i) % len(PALETTE)] if i else "#e76f51"
+        color = PATH_COLORS[i % len(PATH_COLORS)]
         for kind, values in (("hit", p.hit_latency_s), ("miss", p.miss_latency_s)):
             if not values:
                 continue
@@ -123,8 +124,8 @@ def sync_async_latency(paths: list[PathResult], path: Path) -> Path:
         )
     ax_bar.set_xticks(xs, names)
     ax_bar.set_ylabel("questions")
-    ax_bar.margins(y=0.25)
+    ax_bar.set_ylim(0, 1.4 * max([p.answered for p in paths] + [1]))
     ax_bar.set_title("Outcome")
-    ax_bar.legend(fontsize=8, loc="lower center")
+    ax_bar.legend(fontsize=8, loc="upper left")
     fig.suptitle("Synchronous vs asynchronous: the same workload")
     return save(fig, path)
