@@ -97,10 +97,14 @@ def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
 
 
 async def _log_stats(name: str, stats: Callable[[], dict[str, Any]], stop: asyncio.Event) -> None:
+    last: dict[str, Any] = {}
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=STATS_EVERY_S)
-        log.info("%s stats: %s", name, stats())
+        current = stats()
+        if current != last:  # an idle stage stays quiet
+            log.info("%s stats: %s", name, current)
+            last = current
 
 
 async def _run_stage(
