@@ -177,7 +177,7 @@ def cache(
 )
 @click.option(
     "--rates",
-    default="2,8",
+    default="2,16",
     show_default=True,
     help="Arrival rates to compare (requests per model second).",
 )

@@ -185,6 +185,7 @@ def size_table(res: CacheResults) -> Table:
         ["traffic", "policy", *[f"size {s}" for s in cfg.sizes], "bound (infinite cache)"],
         rows,
         "bound = 1 - unique keys / requests: every first request for a key must miss.",
+        digits=1,
     )
 
 
@@ -207,6 +208,7 @@ def ttl_table(res: CacheResults) -> Table:
         f"Hit rate (%) by TTL at size {cfg.ttl_size} (mean rate {cfg.rate:g} req/s)",
         ["traffic", "policy", *[f"TTL {t:g} s" for t in ttls], "no TTL"],
         rows,
+        digits=1,
     )
 
 

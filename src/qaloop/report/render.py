@@ -22,11 +22,13 @@ PLOT_FILES = (
 )
 
 
-def fmt(value: Cell) -> str:
+def fmt(value: Cell, digits: int | None = None) -> str:
     if value is None:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, float) and digits is not None:
+        return f"{value:.{digits}f}"
     if isinstance(value, float):
         return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
     text = str(value)
@@ -37,7 +39,8 @@ def fmt(value: Cell) -> str:
 def markdown_table(table: Table) -> str:
     lines = [f"| {' | '.join(table.columns)} |", "|" + "---|" * len(table.columns)]
     lines += [
-        "| " + " | ".join(fmt(c).replace("|", "\\|") for c in row) + " |" for row in table.rows
+        "| " + " | ".join(fmt(c, table.digits).replace("|", "\\|") for c in row) + " |"
+        for row in table.rows
     ]
     if not table.rows:
         lines.append("| " + " | ".join(["(none)"] + [""] * (len(table.columns) - 1)) + " |")
@@ -50,7 +53,7 @@ def html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     body = (
         "".join(
-            "<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>"
+            "<tr>" + "".join(f"<td>{html.escape(fmt(c, table.digits))}</td>" for c in row) + "</tr>"
             for row in table.rows
         )
         or f'<tr><td colspan="{len(table.columns)}">(none)</td></tr>'

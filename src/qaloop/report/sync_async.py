@@ -47,7 +47,7 @@ class SyncAsyncConfig:
     n_requests: int = 300
     n_questions: int = 2000  # distinct questions; Zipf popularity makes some repeat
     rate: float = 8.0  # requests per model second (Poisson); `run` sweeps `rates`
-    rates: tuple[float, ...] = (2.0, 8.0)  # light load (sync keeps up), heavy load (it can't)
+    rates: tuple[float, ...] = (2.0, 16.0)  # light load (sync keeps up), heavy (it cannot)
     s: float = 1.1
     time_factor: float = 0.05  # wall seconds per model second
     latency_median_s: float = 1.5

@@ -25,6 +25,7 @@ class Table:
     columns: list[str]
     rows: list[list[Cell]]
     note: str = ""
+    digits: int | None = None  # fixed decimals for every float (else: 3, or 1 from 10 up)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
