@@ -95,7 +95,9 @@ class Settings(BaseSettings):
         description="Consecutive failures that open the breaker (0 = off; "
         "default 5 for gemini/openai, off for simulated/replay)",
     )
-    llm_breaker_cooldown_s: float = Field(30.0, gt=0, description="How long the breaker stays open")
+    llm_breaker_cooldown_s: float = Field(
+        10.0, gt=0, description="How long the breaker stays open (about the overload park time)"
+    )
     llm_max_calls: int = Field(
         0, ge=0, description="LLM calls allowed per question, retries included (0 = no cap)"
     )
