@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from qaloop.report.cache_experiment import CacheResults
-from qaloop.report.plots import PALETTE, ecdf, new_figure, save
+from qaloop.report.plots import PALETTE, ecdf, log_seconds_axis, new_figure, save
 from qaloop.report.sync_async import PathResult
 
 PATH_COLORS = ("#e76f51", "#264653", *PALETTE)
@@ -91,7 +91,7 @@ def sync_async_latency(paths: list[PathResult], path: Path) -> Path:
                 lw=2,
                 label=f"{p.name}: {kind} (n={len(values)})",
             )
-    ax_cdf.set_xscale("log")
+    log_seconds_axis(ax_cdf)
     ax_cdf.set_ylim(0, 1.02)
     ax_cdf.set_xlabel("time to an answer (model s, log scale)")
     ax_cdf.set_ylabel("fraction of requests")

@@ -15,7 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from qaloop.report import tables as T
 
@@ -49,6 +49,14 @@ def no_data(ax: Any, message: str = "no data") -> None:
     ax.set_yticks([])
 
 
+def log_seconds_axis(ax: Any) -> None:
+    """A log x axis labelled 0.01, 0.1, 1, 10 (not 10^-2) with 1-2-5 ticks."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
 def ecdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
     xs = sorted(values)
     n = len(xs)
@@ -77,7 +85,7 @@ def latency_cdf(latency: T.Latency, path: Path) -> Path:
     if not drawn:
         no_data(ax, "no finished questions")
     else:
-        ax.set_xscale("log")
+        log_seconds_axis(ax)
         ax.set_ylim(0, 1.02)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right")
@@ -96,14 +104,14 @@ def throughput(series: dict[str, Sequence[float]], path: Path, source: str) -> P
         no_data(ax)
     else:
         t0 = min(starts)
+        t1 = max(max(v) for v in series.values() if v)
         for i, (label, times) in enumerate(series.items()):
             if not times:
                 continue
-            xs, rates, _ = T.throughput([t - t0 for t in times])
-            offset = min(times) - t0
+            xs, rates, _ = T.throughput([t - t0 for t in times], span=(0.0, t1 - t0))
             color = COLORS.get(label, PALETTE[i % len(PALETTE)])
             ax.plot(
-                [x + offset for x in xs],
+                xs,
                 rates,
                 drawstyle="steps-post",
                 lw=2,

@@ -153,15 +153,19 @@ def latency_from_requests(rows: Sequence[RequestRow]) -> Latency:
     return Latency({k: v for k, v in samples.items() if v or k != ERROR}, "requests CSV")
 
 
-def throughput(times: Sequence[float], bins: int = 40) -> tuple[list[float], list[float], float]:
-    """Events per second over time: (bin starts relative to the first event, rates, bin width)."""
+def throughput(
+    times: Sequence[float], bins: int = 40, span: tuple[float, float] | None = None
+) -> tuple[list[float], list[float], float]:
+    """Events per second over time: (bin starts relative to the span's start, rates, bin width).
+
+    `span` (start, end) fixes the bins, so several series can share them."""
     if not times:
         return [], [], 0.0
-    t0, t1 = min(times), max(times)
+    t0, t1 = span if span is not None else (min(times), max(times))
     width = max((t1 - t0) / bins, 1e-3)
     counts = [0] * bins
     for t in times:
-        counts[min(int((t - t0) / width), bins - 1)] += 1
+        counts[max(0, min(int((t - t0) / width), bins - 1))] += 1
     return [i * width for i in range(bins)], [c / width for c in counts], width
 
 
