@@ -3,13 +3,15 @@ optionally, the per-request CSV the traffic generator writes.
 
 Requests CSV: one row per request, with a header. Columns are matched by name, case-insensitive:
 
-- send time (epoch or relative seconds): ``sent_at``, ``t``, ``time``, ``ts``, ``at``,
-  ``started_at`` or ``start``;
-- time to the answer: ``time_to_answer_s``, ``latency_s`` or ``elapsed_s`` (seconds), or
-  ``time_to_answer_ms``, ``latency_ms`` or ``elapsed_ms`` (milliseconds);
-- what happened: ``outcome``, ``source``, ``status`` or ``result``. A value of hit / cache /
-  storage / answered counts as a hit; queued / accepted / joined / validated / failed / miss as a
-  queued question; anything else (error, timeout, an HTTP status >= 400) as an error.
+- send time (epoch or relative seconds): ``sent_s``, ``sent_at``, ``t``, ``time``, ``ts``,
+  ``at``, ``started_at``, ``start`` or ``scheduled_s``;
+- time to the answer, the first non-empty of: ``time_to_answer_s``, ``latency_s``,
+  ``elapsed_s`` (seconds), ``answer_ms``, ``time_to_answer_ms``, ``latency_ms``, ``elapsed_ms``
+  (milliseconds) -- so a queued request's wait for its answer (``answer_ms``, as `qaloop
+  traffic` writes it) wins over the latency of its 202;
+- what happened: ``outcome``, ``source``, ``status`` or ``result``. hit / cache / storage /
+  answered / failed (a known failure served at once) count as hits; queued / accepted /
+  joined / validated / miss as queued; anything else (error, timeout, HTTP >= 400) as an error.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from qaloop.storage.base import DeadLetter, Repository
 
 ALL_DEAD_LETTERS = 10_000_000
 
-_TIME_COLUMNS = ("sent_at", "t", "time", "ts", "at", "started_at", "start")
+_TIME_COLUMNS = ("sent_s", "sent_at", "t", "time", "ts", "at", "started_at", "start", "scheduled_s")
 _SECONDS_COLUMNS = ("time_to_answer_s", "latency_s", "elapsed_s")
-_MS_COLUMNS = ("time_to_answer_ms", "latency_ms", "elapsed_ms")
+_MS_COLUMNS = ("answer_ms", "time_to_answer_ms", "latency_ms", "elapsed_ms")
 _OUTCOME_COLUMNS = ("outcome", "source", "status", "result")
-_HIT = frozenset({"hit", "cache", "storage", "answered", "cached"})
-_QUEUED = frozenset({"queued", "accepted", "joined", "validated", "failed", "miss", "coalesced"})
+_HIT = frozenset({"hit", "cache", "storage", "answered", "cached", "failed"})
+_QUEUED = frozenset({"queued", "accepted", "joined", "validated", "miss", "coalesced"})
 
 HIT, QUEUED, ERROR = "hit", "queued", "error"
 
@@ -79,11 +81,20 @@ def classify_outcome(value: str) -> str:
     return ERROR
 
 
-def _pick(header: Sequence[str], names: Iterable[str]) -> str | None:
+def _present(header: Sequence[str], names: Iterable[str]) -> list[str]:
     lowered = {h.strip().lower(): h for h in header}
-    for name in names:
-        if name in lowered:
-            return lowered[name]
+    return [lowered[name] for name in names if name in lowered]
+
+
+def _latency_s(line: dict[str, str], columns: list[tuple[str, float]]) -> float | None:
+    """The first non-empty latency column of the row, in seconds."""
+    for col, scale in columns:
+        raw = (line.get(col) or "").strip()
+        if raw:
+            try:
+                return float(raw) * scale
+            except ValueError:
+                return None
     return None
 
 
@@ -91,32 +102,28 @@ def read_requests(path: str | Path) -> list[RequestRow]:
     with Path(path).open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
-        t_col = _pick(header, _TIME_COLUMNS)
-        s_col = _pick(header, _SECONDS_COLUMNS)
-        ms_col = None if s_col else _pick(header, _MS_COLUMNS)
-        o_col = _pick(header, _OUTCOME_COLUMNS)
+        t_cols = _present(header, _TIME_COLUMNS)
+        lat_cols = [(c, 1.0) for c in _present(header, _SECONDS_COLUMNS)]
+        lat_cols += [(c, 0.001) for c in _present(header, _MS_COLUMNS)]
+        o_cols = _present(header, _OUTCOME_COLUMNS)
         missing = [
             what
-            for what, col in (
-                ("send time", t_col),
-                ("latency", s_col or ms_col),
-                ("outcome", o_col),
-            )
-            if col is None
+            for what, cols in (("send time", t_cols), ("latency", lat_cols), ("outcome", o_cols))
+            if not cols
         ]
         if missing:
             raise RequestsFileError(
                 f"{path}: no {', '.join(missing)} column (have: {', '.join(header)}); "
                 "see qaloop.report.data for the accepted names"
             )
-        assert t_col is not None and o_col is not None
         rows: list[RequestRow] = []
         for line in reader:
+            latency = _latency_s(line, lat_cols)
             try:
-                sent = float(line[t_col])
-                raw = float(line[s_col] if s_col else line[ms_col or ""])
+                sent = float(line[t_cols[0]])
             except (TypeError, ValueError):
+                continue
+            if latency is None:
                 continue  # a row without numbers (e.g. a client error before sending)
-            latency = raw if s_col else raw / 1000.0
-            rows.append(RequestRow(sent, latency, classify_outcome(line[o_col] or "")))
+            rows.append(RequestRow(sent, latency, classify_outcome(line[o_cols[0]] or "")))
     return rows

@@ -81,3 +81,26 @@ def test_requests_csv_without_a_latency_column_is_refused(tmp_path: Path) -> Non
     )
     assert result.exit_code == 1
     assert "no latency column" in result.output
+
+
+def test_reads_the_csv_qaloop_traffic_writes(tmp_path: Path) -> None:
+    traffic = pytest.importorskip("qaloop.traffic")
+    rec = traffic.RequestRecord
+    records = [
+        rec(0, 0.0, 0.01, "a", 200, "cache", 0.5),
+        rec(1, 0.1, 0.11, "b", 202, "queued", 3.0, answer_ms=1500.0, final_status="validated"),
+        rec(2, 0.2, 0.21, "c", 202, "joined", 2.0, answer_ms=900.0, final_status="validated"),
+        rec(3, 0.3, 0.31, "d", 200, "failed", 0.7),
+        rec(4, 0.4, 0.41, "e", 503, "error", 4.0, error="overloaded"),
+    ]
+    path = tmp_path / "traffic.csv"
+    traffic.write_csv(records, path)
+    rows = read_requests(path)
+    assert [(r.sent_at, r.outcome) for r in rows] == [
+        (0.01, "hit"),
+        (0.11, "queued"),
+        (0.21, "queued"),
+        (0.31, "hit"),
+        (0.41, "error"),
+    ]
+    assert [r.latency_s for r in rows] == pytest.approx([0.0005, 1.5, 0.9, 0.0007, 0.004])
