@@ -8,7 +8,7 @@ reaches storage carries the question's whole history (attempts, errors, scores, 
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -87,24 +87,52 @@ class Event:
     wait_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # Written out (not dataclasses.asdict): this runs for every event of every message.
+        data: dict[str, Any] = {
+            "seq": self.seq,
+            "kind": self.kind.value,
+            "attempt": self.attempt,
+            "at": self.at,
+        }
+        for key in _OPTIONAL_EVENT_FIELDS:
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = value.value if key == "error_class" else value
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
-        ec = data.get("error_class")
+        get = data.get
+        ec = get("error_class")
+        score, latency_ms, wait_s = get("score"), get("latency_ms"), get("wait_s")
         return cls(
-            seq=int(data["seq"]),
-            kind=EventKind(data["kind"]),
-            attempt=int(data["attempt"]),
-            at=float(data["at"]),
-            answer=data.get("answer"),
-            score=None if data.get("score") is None else float(data["score"]),
-            latency_ms=None if data.get("latency_ms") is None else float(data["latency_ms"]),
-            error_class=None if ec is None else ErrorClass(ec),
-            detail=data.get("detail"),
-            decision=data.get("decision"),
-            wait_s=None if data.get("wait_s") is None else float(data["wait_s"]),
+            int(data["seq"]),
+            _EVENT_KINDS[data["kind"]],
+            int(data["attempt"]),
+            float(data["at"]),
+            get("answer"),
+            None if score is None else float(score),
+            None if latency_ms is None else float(latency_ms),
+            None if ec is None else _ERROR_CLASSES[ec],
+            get("detail"),
+            get("decision"),
+            None if wait_s is None else float(wait_s),
         )
+
+
+# Plain dict look-ups: calling an Enum class to convert a value is several times slower.
+_EVENT_KINDS = {k.value: k for k in EventKind}
+_ERROR_CLASSES = {c.value: c for c in ErrorClass}
+
+_OPTIONAL_EVENT_FIELDS = (
+    "answer",
+    "score",
+    "latency_ms",
+    "error_class",
+    "detail",
+    "decision",
+    "wait_s",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +161,18 @@ class Envelope:
 
     def with_event(self, kind: EventKind, at: float, **fields: Any) -> Envelope:
         event = Event(seq=len(self.history), kind=kind, attempt=self.attempt, at=at, **fields)
-        return replace(self, history=(*self.history, event))
+        return self.evolve(history=(*self.history, event))
 
     def evolve(self, **changes: Any) -> Envelope:
-        return replace(self, **changes)
+        """A copy with some fields changed (dataclasses.replace, minus its generic overhead:
+        this runs several times per message)."""
+        unknown = changes.keys() - _ENVELOPE_FIELDS
+        if unknown:
+            raise TypeError(f"Envelope has no field(s) {sorted(unknown)}")
+        new = object.__new__(Envelope)
+        for name in _ENVELOPE_FIELDS:
+            object.__setattr__(new, name, changes[name] if name in changes else getattr(self, name))
+        return new
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -203,3 +239,6 @@ class QuestionRecord:
         if self.error_detail is not None:
             body["error_detail"] = self.error_detail
         return body
+
+
+_ENVELOPE_FIELDS = tuple(f.name for f in fields(Envelope))

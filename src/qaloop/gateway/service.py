@@ -74,6 +74,8 @@ class QuestionService:
         self._pending_hits: Counter[str] = Counter()
         self._waiters: dict[str, list[asyncio.Event]] = {}
         self.in_flight: set[str] = set()  # accepted here and not yet final (embedded drain)
+        self._accept_queue: list[tuple[Envelope, asyncio.Future[tuple[bool, QuestionRecord]]]] = []
+        self._accepting = False
 
     async def ask(self, question: str, reference: str | None) -> tuple[int, dict[str, Any]]:
         qid = question_id(question)
@@ -83,25 +85,58 @@ class QuestionService:
             self.counters["answered_failed" if cached.failed else "answered_cache"] += 1
             self._pending_hits[qid] += 1
             return 200, _answered(qid, cached, "cache")
-        record = await asyncio.to_thread(self.repo.get, qid)
-        if record is None:
-            now = self.clock()
-            envelope = Envelope(
-                question_id=qid,
-                question=question,
-                reference_answer=reference,
-                trace_id=uuid.uuid4().hex,
-                first_seen=now,
-            ).with_event(EventKind.ACCEPTED, now)
-            inserted, record = await asyncio.to_thread(self.repo.accept, envelope)
-            if inserted:
-                self.in_flight.add(qid)
-                await self.bus.publish_many([out(self.topics.questions, envelope)])
-                self.counters["accepted"] += 1
-                log.info("question %s: accepted (trace %s)", qid, envelope.trace_id)
-                return 202, {"id": qid, "status": "queued"}
-        assert record is not None
+        now = self.clock()
+        envelope = Envelope(
+            question_id=qid,
+            question=question,
+            reference_answer=reference,
+            trace_id=uuid.uuid4().hex,
+            first_seen=now,
+        ).with_event(EventKind.ACCEPTED, now)
+        inserted, record = await self._accept(envelope)
+        if inserted:
+            self.counters["accepted"] += 1
+            return 202, {"id": qid, "status": "queued"}
         return self._known(record)
+
+    async def _accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
+        """Insert-if-absent, then publish if inserted — grouped: while one batch is being
+        written, newcomers queue up and go in the next transaction (group commit), so the cost
+        of a commit is shared by every request that arrived meanwhile."""
+        future: asyncio.Future[tuple[bool, QuestionRecord]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._accept_queue.append((envelope, future))
+        if not self._accepting:
+            self._accepting = True
+            try:
+                while self._accept_queue:
+                    batch, self._accept_queue = self._accept_queue, []
+                    await self._accept_batch(batch)
+            finally:
+                self._accepting = False
+        return await future
+
+    async def _accept_batch(
+        self, batch: list[tuple[Envelope, asyncio.Future[tuple[bool, QuestionRecord]]]]
+    ) -> None:
+        try:
+            results = await asyncio.to_thread(self.repo.accept_many, [e for e, _ in batch])
+            new = [e for (e, _), (inserted, _) in zip(batch, results, strict=True) if inserted]
+            if new:
+                # Stored before published, published before the 202: never lost.
+                self.in_flight.update(e.question_id for e in new)
+                await self.bus.publish_many([out(self.topics.questions, e) for e in new])
+                for e in new:
+                    log.info("question %s: accepted (trace %s)", e.question_id, e.trace_id)
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     def _known(self, record: QuestionRecord) -> tuple[int, dict[str, Any]]:
         qid = record.question_id

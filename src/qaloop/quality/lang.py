@@ -94,6 +94,7 @@ _SCRIPTS = (
 )
 
 
+@lru_cache(maxsize=8192)  # characters repeat: the Unicode name lookup is the hot spot
 def _script(char: str) -> str | None:
     name = unicodedata.name(char, "")
     for prefix, code in _SCRIPTS:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from qaloop.core.model import Envelope, Event, QuestionRecord
+from qaloop.core.model import Envelope, Event, QuestionRecord, progress_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,10 @@ class Repository(Protocol):
 
     def accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
         """Insert a new question (state queued); returns (inserted, the row now stored)."""
+        ...
+
+    def accept_many(self, envelopes: Sequence[Envelope]) -> list[tuple[bool, QuestionRecord]]:
+        """`accept` for each envelope, in order, in one transaction (group commit)."""
         ...
 
     def get(self, question_id: str) -> QuestionRecord | None: ...
@@ -75,6 +79,17 @@ class StaleQueries(Protocol):
         queued, no event after `accepted`), oldest first: the gateway may have stored them and
         died before publishing them."""
         ...
+
+
+def dedupe_batch(envelopes: Sequence[Envelope]) -> list[Envelope]:
+    """Shared by every adapter: one envelope per question: the highest progress, the first of equal ones; sorted by id."""
+    best: dict[str, tuple[int, Envelope]] = {}
+    for envelope in envelopes:
+        progress = progress_key(envelope.state, envelope.attempt)
+        seen = best.get(envelope.question_id)
+        if seen is None or progress > seen[0]:
+            best[envelope.question_id] = (progress, envelope)
+    return [best[qid][1] for qid in sorted(best)]
 
 
 def open_repository(url: str) -> Repository:

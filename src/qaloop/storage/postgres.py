@@ -44,8 +44,8 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from qaloop.core import codec
-from qaloop.core.model import Envelope, Event, QuestionRecord, progress_key
-from qaloop.storage.base import DeadLetter
+from qaloop.core.model import Envelope, Event, QuestionRecord
+from qaloop.storage.base import DeadLetter, dedupe_batch
 from qaloop.storage.sqlite import (
     EVENT_COLUMNS,
     event_from_row,
@@ -156,15 +156,6 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-def dedupe_batch(envelopes: Sequence[Envelope]) -> list[Envelope]:
-    """One envelope per question: the highest progress, the first of equal ones; sorted by id."""
-    best: dict[str, tuple[int, Envelope]] = {}
-    for envelope in envelopes:
-        progress = progress_key(envelope.state, envelope.attempt)
-        seen = best.get(envelope.question_id)
-        if seen is None or progress > seen[0]:
-            best[envelope.question_id] = (progress, envelope)
-    return [best[qid][1] for qid in sorted(best)]
 
 
 def _clean(value: Any) -> Any:
@@ -305,20 +296,26 @@ class PostgresRepository:
     # -- questions --------------------------------------------------------------------------
 
     def accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
+        return self.accept_many([envelope])[0]
+
+    def accept_many(self, envelopes: Sequence[Envelope]) -> list[tuple[bool, QuestionRecord]]:
         now = time.time()
+        results: list[tuple[bool, QuestionRecord]] = []
         with self._tx() as conn:
-            cur = conn.execute(_INSERT_NEW, _clean_question_row(question_row(envelope, now)))
-            inserted = cur.fetchone() is not None
-            if inserted:
-                rows = [_clean_row(r) for r in event_rows(envelope)]
-                if rows:
-                    conn.cursor().executemany(_EVENT_INSERT, rows)
-            row = conn.execute(
-                f"SELECT {_QUESTION_COLUMNS} FROM questions WHERE question_id = %s",
-                (envelope.question_id,),
-            ).fetchone()
-        assert row is not None  # inserted here, or by someone else before us
-        return inserted, record_from_row(row)
+            for envelope in envelopes:
+                cur = conn.execute(_INSERT_NEW, _clean_question_row(question_row(envelope, now)))
+                inserted = cur.fetchone() is not None
+                if inserted:
+                    rows = [_clean_row(r) for r in event_rows(envelope)]
+                    if rows:
+                        conn.cursor().executemany(_EVENT_INSERT, rows)
+                row = conn.execute(
+                    f"SELECT {_QUESTION_COLUMNS} FROM questions WHERE question_id = %s",
+                    (envelope.question_id,),
+                ).fetchone()
+                assert row is not None  # inserted here, or by someone else before us
+                results.append((inserted, record_from_row(row)))
+        return results
 
     def get(self, question_id: str) -> QuestionRecord | None:
         with self._tx() as conn:

@@ -19,7 +19,7 @@ from qaloop.core.model import (
     QuestionState,
     progress_key,
 )
-from qaloop.storage.base import DeadLetter
+from qaloop.storage.base import DeadLetter, dedupe_batch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS questions (
@@ -229,17 +229,47 @@ class SQLiteRepository:
             self._conn.executescript(SCHEMA)
 
     def accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
+        return self.accept_many([envelope])[0]
+
+    def accept_many(self, envelopes: Sequence[Envelope]) -> list[tuple[bool, QuestionRecord]]:
         now = time.time()
+        ids = list(dict.fromkeys(e.question_id for e in envelopes))
         with self._lock:
-            cur = self._conn.execute(_INSERT_NEW, question_row(envelope, now))
-            inserted = cur.rowcount == 1
-            if inserted:
-                self._conn.executemany(_EVENT_INSERT, event_rows(envelope))
-            row = self._conn.execute(
-                f"SELECT {_QUESTION_COLUMNS} FROM questions WHERE question_id = ?",
-                (envelope.question_id,),
-            ).fetchone()
-        return inserted, record_from_row(row)
+            # IMMEDIATE: take the write lock first, so no other process can insert one of
+            # these ids between our look-up and our insert.
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                existing = self._rows_by_id(ids)
+                new: dict[str, Envelope] = {}
+                for envelope in envelopes:
+                    if envelope.question_id not in existing:
+                        new.setdefault(envelope.question_id, envelope)
+                self._conn.executemany(_INSERT_NEW, [question_row(e, now) for e in new.values()])
+                self._conn.executemany(
+                    _EVENT_INSERT, [row for e in new.values() for row in event_rows(e)]
+                )
+                existing.update(self._rows_by_id(list(new)))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        results: list[tuple[bool, QuestionRecord]] = []
+        for envelope in envelopes:
+            # Only the first of duplicate envelopes in one batch counts as inserted.
+            inserted = new.pop(envelope.question_id, None) is envelope
+            results.append((inserted, record_from_row(existing[envelope.question_id])))
+        return results
+
+    def _rows_by_id(self, ids: list[str]) -> dict[str, Sequence[Any]]:
+        rows: dict[str, Sequence[Any]] = {}
+        for begin in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+            chunk = ids[begin : begin + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(
+                f"SELECT {_QUESTION_COLUMNS} FROM questions WHERE question_id IN ({marks})", chunk
+            ):
+                rows[row[0]] = row
+        return rows
 
     def get(self, question_id: str) -> QuestionRecord | None:
         with self._lock:
@@ -252,13 +282,18 @@ class SQLiteRepository:
         if not envelopes:
             return
         now = time.time()
+        # One row per question per batch, and each event once: a question that crossed three
+        # topics since the last batch is one upsert, not three.
+        questions = [question_row(e, now) for e in dedupe_batch(envelopes)]
+        events: dict[tuple[str, int], tuple[Any, ...]] = {}
+        for envelope in envelopes:
+            for row in event_rows(envelope):
+                events.setdefault((row[0], row[1]), row)
         with self._lock:
             self._conn.execute("BEGIN")
             try:
-                self._conn.executemany(_UPSERT, [question_row(e, now) for e in envelopes])
-                self._conn.executemany(
-                    _EVENT_INSERT, [row for e in envelopes for row in event_rows(e)]
-                )
+                self._conn.executemany(_UPSERT, questions)
+                self._conn.executemany(_EVENT_INSERT, list(events.values()))
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
