@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import click
@@ -104,7 +105,7 @@ def command(
             bar: Any = click.progressbar(
                 length=plan.n_requests() if count else 0,
                 label="requests",
-                file=click.get_text_stream("stderr"),
+                file=sys.stderr,
             )
             with bar:
                 records = await run_traffic(plan, qas, ask, wait, progress=bar.update)

@@ -82,7 +82,8 @@ class StaleQueries(Protocol):
 
 
 def dedupe_batch(envelopes: Sequence[Envelope]) -> list[Envelope]:
-    """Shared by every adapter: one envelope per question: the highest progress, the first of equal ones; sorted by id."""
+    """One envelope per question (the highest progress, the first of equal ones), sorted by
+    id: shared by every adapter so a batch never touches the same row twice."""
     best: dict[str, tuple[int, Envelope]] = {}
     for envelope in envelopes:
         progress = progress_key(envelope.state, envelope.attempt)
