@@ -492,3 +492,13 @@ def test_progress_key_orders_a_life() -> None:
     keys = [progress_key(e.state, e.attempt) for e in _lifecycle("x")]
     assert keys == sorted(keys)
     assert keys[-1] > keys[-2]
+
+
+def test_an_unreachable_postgres_fails_fast_without_showing_the_password() -> None:
+    pytest.importorskip("psycopg_pool")
+    from qaloop.storage.postgres import PostgresRepository
+
+    with pytest.raises(ConnectionError) as info:
+        PostgresRepository("postgresql://qaloop:s3cret@127.0.0.1:1/qaloop", connect_timeout=0.5)
+    assert "127.0.0.1:1/qaloop" in str(info.value)
+    assert "s3cret" not in str(info.value)

@@ -41,7 +41,8 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from qaloop.core import codec
 from qaloop.core.model import Envelope, Event, QuestionRecord
@@ -156,8 +157,6 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-
-
 def _clean(value: Any) -> Any:
     if isinstance(value, str) and "\x00" in value:
         return value.replace("\x00", "\ufffd")
@@ -222,9 +221,18 @@ class PostgresRepository:
             open=False,
             name="qaloop-storage",
         )
-        self._pool.open(wait=True, timeout=connect_timeout)
-        if migrate:
-            self.migrate()
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+            if migrate:
+                self.migrate()
+        except PoolTimeout as exc:
+            self._pool.close()  # no reconnecting background workers left behind
+            raise ConnectionError(
+                f"PostgreSQL at {describe_dsn(dsn)} not reachable within {connect_timeout:g} s"
+            ) from exc
+        except BaseException:
+            self._pool.close()
+            raise
 
     @staticmethod
     def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -476,6 +484,16 @@ class PostgresRepository:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def describe_dsn(dsn: str) -> str:
+    """host:port/dbname of a DSN, for messages (never the password)."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<invalid DSN>"
+    host = info.get("host") or info.get("hostaddr") or "localhost"
+    return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
 
 
 def record_to_dict(record: QuestionRecord) -> dict[str, Any]:
