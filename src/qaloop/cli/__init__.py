@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "qaloop.cli.demo",
     "qaloop.cli.serve",
     "qaloop.cli.traffic",
+    "qaloop.cli.calibrate",
     "qaloop.cli.services",
     "qaloop.cli.up",
     "qaloop.cli.dlq",

@@ -335,7 +335,7 @@ class EmbeddingScorer(BaseScorer):
         for (answer, reference), a_vec, r_vec in zip(pairs, a_vecs, r_vecs, strict=True):
             a_empty, r_empty = not answer.strip(), not reference.strip()
             if a_empty or r_empty:
-                scores.append(1.0 if a_empty and r_empty else 0.0)
+                scores.append(0.0)
             else:
                 scores.append(min(1.0, max(0.0, float(np.dot(a_vec, r_vec)))))
         return scores

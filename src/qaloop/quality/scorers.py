@@ -4,7 +4,7 @@ Every scorer:
 - maps (answer, reference) to [0, 1], higher = closer;
 - tokenises with qaloop.quality.text (Unicode-aware: accents, CJK, emoji count);
 - reads at most MAX_CHARS characters of each side (a 2 MB answer costs the same as a 20 kB one);
-- scores two empty texts 1.0 and one empty text 0.0;
+- scores 0.0 when either side has nothing to compare (no tokens / characters);
 - reports per pair the detected languages and a `cross_language` flag (score_batch_detailed):
   the score itself is never altered, see docs/quality.md ("Language").
 """
@@ -44,8 +44,7 @@ def tokens(text: str) -> list[str]:
 
 
 def _empty_rule(a_empty: bool, r_empty: bool) -> float | None:
-    if a_empty and r_empty:
-        return 1.0
+    """An answer or a reference without tokens scores 0: nothing to compare must not pass."""
     if a_empty or r_empty:
         return 0.0
     return None

@@ -1,0 +1,333 @@
+"""`qaloop calibrate`: score recorded answers with every scorer and write the evidence for a
+threshold (markdown report, PNG plots, numbers as JSON). Method: qaloop.quality.calibration."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+import orjson
+
+from qaloop.quality.base import Scorer, get_scorer, scorer_names
+from qaloop.quality.calibration import (
+    CalibrationInputError,
+    CalibrationResult,
+    Example,
+    calibrate,
+    load_pairs,
+    summary_json,
+)
+
+log = logging.getLogger(__name__)
+
+CORE_SCORERS = ("jaccard", "multi_metric", "token_f1", "rouge_l", "chrf", "composite")
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.1f} %"
+
+
+def _num(x: float, digits: int = 3) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _snippet(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.replace("\\n", " ").split())
+    flat = flat.replace("|", "/")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def write_plots(result: CalibrationResult, out_dir: Path) -> dict[str, str]:
+    """One histogram per scorer + a sweep plot; returns {key: file name}. Needs `report`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files: dict[str, str] = {}
+    bins = [i / 40 for i in range(41)]
+    for name, r in result.scorers.items():
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+        same = [r.scores[i] for i in result.same_idx]
+        cross = [r.scores[i] for i in result.cross_idx]
+        ax.hist(same, bins=bins, alpha=0.6, label=f"same language (n={len(same)})")
+        if cross:
+            ax.hist(cross, bins=bins, alpha=0.5, label=f"cross-language (n={len(cross)})")
+        if r.shuffled:
+            ax.hist(
+                r.shuffled,
+                bins=bins,
+                histtype="step",
+                linewidth=1.5,
+                color="black",
+                label=f"shuffled references (n={len(r.shuffled)})",
+            )
+        ax.axvline(
+            r.candidate,
+            color="red",
+            linestyle="--",
+            label=f"threshold {r.candidate:.2f} (false pass {_pct(r.candidate_row.false_pass)})",
+        )
+        ax.set_title(f"{name}: score distribution (AUC true vs shuffled {_num(r.auc)})")
+        ax.set_xlabel("score (0–1, unitless)")
+        ax.set_ylabel("answers (count)")
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        file = f"hist_{name}.png"
+        fig.savefig(out_dir / file)
+        plt.close(fig)
+        files[name] = file
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    for name, r in result.scorers.items():
+        ts = [row.threshold for row in r.sweep]
+        (line,) = ax1.plot(ts, [100 * row.pass_rate for row in r.sweep], label=name)
+        ax1.plot(
+            ts, [100 * row.false_pass for row in r.sweep], linestyle=":", color=line.get_color()
+        )
+        ax2.plot(ts, [row.cost.extra_calls for row in r.sweep], label=name, color=line.get_color())
+        ax1.axvline(r.candidate, color=line.get_color(), linewidth=0.6, alpha=0.6)
+    ax1.set_title("Pass rate (solid: true pairs, dotted: shuffled)")
+    ax1.set_xlabel("threshold (score, 0–1)")
+    ax1.set_ylabel("answers passing (%)")
+    ax1.legend(fontsize=7)
+    ax2.set_title(f"Expected extra LLM calls (independent attempts, max {result.max_attempts})")
+    ax2.set_xlabel("threshold (score, 0–1)")
+    ax2.set_ylabel("extra LLM calls per question (calls)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "sweep.png")
+    plt.close(fig)
+    files["sweep"] = "sweep.png"
+    return files
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def render_markdown(result: CalibrationResult, plots: dict[str, str], source: str) -> str:
+    n = len(result.pairs)
+    lines: list[str] = [
+        "# Scorer calibration",
+        "",
+        f"Input: `{source}`: {result.load.rows} rows, {n} pairs scored "
+        f"({result.load.skipped} skipped, {result.load.repaired} repaired from CP437 mojibake).",
+        f"Same-language pairs (the calibration set): {len(result.same_idx)}; cross-language: "
+        f"{len(result.cross_idx)}; a language undetermined on one side: {len(result.und_idx)}.",
+        f"Negative control: each same-language answer against another question's reference "
+        f"(seeded derangement, seed {result.seed}). Candidate threshold = smallest t with a "
+        f"false-pass rate <= {_pct(result.target_false_pass)} on that control. "
+        f"Loop cost with max_attempts = {result.max_attempts}: independent attempts "
+        f"(E[calls] = Σ_(k<m) (1-p)^k) and a correlated bound (extra = (1-p)(m-1)).",
+        "",
+        "Language pairs (answer/reference): "
+        + ", ".join(f"{a}/{r} {c}" for (a, r), c in result.languages.most_common(8)),
+        "",
+        "## Summary",
+        "",
+        "| scorer | AUC true vs shuffled | mean true | mean shuffled | mean cross-lang | "
+        "mean lang und. | candidate t | pass (true) | false pass | pass (cross-lang) | "
+        "pass (lang und.) | extra calls/q (indep.; corr.) | given up (indep.; corr.) | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result.scorers.items():
+        row = r.candidate_row
+        lines.append(
+            f"| {name} | {_num(r.auc)} | {_num(r.mean_same)} | {_num(r.mean_shuffled)} | "
+            f"{_num(r.mean_cross)} | {_num(r.mean_und)} | {r.candidate:.2f} | "
+            f"{_pct(row.pass_rate)} | {_pct(row.false_pass)} | {_pct(row.pass_rate_cross)} | "
+            f"{_pct(row.pass_rate_und)} | "
+            f"{row.cost.extra_calls:.3f}; {row.cost.extra_calls_correlated:.3f} | "
+            f"{_pct(row.cost.given_up)}; {_pct(row.cost.given_up_correlated)} | "
+            f"{r.seconds:.1f} |"
+        )
+    for name, why in result.skipped_scorers.items():
+        lines.append(f"| {name} | skipped: {why} |" + " |" * 12)
+    if "sweep" in plots:
+        lines += ["", f"![threshold sweep]({plots['sweep']})"]
+
+    names = list(result.scorers)
+    lines += [
+        "",
+        "## Agreement between scorers (Spearman rank correlation, same-language pairs)",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for a in names:
+        cells = " | ".join(_num(result.spearman_same[(a, b)], 2) for b in names)
+        lines.append(f"| {a} | {cells} |")
+
+    recorded_sources = sorted({s for r in result.scorers.values() for s in r.recorded_spearman})
+    if recorded_sources:
+        lines += [
+            "",
+            "## Agreement with the score recorded in the input (Spearman, same-language pairs)",
+            "",
+            "| scorer | " + " | ".join(f"`{s}`" for s in recorded_sources) + " |",
+            "|---|" + "---|" * len(recorded_sources),
+        ]
+        for name, r in result.scorers.items():
+            cells = " | ".join(
+                _num(r.recorded_spearman.get(s, math.nan), 2) for s in recorded_sources
+            )
+            lines.append(f"| {name} | {cells} |")
+
+    for name, r in result.scorers.items():
+        lines += [
+            "",
+            f"## {name}",
+            "",
+        ]
+        if name in plots:
+            lines += [f"![{name} histogram]({plots[name]})", ""]
+        lines += [
+            "| threshold | pass (true, same-lang) | false pass (shuffled) | pass (cross-lang) | "
+            "pass (lang und.) | pass (all) | E[calls]/q | extra calls/q (corr.) | "
+            "given up (indep.; corr.) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in r.sweep:
+            mark = " **(candidate)**" if row.threshold == r.candidate else ""
+            lines.append(
+                f"| {row.threshold:.2f}{mark} | {_pct(row.pass_rate)} | {_pct(row.false_pass)} | "
+                f"{_pct(row.pass_rate_cross)} | {_pct(row.pass_rate_und)} | "
+                f"{_pct(row.pass_rate_all)} | "
+                f"{row.cost.calls:.3f} | {row.cost.extra_calls_correlated:.3f} | "
+                f"{_pct(row.cost.given_up)}; {_pct(row.cost.given_up_correlated)} |"
+            )
+        lines += ["", f"Examples at the candidate threshold {r.candidate:.2f}:", ""]
+        lines += _examples("just above (pass)", r.above)
+        lines += _examples("just below (regenerate)", r.below)
+    return "\n".join(lines) + "\n"
+
+
+def _examples(title: str, examples: Sequence[Example]) -> list[str]:
+    out = [f"*{title}*", ""]
+    for ex in examples:
+        out.append(
+            f"- score {ex.score:.3f}: Q: {_snippet(ex.question, 100)} — "
+            f"A: {_snippet(ex.answer)} — Ref: {_snippet(ex.reference)}"
+        )
+    if not examples:
+        out.append("- (none)")
+    out.append("")
+    return out
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def build_scorers(names: Sequence[str]) -> tuple[dict[str, Scorer], dict[str, str]]:
+    scorers: dict[str, Scorer] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            scorers[name] = get_scorer(name)
+        except (ImportError, RuntimeError) as exc:
+            skipped[name] = str(exc).splitlines()[0]
+    return scorers, skipped
+
+
+@click.command("calibrate")
+@click.option(
+    "--answers",
+    "answers",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSONL of recorded answers: llm_answer|answer, original_answer|reference, "
+    "[question], [source], [score].",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for report.md, results.json and the PNG plots.",
+)
+@click.option(
+    "--scorers",
+    "scorer_list",
+    default=None,
+    help=f"Comma-separated scorer names (default: all). Known: {', '.join(scorer_names())}.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="Generation attempts assumed for the loop cost.",
+)
+@click.option(
+    "--target-false-pass",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="False-pass rate on shuffled pairs for the candidate.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle.")
+@click.option("--no-repair", is_flag=True, help="Don't undo CP437 mojibake in the input.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots (no `report` extra needed).")
+def command(
+    answers: Path,
+    out_dir: Path,
+    scorer_list: str | None,
+    max_attempts: int,
+    target_false_pass: float,
+    seed: int,
+    no_repair: bool,
+    no_plots: bool,
+) -> None:
+    """Score recorded answers with every scorer and report distributions, a threshold sweep
+    with the feedback-loop cost, scorer agreement, the cross-language subset and boundary
+    examples."""
+    names = [n.strip() for n in scorer_list.split(",")] if scorer_list else scorer_names()
+    unknown = [n for n in names if n not in scorer_names()]
+    if unknown:
+        raise click.ClickException(f"unknown scorer(s) {unknown}; known: {scorer_names()}")
+    try:
+        pairs, load = load_pairs(answers, repair=not no_repair)
+    except (CalibrationInputError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    scorers, skipped = build_scorers(names)
+    for name, why in skipped.items():
+        click.echo(f"skipping scorer {name}: {why}", err=True)
+    if not scorers:
+        raise click.ClickException("no scorer could be loaded")
+    click.echo(f"{len(pairs)} pairs; scoring with {', '.join(scorers)}", err=True)
+    result = calibrate(
+        pairs,
+        load,
+        scorers,
+        max_attempts=max_attempts,
+        target_false_pass=target_false_pass,
+        seed=seed,
+        skipped_scorers=skipped,
+        progress=lambda name, s: click.echo(f"  {name}: {s:.1f} s", err=True),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, str] = {}
+    if not no_plots:
+        try:
+            plots = write_plots(result, out_dir)
+        except ImportError as exc:
+            raise click.ClickException(
+                f"plots need the `report` extra: pip install 'qaloop[report]' "
+                f"(or pass --no-plots) ({exc})"
+            ) from exc
+    (out_dir / "report.md").write_text(render_markdown(result, plots, answers.name))
+    (out_dir / "results.json").write_bytes(
+        orjson.dumps(summary_json(result), option=orjson.OPT_INDENT_2)
+    )
+    best = max(result.scorers.values(), key=lambda r: -1 if math.isnan(r.auc) else r.auc)
+    click.echo(
+        f"wrote {out_dir / 'report.md'}; highest AUC: {best.name} {_num(best.auc)} "
+        f"(candidate threshold {best.candidate:.2f}, pass {_pct(best.candidate_row.pass_rate)})"
+    )

@@ -1,0 +1,68 @@
+"""Tokenisation and language detection: Unicode cases and the cross-language decision."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+
+from qaloop.quality.lang import UNDETERMINED, cross_language, detect_language
+from qaloop.quality.text import normalize, tokens
+
+
+def test_accents_are_kept_and_nfc_normalised() -> None:
+    composed = "Canción"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert composed != decomposed
+    assert tokens(composed) == tokens(decomposed) == ["canción"]
+    assert tokens("canción") != tokens("cancion")
+
+
+def test_casefold_and_literal_newline() -> None:
+    assert tokens("STRASSE Straße") == ["strasse", "strasse"]
+    # The Yahoo! Answers dumps write a newline as backslash + n.
+    assert tokens("it works\\nNot always") == ["it", "works", "not", "always"]
+    assert normalize("  a \n\t b  ") == "a b"
+
+
+def test_cjk_is_one_token_per_character() -> None:
+    assert tokens("我喜欢猫") == ["我", "喜", "欢", "猫"]
+    assert tokens("東京タワー") == ["東", "京", "タ", "ワ", "ー"]
+    assert tokens("한국어 text") == ["한", "국", "어", "text"]
+
+
+def test_emoji_are_tokens_and_punctuation_is_not() -> None:
+    assert tokens("I love 🍕!!") == ["i", "love", "🍕"]
+    assert tokens("☀️ sunny") == ["☀", "sunny"]
+    assert tokens("...,;") == []
+    assert tokens("") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        ("The weather is lovely today and it is not going to rain.", "en"),
+        ("No, tener los ojos de diferente color no es raro, aunque sí poco común.", "es"),
+        ("¿Dónde está la biblioteca? Está cerca del parque.", "es"),
+        ("Je pense que c'est une très bonne idée pour nous et pour vous.", "fr"),
+        ("Ich glaube nicht, dass das eine gute Idee ist, und du?", "de"),
+        ("我喜欢吃苹果和香蕉", "zh"),
+        ("私は猫が好きです", "ja"),
+        ("저는 고양이를 좋아합니다", "ko"),
+        ("Я люблю читать книги", "ru"),
+        ("Yes.", UNDETERMINED),  # too short
+        ("http://www.example.com/index.asp", UNDETERMINED),  # URLs are ignored
+        ("", UNDETERMINED),
+        ("12 + 7 = 19", UNDETERMINED),
+    ],
+)
+def test_detect_language(text: str, lang: str) -> None:
+    assert detect_language(text) == lang
+
+
+def test_cross_language_needs_both_sides_determined() -> None:
+    en = "The cat is on the mat and it is sleeping."
+    es = "El gato está en la alfombra y está durmiendo."
+    assert cross_language(es, en)
+    assert not cross_language(en, en)
+    assert not cross_language("Sí.", en)  # answer undetermined: not flagged
