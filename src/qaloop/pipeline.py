@@ -186,6 +186,7 @@ class EmbeddedPipeline:
                 "llm_errors": dict(w.errors),
                 "retried_in_process": dict(w.retried_now),
                 "parked": dict(w.parked),
+                "recovered": dict(w.recovered),
                 "resumed_from_park": self.retrier.resumed if self.retrier else 0,
                 "held_parked": self.retrier.held if self.retrier else 0,
                 "llm_dead_lettered": dict(w.dead_lettered),

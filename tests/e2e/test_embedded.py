@@ -51,6 +51,7 @@ async def test_every_retry_path_end_to_end(tmp_path: Path) -> None:
     assert stats["parked"]["quota_minute"] > 0  # 429 -> parked on the delayed topic
     assert stats["parked"].get("overload", 0) > 0  # 503 after the in-process tries -> parked
     assert stats["resumed_from_park"] == sum(stats["parked"].values())
+    assert stats["recovered"]["quota_minute"] > 0 and stats["recovered"]["overload"] > 0
     assert stats["llm_dead_lettered"]["permanent"] > 0  # 400 -> dead letter with reason
     assert stats["judge_decisions"]["regenerate"] > 0  # the feedback loop ran
     letters = pipeline.repo.dead_letters(limit=1000)

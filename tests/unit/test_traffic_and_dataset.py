@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,22 @@ def test_every_command_has_help() -> None:
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0, name
         assert (cmd.help or "").strip(), f"command {name} has no help text"
+
+
+SHARED_DATA = Path(
+    os.environ.get(
+        "QALOOP_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    )
+)
+
+
+def test_reads_the_real_yahoo_answers_csv() -> None:
+    path = SHARED_DATA / "yahoo_answers.csv"
+    if not path.exists():
+        pytest.skip(f"{path} not present (research-only data, not shipped)")
+    qas = load_csv(path)
+    assert len(qas) == 6162
+    assert all(qa.question and qa.reference_answer for qa in qas)
+    assert not any("\\n" in qa.reference_answer for qa in qas)
+    assert sum("\n" in qa.reference_answer for qa in qas) > 100
+    assert {qa.category for qa in qas} - {None} <= set(range(1, 11))

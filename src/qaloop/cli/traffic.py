@@ -11,7 +11,17 @@ import httpx
 import orjson
 
 from qaloop.dataset import DatasetError, load_csv, load_sample
-from qaloop.traffic import TrafficPlan, http_client_fns, run_traffic, summarise, write_csv
+from qaloop.cli.common import build_settings
+from qaloop.demo import temporary_db
+from qaloop.pipeline import EmbeddedPipeline
+from qaloop.traffic import (
+    RequestRecord,
+    TrafficPlan,
+    http_client_fns,
+    run_traffic,
+    summarise,
+    write_csv,
+)
 from qaloop.traffic_model import ARRIVAL_KINDS, POPULARITY_KINDS
 
 
@@ -61,7 +71,16 @@ from qaloop.traffic_model import ARRIVAL_KINDS, POPULARITY_KINDS
     show_default=True,
     help="Per-request CSV",
 )
+@click.option(
+    "--in-process",
+    "in_process_flag",
+    is_flag=True,
+    help="Run the embedded pipeline in this process instead of calling --url",
+)
+@click.option("--db", default=None, help="With --in-process: storage URL (default: temporary)")
 def command(
+    in_process_flag: bool,
+    db: str | None,
     url: str,
     dataset: str | None,
     arrival: str,
@@ -94,7 +113,12 @@ def command(
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from exc
 
-    async def go() -> None:
+    def progress_bar() -> Any:
+        return click.progressbar(
+            length=plan.n_requests() if count else 0, label="requests", file=sys.stderr
+        )
+
+    async def over_http() -> list[RequestRecord]:
         limits = httpx.Limits(max_connections=max_in_flight)
         async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
             try:
@@ -102,13 +126,23 @@ def command(
             except httpx.HTTPError as exc:
                 raise click.ClickException(f"no gateway answers at {url}: {exc}") from exc
             ask, wait = http_client_fns(client)
-            bar: Any = click.progressbar(
-                length=plan.n_requests() if count else 0,
-                label="requests",
-                file=sys.stderr,
-            )
-            with bar:
-                records = await run_traffic(plan, qas, ask, wait, progress=bar.update)
+            with progress_bar() as bar:
+                return await run_traffic(plan, qas, ask, wait, progress=bar.update)
+
+    async def in_process() -> list[RequestRecord]:
+        # The whole embedded pipeline in this process: no server, no sockets.
+        pipeline = EmbeddedPipeline(build_settings(db=db or temporary_db()))
+        await pipeline.start()
+        try:
+            with progress_bar() as bar:
+                return await run_traffic(
+                    plan, qas, pipeline.service.ask, pipeline.service.wait, progress=bar.update
+                )
+        finally:
+            await pipeline.stop()
+
+    async def go() -> None:
+        records = await (in_process() if in_process_flag else over_http())
         write_csv(records, out)
         click.echo(orjson.dumps(summarise(records), option=orjson.OPT_INDENT_2).decode())
         click.echo(f"wrote {len(records)} rows to {out}", err=True)

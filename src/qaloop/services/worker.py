@@ -48,6 +48,8 @@ class WorkerStats:
         self.retried_now: Counter[str] = Counter()
         self.parked: Counter[str] = Counter()
         self.dead_lettered: Counter[str] = Counter()
+        # Answers obtained after errors of a class (in-process retries or parks in between).
+        self.recovered: Counter[str] = Counter()
 
 
 class Worker:
@@ -146,6 +148,8 @@ class Worker:
                         return [out(self.topics.dead_letter, failed, **{"qaloop-reason": reason})]
             now = self.clock()
             self.stats.answers += 1
+            for cls in errors_since_last_answer(env):
+                self.stats.recovered[cls] += 1
             generated = env.with_event(
                 EventKind.GENERATED,
                 now,
@@ -168,3 +172,14 @@ def _usage(input_tokens: int | None, output_tokens: int | None) -> str | None:
     if input_tokens is None and output_tokens is None:
         return None
     return f"tokens in={input_tokens} out={output_tokens}"
+
+
+def errors_since_last_answer(envelope: Envelope) -> set[str]:
+    """Error classes met since the question's last answer (or since it was accepted)."""
+    classes: set[str] = set()
+    for event in reversed(envelope.history):
+        if event.kind is EventKind.GENERATED:
+            break
+        if event.kind is EventKind.LLM_ERROR and event.error_class is not None:
+            classes.add(event.error_class.value)
+    return classes

@@ -88,6 +88,7 @@ async def test_overload_retries_then_recovers() -> None:
     ]
     assert [r.try_no for r in provider.requests] == [1, 2, 3]
     assert worker.stats.retried_now == {"overload": 1, "server": 1}
+    assert worker.stats.recovered == {"overload": 1, "server": 1}
 
 
 async def test_overload_exhausted_parks_for_the_cap() -> None:
