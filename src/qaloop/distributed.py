@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from qaloop.bus.base import Bus, Topics
+from qaloop.bus.base import Bus, Consumer, OutMessage, Topics
 from qaloop.core.cache import Cache, make_cache
 from qaloop.core.model import Envelope, EventKind, QuestionState
 from qaloop.core.routing import GateConfig
@@ -107,6 +107,56 @@ async def _log_stats(name: str, stats: Callable[[], dict[str, Any]], stop: async
             last = current
 
 
+class RestartRequired(RuntimeError):
+    """The stage stopped itself: what it failed to do comes back only through a restart."""
+
+    exit_code = 75  # EX_TEMPFAIL: a supervisor (`qaloop up`, compose, k8s) restarts it
+
+
+class FailFastBus:
+    """The stage's bus, counting failed publishes. The runners leave a message whose outputs
+    could not be published uncommitted, but the consumer has moved past it: only a restart
+    (from the committed position) brings it back. So a stage with a failed publish stops
+    cleanly and exits for its supervisor to restart it."""
+
+    def __init__(self, bus: KafkaBus) -> None:
+        self.inner = bus
+        self.topics = bus.topics
+        self.failures = 0
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def publish_many(self, messages: Sequence[OutMessage]) -> None:
+        try:
+            await self.inner.publish_many(messages)
+        except Exception:
+            self.failures += 1
+            raise
+
+    def consumer(self, group: str, topics: Sequence[str]) -> Consumer:
+        return self.inner.consumer(group, topics)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def _watch(
+    name: str, unhealthy: Callable[[], str | None], stop: asyncio.Event, why: list[str]
+) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+        reason = unhealthy()
+        if reason is not None:
+            log.error(
+                "%s: %s: stopping for a restart (uncommitted work is redelivered)", name, reason
+            )
+            why.append(reason)
+            stop.set()
+            return
+
+
 async def _run_stage(
     name: str,
     bus: Bus,
@@ -114,12 +164,17 @@ async def _run_stage(
     stats: Callable[[], dict[str, Any]],
     stop: asyncio.Event,
     closers: Sequence[Callable[[], Awaitable[None]]] = (),
+    unhealthy: Callable[[], str | None] | None = None,
 ) -> None:
     """Run a stage's loops until `stop`, then close in order: loops (they commit and close
-    their consumers), then the producer (flush), then the rest."""
+    their consumers), then the producer (flush), then the rest. If `unhealthy` says so, the
+    stage stops the same way and raises RestartRequired."""
     log.info("%s: running (group %s)", name, stats().get("group"))
+    why: list[str] = []
     tasks = [asyncio.create_task(main(stop), name=f"{name}-{i}") for i, main in enumerate(mains)]
     tasks.append(asyncio.create_task(_log_stats(name, stats, stop), name=f"{name}-stats"))
+    if unhealthy is not None:
+        tasks.append(asyncio.create_task(_watch(name, unhealthy, stop, why), name=f"{name}-watch"))
     stopper = asyncio.create_task(stop.wait())
     try:
         # A loop that dies on its own (a bug, a lost broker for good) takes the process down,
@@ -133,6 +188,8 @@ async def _run_stage(
                 log.error("%s: %s failed", name, task.get_name(), exc_info=result)
         if failed:
             raise RuntimeError(f"{name}: a loop failed") from failed[0].exception()
+        if why:
+            raise RestartRequired(f"{name}: {why[0]}")
     finally:
         stopper.cancel()
         await bus.close()
@@ -148,7 +205,7 @@ async def run_worker(
     settings: Settings, stop: asyncio.Event, *, provider: Provider | None = None
 ) -> None:
     topics = topics_for(settings)
-    bus = make_bus(settings, topics)
+    bus = FailFastBus(make_bus(settings, topics))
     await bus.start()
     llm = provider or make_provider(settings)
     worker = Worker(
@@ -184,12 +241,12 @@ async def run_worker(
             "llm_dead_lettered": dict(w.dead_lettered),
         }
 
-    await _run_stage("worker", bus, [runner.run], stats, stop, [llm.aclose])
+    await _run_stage("worker", bus, [runner.run], stats, stop, [llm.aclose], _publish_failed(bus))
 
 
 async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
     topics = topics_for(settings)
-    bus = make_bus(settings, topics)
+    bus = FailFastBus(make_bus(settings, topics))
     await bus.start()
     judge = Judge(
         get_scorer(settings.scorer),
@@ -209,14 +266,14 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
             "unscored": judge.unscored,
         }
 
-    await _run_stage("judge", bus, [runner.run], stats, stop)
+    await _run_stage("judge", bus, [runner.run], stats, stop, unhealthy=_batch_failed(bus, runner))
 
 
 async def run_store(
     settings: Settings, stop: asyncio.Event, *, repo: Repository | None = None
 ) -> None:
     topics = topics_for(settings)
-    bus = make_bus(settings, topics)
+    bus = FailFastBus(make_bus(settings, topics))
     await bus.start()
     repository: Repository = (
         repo if repo is not None else await asyncio.to_thread(open_repository, settings.db)
@@ -241,7 +298,13 @@ async def run_store(
         }
 
     await _run_stage(
-        "store", bus, [runner.run], stats, stop, [_closer(repository)] if repo is None else []
+        "store",
+        bus,
+        [runner.run],
+        stats,
+        stop,
+        [_closer(repository)] if repo is None else [],
+        _batch_failed(bus, runner),
     )
 
 
@@ -249,7 +312,7 @@ async def run_retrier(
     settings: Settings, stop: asyncio.Event, *, repo: Repository | None = None
 ) -> None:
     topics = topics_for(settings)
-    bus = make_bus(settings, topics)
+    bus = FailFastBus(make_bus(settings, topics))
     await bus.start()
     repository: Repository = (
         repo if repo is not None else await asyncio.to_thread(open_repository, settings.db)
@@ -259,7 +322,7 @@ async def run_retrier(
     worker_group = group_for(settings, "worker")
 
     async def backlog() -> int:
-        lag = await asyncio.to_thread(bus.lag, worker_group, [topics.questions])
+        lag = await asyncio.to_thread(bus.inner.lag, worker_group, [topics.questions])
         return sum(lag.values())
 
     sweep = StaleSweep(
@@ -358,12 +421,16 @@ def run_stage_process(service: str, settings: Settings) -> None:
         await stage(settings, stop)
 
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main())
-    else:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(main())
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main())
+    except RestartRequired as exc:
+        log.error("%s (exit %d)", exc, exc.exit_code)
+        raise SystemExit(exc.exit_code) from None
 
 
 # ---------------------------------------------------------------------------- the sweep
@@ -463,6 +530,22 @@ class StaleSweep:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _publish_failed(bus: FailFastBus) -> Callable[[], str | None]:
+    def check() -> str | None:
+        return f"{bus.failures} publish(es) failed" if bus.failures else None
+
+    return check
+
+
+def _batch_failed(bus: FailFastBus, runner: BatchRunner) -> Callable[[], str | None]:
+    def check() -> str | None:
+        if runner.stats.handler_errors:  # a batch neither written nor committed
+            return f"{runner.stats.handler_errors} batch(es) failed"
+        return _publish_failed(bus)()
+
+    return check
 
 
 def _runner_stats(runner: ConcurrentRunner | BatchRunner) -> dict[str, Any]:

@@ -6,26 +6,31 @@ thread that polls the producer, are bridged to one asyncio future per call). A f
 raises KafkaDeliveryError: the caller leaves its input uncommitted and it comes back.
 
 Consumer: no auto-commit. `poll` runs `consume()` on the consumer's own thread, so the event
-loop stays free; `commit` marks messages done in an OffsetTracker and commits, synchronously
-and with explicit offsets, only the contiguous done prefix of each partition (concurrent commits
-coalesce into one request). Rebalances: on revoke, the done prefix of every partition is
-committed and the tracker forgets the revoked partitions; messages still in flight there may be
-redelivered to the new owner, which is harmless because every downstream write is idempotent.
-`pause`/`resume` act on every assigned partition (and on partitions assigned while paused), and
-the caller keeps polling, so the consumer stays in its group.
+loop stays free; `commit` marks messages done in an OffsetTracker and commits, with explicit
+offsets, only the contiguous done prefix of each partition. Commits are asynchronous and
+coalesced (one request in flight, at most one per 50 ms; a failed one is retried with the
+next): outputs are acknowledged before the offsets that cover them are committed, which is the
+order at-least-once needs, and a blocking commit can deadlock against a group coordinator that
+waits for this consumer to poll (seen on a broker restart). Rebalances: on revoke, the done
+prefix of every partition is committed and the tracker forgets the revoked partitions;
+messages still in flight there may be redelivered to the new owner, which is harmless because
+every downstream write is idempotent. `pause`/`resume` act on every assigned partition (and on
+partitions assigned while paused), and the caller keeps polling, so it stays in its group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -35,6 +40,8 @@ from confluent_kafka.cimpl import NewPartitions, NewTopic
 from qaloop.bus.base import Message, OffsetTracker, OutMessage, Topics
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Commit failures that only mean "the group moved on": the messages come back, nothing is lost.
 _REBALANCE_CODES = {
@@ -328,7 +335,46 @@ def _to_message(raw: Any) -> Message:
     )
 
 
+class _SerialThread:
+    """One daemon thread running submitted calls in order (consume, close). A daemon, so a
+    call stuck on an unreachable broker can never keep the process from exiting."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        future: Future[T] = Future()
+        self._calls.put((call, future))
+        return asyncio.wrap_future(future)
+
+    def stop(self) -> None:
+        self._calls.put(None)
+
+
 class KafkaConsumer:
+    """See the module docstring. Commits are asynchronous and coalesced: at most one commit
+    request in flight, at most one per `commit_interval_s`; a blocking commit could wait
+    forever on a coordinator that is itself waiting for this consumer to poll (seen when the
+    broker restarts), and the order of events is all that at-least-once needs: outputs are
+    published (acknowledged) before the offsets that cover them are committed."""
+
+    commit_interval_s = 0.05
+    close_timeout_s = 30.0
+
     def __init__(self, bus: KafkaBus, group: str, topics: list[str]) -> None:
         self.bus = bus
         self.group = group
@@ -339,12 +385,13 @@ class KafkaConsumer:
         self._assigned: set[tuple[str, int]] = set()
         self._retry: dict[tuple[str, int], int] = {}  # positions whose commit failed
         self._closed = False
-        # One thread polls (consume() blocks up to its timeout), another commits, so a commit
-        # never waits for a poll and the event loop never blocks on either.
-        self._poll_pool = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-poll-{group}")
-        self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-commit-{group}")
-        self._commit_lock: asyncio.Lock | None = None
-        self._raw = RawConsumer(bus.consumer_config(group))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._commit_handle: asyncio.TimerHandle | None = None
+        self._commits_in_flight = 0
+        self._dirty = False
+        self._last_commit = 0.0
+        self._thread = _SerialThread(f"kafka-poll-{group}")
+        self._raw = RawConsumer({**bus.consumer_config(group), "on_commit": self._on_commit})
         self._raw.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -369,13 +416,11 @@ class KafkaConsumer:
             for tp in revoked:
                 self._retry.pop(tp, None)
         log.info("%s: revoked %s", self.group, _names(partitions))
-        if positions:
+        if positions:  # hand over what is done (asynchronously: never block a rebalance)
             try:
-                consumer.commit(offsets=_offsets(positions), asynchronous=False)
+                consumer.commit(offsets=_offsets(positions), asynchronous=True)
             except KafkaException as exc:
-                log.warning(
-                    "%s: commit on revoke failed (will be redelivered): %s", self.group, exc
-                )
+                log.info("%s: commit on revoke failed (redelivered): %s", self.group, exc)
 
     def _on_lost(self, consumer: RawConsumer, partitions: list[TopicPartition]) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
@@ -410,8 +455,8 @@ class KafkaConsumer:
     async def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         if self._closed:
             return []
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._poll_pool, self._consume, max_records, timeout_s)
+        self._loop = asyncio.get_running_loop()
+        return await self._thread.submit(functools.partial(self._consume, max_records, timeout_s))
 
     # -- committing
 
@@ -427,36 +472,64 @@ class KafkaConsumer:
         with self._lock:
             for m in messages:
                 self._tracker.done(m)
-        if self._commit_lock is None:
-            self._commit_lock = asyncio.Lock()
-        # Callers that queue here while a commit is in flight find their offsets either
-        # included by the next request or already committed: commits coalesce under load.
-        async with self._commit_lock:
-            with self._lock:
-                positions = self._committable_locked()
-            if not positions:
-                return
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(
-                    self._commit_pool,
-                    functools.partial(
-                        self._raw.commit, offsets=_offsets(positions), asynchronous=False
-                    ),
-                )
-            except KafkaException as exc:
-                self._commit_failed(positions, exc)
+        self._loop = asyncio.get_running_loop()
+        self._request_commit()
 
-    def _commit_failed(self, positions: dict[tuple[str, int], int], exc: KafkaException) -> None:
-        code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+    def _request_commit(self) -> None:
+        if self._closed or self._loop is None:
+            return
+        if self._commit_handle is not None or self._commits_in_flight:
+            self._dirty = True  # picked up when the scheduled / in-flight one is done
+            return
+        delay = max(0.0, self._last_commit + self.commit_interval_s - time.monotonic())
+        self._commit_handle = self._loop.call_later(delay, self._commit_now)
+
+    def _commit_now(self) -> None:
+        self._commit_handle = None
+        self._dirty = False
+        with self._lock:
+            positions = self._committable_locked()
+        if not positions:
+            return
+        self._last_commit = time.monotonic()
+        self._commits_in_flight += 1
+        try:
+            self._raw.commit(offsets=_offsets(positions), asynchronous=True)
+        except KafkaException as exc:
+            self._commits_in_flight -= 1
+            self._commit_failed(positions, exc.args[0] if exc.args else None)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Commit result (poll thread): hand it to the event loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to retry
+            loop.call_soon_threadsafe(self._commit_done, err, partitions)
+
+    def _commit_done(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self._commits_in_flight = max(0, self._commits_in_flight - 1)
+        failed = {
+            (p.topic, p.partition): p.offset
+            for p in partitions
+            if (err is not None or p.error is not None) and p.offset >= 0
+        }
+        if failed:
+            first = err if err is not None else next(p.error for p in partitions if p.error)
+            self._commit_failed(failed, first)
+        if self._dirty or self._retry:
+            self._request_commit()
+
+    def _commit_failed(self, positions: dict[tuple[str, int], int], err: Any) -> None:
+        code = err.code() if isinstance(err, KafkaError) else None
         with self._lock:
             for tp, pos in positions.items():
                 if tp in self._assigned and pos > self._retry.get(tp, -1):
                     self._retry[tp] = pos  # retried with the next commit
         if code in _REBALANCE_CODES:
-            log.info("%s: commit deferred by a rebalance: %s", self.group, exc)
+            log.info("%s: commit deferred by a rebalance: %s", self.group, err)
         else:
-            log.warning("%s: commit failed (retried with the next one): %s", self.group, exc)
+            log.warning("%s: commit failed (retried with the next one): %s", self.group, err)
 
     # -- flow control
 
@@ -481,23 +554,31 @@ class KafkaConsumer:
             positions = self._committable_locked()
         if positions:
             try:
-                self._raw.commit(offsets=_offsets(positions), asynchronous=False)
+                self._raw.commit(offsets=_offsets(positions), asynchronous=True)
             except KafkaException as exc:
                 log.warning("%s: final commit failed (will be redelivered): %s", self.group, exc)
-        self._raw.close()  # leaves the group (on_revoke commits what is done)
+        # Waits for outstanding commits, then leaves the group (on_revoke hands over the rest).
+        self._raw.close()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._commit_lock is not None:
-            async with self._commit_lock:  # let an in-flight commit finish first
-                pass
-        loop = asyncio.get_running_loop()
+        if self._commit_handle is not None:
+            self._commit_handle.cancel()
+            self._commit_handle = None
         # On the poll thread: after any consume() still running, never concurrently with it.
-        await loop.run_in_executor(self._poll_pool, self._close)
-        self._poll_pool.shutdown(wait=False)
-        self._commit_pool.shutdown(wait=False)
+        try:
+            await asyncio.wait_for(self._thread.submit(self._close), self.close_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "%s: close timed out after %.0f s (broker unreachable?); uncommitted "
+                "messages will be redelivered",
+                self.group,
+                self.close_timeout_s,
+            )
+        finally:
+            self._thread.stop()
 
 
 def _offsets(positions: dict[tuple[str, int], int]) -> list[TopicPartition]:
