@@ -23,6 +23,8 @@ from qaloop.core.routing import GateConfig
 from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
+from qaloop.observability.lag import MemoryLag
+from qaloop.observability.metrics import Metrics
 from qaloop.quality import get_scorer
 from qaloop.services.judge import Judge
 from qaloop.services.retrier import Retrier
@@ -65,8 +67,11 @@ class EmbeddedPipeline:
         repo: Repository | None = None,
         bus: Bus | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()  # one registry per pipeline
+        m = self.metrics
         self.topics = Topics.with_prefix(settings.topic_prefix)
         self.bus: Bus = bus or MemoryBus(self.topics)
         self.repo = repo or open_repository(settings.db)
@@ -76,7 +81,7 @@ class EmbeddedPipeline:
             settings.cache_policy, settings.cache_size, settings.cache_ttl_s or None
         )
         self.service = QuestionService(
-            self.repo, self.bus, self.topics, self.cache, board=self.board, clock=clock
+            self.repo, self.bus, self.topics, self.cache, board=self.board, clock=clock, metrics=m
         )
         self.worker = Worker(
             self.provider,
@@ -91,14 +96,18 @@ class EmbeddedPipeline:
             retry_policy(settings),
             clock=clock,
             on_start=self.board.started,
+            metrics=m,
         )
         self.judge = Judge(
             get_scorer(settings.scorer),
             GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts),
             self.topics,
             clock=clock,
+            metrics=m,
         )
-        self.store = Store(self.repo, self.topics, on_final=self.service.notify_final, clock=clock)
+        self.store = Store(
+            self.repo, self.topics, on_final=self.service.notify_final, clock=clock, metrics=m
+        )
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.resumed = 0
@@ -108,6 +117,15 @@ class EmbeddedPipeline:
     async def start(self) -> None:
         await self.bus.start()
         t = self.topics
+        m = self.metrics
+        if isinstance(self.bus, MemoryBus):
+            groups = {
+                "worker": [t.questions],
+                "judge": [t.generated],
+                "store": self.store.subscriptions(),
+                "retrier": [t.delayed],
+            }
+            m.watch_lag(MemoryLag(self.bus, groups))
         worker = ConcurrentRunner(
             "worker",
             self.bus,
@@ -115,6 +133,7 @@ class EmbeddedPipeline:
             self.worker.handle,
             concurrency=self.settings.llm_concurrency,
             dead_letter_topic=t.dead_letter,
+            metrics=m,
         )
         judge = BatchRunner(
             "judge",
@@ -122,6 +141,7 @@ class EmbeddedPipeline:
             self.bus.consumer("judge", [t.generated]),
             self.judge.handle_batch,
             max_batch=256,
+            metrics=m,
         )
         store = BatchRunner(
             "store",
@@ -130,8 +150,9 @@ class EmbeddedPipeline:
             self.store.handle_batch,
             max_batch=2000,
             poll_timeout_s=0.05,
+            metrics=m,
         )
-        self.retrier = Retrier(self.bus, self.bus.consumer("retrier", [t.delayed]), t)
+        self.retrier = Retrier(self.bus, self.bus.consumer("retrier", [t.delayed]), t, metrics=m)
         self.runners = {"worker": worker, "judge": judge, "store": store}
         await self._resume()
         for name, coro in (

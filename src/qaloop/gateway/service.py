@@ -24,6 +24,8 @@ from qaloop.bus.base import Bus, Topics
 from qaloop.core.cache import Cache
 from qaloop.core.ids import question_id
 from qaloop.core.model import Envelope, EventKind, QuestionRecord, QuestionState
+from qaloop.observability.logs import log_event
+from qaloop.observability.metrics import Metrics
 from qaloop.services.runner import out
 from qaloop.storage.base import Repository
 
@@ -63,6 +65,7 @@ class QuestionService:
         *,
         board: StatusBoard | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.repo = repo
         self.bus = bus
@@ -76,6 +79,9 @@ class QuestionService:
         self.in_flight: set[str] = set()  # accepted here and not yet final (embedded drain)
         self._accept_queue: list[tuple[Envelope, asyncio.Future[tuple[bool, QuestionRecord]]]] = []
         self._accepting = False
+        # Read at scrape time: the hot path only bumps its plain counters.
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.watch_gateway(self.counters, cache, lambda: len(self.in_flight))
 
     async def ask(self, question: str, reference: str | None) -> tuple[int, dict[str, Any]]:
         qid = question_id(question)
@@ -128,7 +134,7 @@ class QuestionService:
                 self.in_flight.update(e.question_id for e in new)
                 await self.bus.publish_many([out(self.topics.questions, e) for e in new])
                 for e in new:
-                    log.info("question %s: accepted (trace %s)", e.question_id, e.trace_id)
+                    log_event(log, "accepted", e, "(trace %s)", e.trace_id, state="queued")
         except Exception as exc:
             for _, future in batch:
                 if not future.done():

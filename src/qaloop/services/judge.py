@@ -11,10 +11,20 @@ from collections.abc import Callable, Sequence
 from qaloop.bus.base import Message, OutMessage, Topics
 from qaloop.core.model import Envelope
 from qaloop.core.routing import Decision, GateConfig, judge
+from qaloop.observability.logs import log_event
+from qaloop.observability.metrics import Metrics
 from qaloop.quality.base import Scorer, score_details
 from qaloop.services.runner import decode_batch, out
 
 log = logging.getLogger(__name__)
+
+
+# The state change a decision makes, as the log line names it.
+_EVENT = {
+    Decision.VALIDATE: "validated",
+    Decision.REGENERATE: "regenerated",
+    Decision.GIVE_UP: "gave_up",
+}
 
 
 def route(decision: Decision, envelope: Envelope, topics: Topics) -> OutMessage:
@@ -43,9 +53,11 @@ def score_envelopes(
         scores[i] = detail.score
         if stats is not None and detail.cross_language:
             stats["cross_language"] += 1
-            log.info(
-                "question %s: answer language %s, reference %s (cross-language)",
-                envelopes[i].question_id,
+            log_event(
+                log,
+                "cross_language",
+                envelopes[i],
+                "answer language %s, reference %s",
                 detail.answer_lang,
                 detail.reference_lang,
             )
@@ -59,6 +71,7 @@ class Judge:
         gate: GateConfig,
         topics: Topics,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.scorer = scorer
         self.gate = gate
@@ -67,23 +80,37 @@ class Judge:
         self.decisions: Counter[str] = Counter()
         self.unscored = 0
         self.quality: Counter[str] = Counter()  # e.g. "cross_language"
+        self.metrics = metrics if metrics is not None else Metrics()
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[OutMessage]:
         good, outputs = decode_batch(messages, self.topics.dead_letter)
+        if outputs:
+            self.metrics.poison.labels("judge").inc(len(outputs))
         envelopes = [e for e, _ in good]
+        started = time.perf_counter()
         scores = score_envelopes(self.scorer, envelopes, self.quality)
+        if envelopes:
+            self.metrics.scoring_seconds.observe(time.perf_counter() - started)
         now = self.clock()
+        m = self.metrics
         for envelope, score in zip(envelopes, scores, strict=True):
             if score is None:
                 self.unscored += 1
             decision, routed = judge(envelope, score, self.gate, now)
             self.decisions[decision.value] += 1
-            log.info(
-                "question %s attempt %d: score %s -> %s",
-                envelope.question_id,
-                envelope.attempt,
+            attempt = str(envelope.attempt)
+            m.decisions.labels(decision.value, attempt).inc()
+            if score is not None:
+                m.scores.labels(attempt).observe(score)
+            log_event(
+                log,
+                _EVENT[decision],
+                envelope,
+                "(score %s)",
                 "n/a" if score is None else f"{score:.3f}",
-                decision.value,
+                score=score,
+                decision=decision.value,
+                state=routed.state.value,
             )
             outputs.append(route(decision, routed, self.topics))
         return outputs

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from qaloop.bus.base import Bus, Consumer, Message, Topics
 from qaloop.core import codec
 from qaloop.core.model import Envelope, EventKind
+from qaloop.observability.logs import log_event
+from qaloop.observability.metrics import Metrics
 from qaloop.services.runner import out, poison
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class Retrier:
         *,
         max_held: int = 100_000,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.bus = bus
         self.consumer = consumer
@@ -39,6 +42,10 @@ class Retrier:
         self._order = itertools.count()
         self.resumed = 0
         self._paused = False
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.watch_gauge(
+            "qaloop_parked_questions", "Parked questions held by the retrier", lambda: self.held
+        )
 
     @property
     def held(self) -> int:
@@ -70,6 +77,7 @@ class Retrier:
         try:
             envelope = codec.decode(message.value)
         except codec.InvalidMessage as exc:
+            self.metrics.poison.labels("retrier").inc()
             await self.bus.publish_many([poison(self.topics.dead_letter, message, str(exc))])
             await self.consumer.commit([message])
             return
@@ -90,8 +98,10 @@ class Retrier:
             resumed = envelope.with_event(EventKind.RESUMED, now, wait_s=parked_for).evolve(
                 due_at=None
             )
-            log.info("question %s: resumed after %.2f s parked", envelope.question_id, parked_for)
+            log_event(log, "resumed", resumed, "after %.2f s parked", parked_for, state="queued")
+            self.metrics.resumed_wait.observe(max(0.0, parked_for))
             outputs.append(out(self.topics.questions, resumed))
         await self.bus.publish_many(outputs)
         await self.consumer.commit([m for _, m in due])
         self.resumed += len(due)
+        self.metrics.resumed.inc(len(due))

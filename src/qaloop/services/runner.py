@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from qaloop.bus.base import Bus, Consumer, Message, OutMessage
 from qaloop.core import codec
 from qaloop.core.model import Envelope
+from qaloop.observability.logs import question_fields
+from qaloop.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,19 @@ def poison(dead_letter_topic: str, message: Message, reason: str) -> OutMessage:
     )
 
 
+def observe_queue_wait(metrics: Metrics, stage: str, messages: Sequence[Message]) -> None:
+    """Queue wait = consume time minus the message's timestamp (when the bus gave one)."""
+    now = time.time()
+    by_topic: dict[str, list[float]] = {}
+    for m in messages:
+        if m.timestamp > 0:
+            by_topic.setdefault(m.topic, []).append(max(0.0, now - m.timestamp))
+    for topic, waits in by_topic.items():
+        histogram = metrics.queue_wait.labels(stage, topic)
+        for wait in waits:
+            histogram.observe(wait)
+
+
 @dataclass
 class StageStats:
     consumed: int = 0
@@ -85,6 +100,7 @@ class ConcurrentRunner:
         *,
         concurrency: int,
         dead_letter_topic: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
         self.bus = bus
@@ -93,6 +109,10 @@ class ConcurrentRunner:
         self.concurrency = concurrency
         self.dead_letter_topic = dead_letter_topic
         self.stats = StageStats()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._consumed = self.metrics.consumed.labels(name)
+        self._produced = self.metrics.produced.labels(name)
+        self.metrics.in_flight.labels(name).set_function(lambda: len(self._tasks))
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
 
@@ -103,6 +123,9 @@ class ConcurrentRunner:
                 self._slots.release()
                 free = self._slots._value
                 messages = await self.consumer.poll(max(1, free), 0.2)
+                if messages:
+                    observe_queue_wait(self.metrics, self.name, messages)
+                    self._consumed.inc(len(messages))
                 for message in messages:
                     await self._slots.acquire()
                     task = asyncio.create_task(self._handle(message))
@@ -120,6 +143,7 @@ class ConcurrentRunner:
             if outputs:
                 await self.bus.publish_many(outputs)
                 self.stats.produced += len(outputs)
+                self._produced.inc(len(outputs))
             await self.consumer.commit([message])
         except Exception:  # the publish itself failed: leave uncommitted, it will come back
             log.exception("%s: could not publish outputs of offset %s", self.name, message.offset)
@@ -132,13 +156,20 @@ async def handle_one(runner: ConcurrentRunner, message: Message) -> list[OutMess
         envelope = codec.decode(message.value)
     except codec.InvalidMessage as exc:
         runner.stats.dead_lettered += 1
+        runner.metrics.poison.labels(runner.name).inc()
         log.warning("%s: dead-lettering %s@%s: %s", runner.name, message.topic, message.offset, exc)
         return [poison(runner.dead_letter_topic, message, str(exc))]
     try:
         return await runner.handler(envelope)
     except Exception as exc:
         runner.stats.handler_errors += 1
-        log.exception("%s: handler failed on question %s", runner.name, envelope.question_id)
+        runner.metrics.handler_errors.labels(runner.name).inc()
+        log.exception(
+            "%s: handler failed on question %s",
+            runner.name,
+            envelope.question_id,
+            extra=question_fields(envelope, stage=runner.name),
+        )
         return [poison(runner.dead_letter_topic, message, f"handler error: {exc!r}")]
 
 
@@ -155,6 +186,7 @@ class BatchRunner:
         *,
         max_batch: int,
         poll_timeout_s: float = 0.2,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
         self.bus = bus
@@ -163,6 +195,9 @@ class BatchRunner:
         self.max_batch = max_batch
         self.poll_timeout_s = poll_timeout_s
         self.stats = StageStats()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._in_flight = 0
+        self.metrics.in_flight.labels(name).set_function(lambda: self._in_flight)
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -172,17 +207,24 @@ class BatchRunner:
                     continue
                 started = time.perf_counter()
                 self.stats.consumed += len(messages)
+                observe_queue_wait(self.metrics, self.name, messages)
+                self.metrics.consumed.labels(self.name).inc(len(messages))
+                self._in_flight = len(messages)
                 try:
                     outputs = await self.handler(messages)
                     if outputs:
                         await self.bus.publish_many(outputs)
                         self.stats.produced += len(outputs)
+                        self.metrics.produced.labels(self.name).inc(len(outputs))
                     await self.consumer.commit(messages)
                 except Exception:
                     # Nothing committed: the batch comes back after a restart. Don't spin on it.
                     self.stats.handler_errors += 1
+                    self.metrics.handler_errors.labels(self.name).inc()
                     log.exception("%s: batch of %d failed", self.name, len(messages))
                     await asyncio.sleep(1.0)
+                finally:
+                    self._in_flight = 0
                 self.stats.busy_s += time.perf_counter() - started
         finally:
             await self.consumer.close()

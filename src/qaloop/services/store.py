@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from qaloop.bus.base import Message, OutMessage, Topics
 from qaloop.core import codec
 from qaloop.core.model import Envelope
+from qaloop.observability.logs import log_event
+from qaloop.observability.metrics import Metrics
 from qaloop.services.runner import poison
 from qaloop.storage.base import DeadLetter, Repository
 
@@ -36,6 +38,7 @@ class Store:
         *,
         on_final: Callable[[Envelope], None] | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.repo = repo
         self.topics = topics
@@ -43,6 +46,7 @@ class Store:
         self.clock = clock
         self.written = 0
         self.dead_letters = 0
+        self.metrics = metrics if metrics is not None else Metrics()
 
     def subscriptions(self) -> list[str]:
         t = self.topics
@@ -64,16 +68,31 @@ class Store:
                 envelopes.append(codec.decode(message.value))
             except codec.InvalidMessage as exc:
                 if message.topic == self.topics.validated:  # ours to dead-letter
+                    self.metrics.poison.labels("store").inc()
                     outputs.append(poison(self.topics.dead_letter, message, str(exc)))
         if envelopes or letters:
+            started = time.perf_counter()
             await asyncio.to_thread(self._write, envelopes, letters)
+            self.metrics.store_write_seconds.observe(time.perf_counter() - started)
         self.written += len(envelopes)
         self.dead_letters += len(letters)
+        self._observe(envelopes, letters, self.clock())
         if self.on_final is not None:
             for envelope in envelopes:
                 if envelope.state.is_final:
                     self.on_final(envelope)
         return outputs
+
+    def _observe(self, envelopes: list[Envelope], letters: list[DeadLetter], now: float) -> None:
+        m = self.metrics
+        if letters:
+            m.dead_letters.inc(len(letters))
+        for envelope in envelopes:
+            state = envelope.state.value
+            m.stored.labels(state).inc()
+            if envelope.state.is_final:
+                m.time_to_answer.labels(state).observe(max(0.0, now - envelope.first_seen))
+            log_event(log, "stored", envelope, "(state %s)", state, state=state)
 
     def _write(self, envelopes: list[Envelope], letters: list[DeadLetter]) -> None:
         self.repo.apply(envelopes)

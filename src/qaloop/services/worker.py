@@ -27,6 +27,8 @@ from qaloop.llm.base import (
     ServerError,
     render_prompt,
 )
+from qaloop.observability.logs import log_event
+from qaloop.observability.metrics import Metrics
 from qaloop.services.runner import out
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class Worker:
         *,
         clock: Callable[[], float] = time.time,
         on_start: Callable[[Envelope], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.provider = provider
         self.topics = topics
@@ -70,6 +73,12 @@ class Worker:
         self.clock = clock
         self.on_start = on_start
         self.stats = WorkerStats()
+        self.metrics = metrics if metrics is not None else Metrics()
+        name = getattr(provider, "name", type(provider).__name__)
+        self._llm_ok = self.metrics.llm_calls.labels(name, "ok")
+        self._llm_ok_s = self.metrics.llm_seconds.labels(name, "ok")
+        self._llm_error_s = self.metrics.llm_seconds.labels(name, "error")
+        self._provider_name = name
 
     def _rng(self, envelope: Envelope, try_no: int) -> random.Random:
         key = f"backoff:{self.config.seed}:{envelope.question_id}:{envelope.attempt}:{try_no}"
@@ -79,6 +88,8 @@ class Worker:
         if self.on_start is not None:
             self.on_start(envelope)
         env = envelope.evolve(state=QuestionState.GENERATING)
+        log_event(log, "generating", env, state="generating")
+        m = self.metrics
         while True:
             try_no = env.tries_in_attempt + 1
             request = GenerationRequest(
@@ -90,6 +101,7 @@ class Worker:
                 reference_answer=env.reference_answer,
             )
             started = self.clock()
+            call_started = time.perf_counter()
             self.stats.llm_calls += 1
             try:
                 generation = await asyncio.wait_for(
@@ -104,6 +116,8 @@ class Worker:
                 now = self.clock()
                 cls = error.error_class
                 self.stats.errors[cls.value] += 1
+                self._llm_error_s.observe(time.perf_counter() - call_started)
+                m.llm_calls.labels(self._provider_name, cls.value).inc()
                 env = env.with_event(
                     EventKind.LLM_ERROR,
                     now,
@@ -117,12 +131,42 @@ class Worker:
                 match action:
                     case RetryNow(delay_s=delay):
                         self.stats.retried_now[cls.value] += 1
-                        log.info("question %s: %s, retry in %.2f s", env.question_id, cls, delay)
+                        m.llm_retries.labels(cls.value).inc()
+                        log_event(
+                            log,
+                            "llm_error",
+                            env,
+                            "%s, retry in %.2f s",
+                            cls.value,
+                            delay,
+                            error_class=cls.value,
+                            action="retry",
+                        )
                         await asyncio.sleep(delay)
                         continue
                     case Park(due_at=due_at):
                         self.stats.parked[cls.value] += 1
-                        log.info("question %s: %s, parked until %.3f", env.question_id, cls, due_at)
+                        m.llm_parked.labels(cls.value).inc()
+                        log_event(
+                            log,
+                            "llm_error",
+                            env,
+                            "%s",
+                            cls.value,
+                            error_class=cls.value,
+                            action="park",
+                        )
+                        log_event(
+                            log,
+                            "parked",
+                            env,
+                            "until %.3f (%s)",
+                            due_at,
+                            cls.value,
+                            error_class=cls.value,
+                            due_at=due_at,
+                            state="queued",
+                        )
                         parked = env.with_event(
                             EventKind.PARKED, now, error_class=cls, wait_s=due_at - now
                         ).evolve(
@@ -135,7 +179,27 @@ class Worker:
                         return [out(self.topics.delayed, parked)]
                     case GiveUp(reason=reason):
                         self.stats.dead_lettered[cls.value] += 1
-                        log.warning("question %s: giving up: %s", env.question_id, reason)
+                        m.llm_gave_up.labels(cls.value).inc()
+                        log_event(
+                            log,
+                            "llm_error",
+                            env,
+                            "%s",
+                            cls.value,
+                            error_class=cls.value,
+                            action="give_up",
+                        )
+                        log_event(
+                            log,
+                            "gave_up",
+                            env,
+                            "%s",
+                            reason,
+                            level=logging.WARNING,
+                            error_class=cls.value,
+                            reason=reason,
+                            state="failed",
+                        )
                         failed = env.with_event(
                             EventKind.GAVE_UP, now, error_class=cls, detail=reason
                         ).evolve(
@@ -148,8 +212,11 @@ class Worker:
                         return [out(self.topics.dead_letter, failed, **{"qaloop-reason": reason})]
             now = self.clock()
             self.stats.answers += 1
-            for cls in errors_since_last_answer(env):
-                self.stats.recovered[cls] += 1
+            self._llm_ok.inc()
+            self._llm_ok_s.observe(time.perf_counter() - call_started)
+            for recovered in errors_since_last_answer(env):
+                self.stats.recovered[recovered] += 1
+                m.llm_recovered.labels(recovered).inc()
             generated = env.with_event(
                 EventKind.GENERATED,
                 now,
@@ -164,6 +231,15 @@ class Worker:
                 error_class=None,
                 error_detail=None,
                 due_at=None,
+            )
+            log_event(
+                log,
+                "generated",
+                generated,
+                "in %.0f ms",
+                generation.latency_ms,
+                latency_ms=generation.latency_ms,
+                state="scoring",
             )
             return [out(self.topics.generated, generated)]
 

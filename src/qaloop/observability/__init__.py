@@ -1,0 +1,1 @@
+"""Metrics, structured logs, consumer lag and the dashboard's data (docs/observability.md)."""

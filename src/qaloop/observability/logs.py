@@ -1,0 +1,85 @@
+"""Structured log lines for a question's state changes.
+
+Every pipeline line about a question goes through `log_event`: the text names the question
+and the event, and the record carries fields — `question_id`, `trace_id`, `attempt`,
+`event` and whatever the stage adds (`error_class`, `score`, `decision`, `due_at`, ...). With
+QALOOP_LOG_JSON=true, `JsonFormatter` writes those fields as JSON keys, so a log search for
+one trace id returns the question's whole life across processes.
+
+One line per state change: accepted, generating, generated, llm_error, parked, resumed,
+validated / regenerated / gave_up (the judge's decision, with the score), stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from qaloop.core.model import Envelope
+
+# Attributes every LogRecord has: anything else on a record came from `extra=`.
+_STANDARD = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime"}
+)
+
+
+def log_event(
+    logger: logging.Logger,
+    event: str,
+    envelope: Envelope,
+    detail: str = "",
+    *args: object,
+    level: int = logging.INFO,
+    **fields: Any,
+) -> None:
+    """`question <id>: <event>[ <detail % args>]`, with the question's fields attached."""
+    if not logger.isEnabledFor(level):
+        return
+    extra = {
+        "question_id": envelope.question_id,
+        "trace_id": envelope.trace_id,
+        "attempt": envelope.attempt,
+        "event": event,
+    }
+    extra.update(fields)
+    if detail:
+        logger.log(
+            level,
+            "question %s: %s " + detail,
+            envelope.question_id,
+            event,
+            *args,
+            extra=extra,
+        )
+    else:
+        logger.log(level, "question %s: %s", envelope.question_id, event, extra=extra)
+
+
+def question_fields(envelope: Envelope, **fields: Any) -> dict[str, Any]:
+    """`extra=` for a line about a question that isn't a state change (errors, warnings)."""
+    return {
+        "question_id": envelope.question_id,
+        "trace_id": envelope.trace_id,
+        "attempt": envelope.attempt,
+        **fields,
+    }
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, the record's extra fields, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in body:
+                body[key] = value
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(body, default=str).decode()
