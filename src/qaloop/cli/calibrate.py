@@ -122,8 +122,9 @@ def render_markdown(result: CalibrationResult, plots: dict[str, str], source: st
         f"Same-language pairs (the calibration set): {len(result.same_idx)}; cross-language: "
         f"{len(result.cross_idx)}; a language undetermined on one side: {len(result.und_idx)}.",
         f"Negative control: each same-language answer against another question's reference "
-        f"(seeded derangement, seed {result.seed}). Candidate threshold = smallest t with a "
-        f"false-pass rate <= {_pct(result.target_false_pass)} on that control. "
+        f"from the same source (seeded derangement, seed {result.seed}). "
+        f"Candidate threshold = smallest t with a false-pass rate <= "
+        f"{_pct(result.target_false_pass)} on that control. "
         f"Loop cost with max_attempts = {result.max_attempts}: independent attempts "
         f"(E[calls] = Σ_(k<m) (1-p)^k) and a correlated bound (extra = (1-p)(m-1)).",
         "",

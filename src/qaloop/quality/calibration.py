@@ -9,8 +9,10 @@ Method (docs/quality.md explains the choices):
   since a lexical or an English-only embedding comparison across languages says nothing
   about answer quality.
 - Negative control: every same-language answer is also scored against the reference of
-  another, randomly chosen question (a seeded derangement). A scorer that means something
-  scores the true pairs above these mismatched ones: AUC = P(true score > mismatched score).
+  another, randomly chosen question of the same source (a seeded derangement within each
+  source, so that answer and reference lengths stay typical of that source). A scorer that
+  means something scores the true pairs above these mismatched ones:
+  AUC = P(true score > mismatched score).
 - Threshold sweep: pass rate p(t) on the true same-language pairs, false-pass rate on the
   mismatched pairs, and the cost of the feedback loop with `max_attempts` attempts:
   * independent model: each attempt is a fresh draw that passes with probability p, so
@@ -242,6 +244,24 @@ def derangement(n: int, rng: random.Random) -> list[int]:
             return perm
 
 
+def stratified_derangement(strata: Sequence[str], rng: random.Random) -> list[tuple[int, int]]:
+    """(i, j) pairs, i != j, mapping each item to another item of the same stratum (source),
+    so that the shuffled control keeps each source's answer and reference lengths. Items
+    alone in their stratum are pooled together; a single leftover item is left out."""
+    groups: dict[str, list[int]] = {}
+    for i, stratum in enumerate(strata):
+        groups.setdefault(stratum, []).append(i)
+    pooled = [m[0] for m in groups.values() if len(m) == 1]
+    buckets = [m for m in groups.values() if len(m) >= 2]
+    if len(pooled) >= 2:
+        buckets.append(pooled)
+    mapping: list[tuple[int, int]] = []
+    for members in buckets:
+        for k, j in enumerate(derangement(len(members), rng)):
+            mapping.append((members[k], members[j]))
+    return sorted(mapping)
+
+
 # ----------------------------------------------------------------------------- calibration
 
 
@@ -268,7 +288,7 @@ class Example:
 class ScorerResult:
     name: str
     scores: list[float]  # aligned with CalibrationResult.pairs
-    shuffled: list[float]  # aligned with CalibrationResult.same_idx
+    shuffled: list[float]  # the control: same-language answers vs other questions' references
     auc: float
     mean_same: float
     mean_cross: float
@@ -335,11 +355,8 @@ def calibrate(
     same_idx = [i for i, p in enumerate(pairs) if p.group == "same"]
     cross_idx = [i for i, p in enumerate(pairs) if p.group == "cross"]
     und_idx = [i for i, p in enumerate(pairs) if p.group == "undetermined"]
-    rng = random.Random(seed)
-    perm = derangement(len(same_idx), rng) if len(same_idx) >= 2 else []
-    shuffled_pairs = [
-        (pairs[same_idx[i]].answer, pairs[same_idx[j]].reference) for i, j in enumerate(perm)
-    ]
+    control = stratified_derangement([pairs[i].source for i in same_idx], random.Random(seed))
+    shuffled_pairs = [(pairs[same_idx[i]].answer, pairs[same_idx[j]].reference) for i, j in control]
     languages: Counter[tuple[str, str]] = Counter((p.answer_lang, p.reference_lang) for p in pairs)
 
     results: dict[str, ScorerResult] = {}

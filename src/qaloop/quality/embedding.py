@@ -286,6 +286,17 @@ class EmbeddingModel:
         return out
 
 
+_SHARED: dict[tuple[str, str], EmbeddingModel] = {}
+
+
+def shared_model(quantize: Literal["none", "int8"] = "none") -> EmbeddingModel:
+    """One model per process and quantisation (loading costs ~1 s and ~100 MB)."""
+    key = (str(default_model_dir()), quantize)
+    if key not in _SHARED:
+        _SHARED[key] = EmbeddingModel(quantize=quantize)
+    return _SHARED[key]
+
+
 class EmbeddingScorer(BaseScorer):
     """max(0, cosine) of all-MiniLM-L6-v2 embeddings; batched; reference embeddings cached."""
 
@@ -297,7 +308,7 @@ class EmbeddingScorer(BaseScorer):
         batch_size: int = 32,
         cache_size: int = 4096,
     ) -> None:
-        self.model = model or EmbeddingModel()
+        self.model = model or shared_model()
         self.batch_size = batch_size
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Any] = OrderedDict()

@@ -115,6 +115,19 @@ class MultiMetricScorer(BaseScorer):
         return 0.4 * completeness + 0.3 * keyword + 0.3 * length
 
 
+def _overlap(a: Counter[str], b: Counter[str]) -> int:
+    """sum(min(a[k], b[k])): the multiset intersection size, without building it."""
+    if len(a) > len(b):
+        a, b = b, a
+    get = b.get
+    total = 0
+    for key, count in a.items():
+        other = get(key)
+        if other:
+            total += count if count < other else other
+    return total
+
+
 def _f1(overlap: float, n_answer: int, n_reference: int) -> float:
     if overlap <= 0:
         return 0.0
@@ -134,7 +147,7 @@ class TokenF1Scorer(BaseScorer):
         empty = _empty_rule(not a, not r)
         if empty is not None:
             return empty
-        overlap = sum((Counter(a) & Counter(r)).values())
+        overlap = _overlap(Counter(a), Counter(r))
         return _f1(overlap, len(a), len(r))
 
 
@@ -182,9 +195,9 @@ class ChrFScorer(BaseScorer):
         for n in range(1, self.order + 1):
             if len(a) < n or len(r) < n:
                 break
-            a_grams = Counter(a[i : i + n] for i in range(len(a) - n + 1))
-            r_grams = Counter(r[i : i + n] for i in range(len(r) - n + 1))
-            matches = sum((a_grams & r_grams).values())
+            a_grams = Counter([a[i : i + n] for i in range(len(a) - n + 1)])
+            r_grams = Counter([r[i : i + n] for i in range(len(r) - n + 1)])
+            matches = _overlap(a_grams, r_grams)
             precision_sum += matches / (len(a) - n + 1)
             recall_sum += matches / (len(r) - n + 1)
             orders += 1

@@ -36,6 +36,7 @@ from qaloop.quality.calibration import (
     ranks,
     repair_mojibake,
     spearman,
+    stratified_derangement,
     threshold_for_false_pass,
 )
 
@@ -100,6 +101,19 @@ def test_derangement_has_no_fixed_point() -> None:
         assert all(i != j for i, j in enumerate(perm))
 
 
+def test_stratified_derangement_stays_within_a_source() -> None:
+    strata = ["a", "a", "a", "b", "b", "c", "d", "e"]
+    mapping = stratified_derangement(strata, random.Random(3))
+    assert all(i != j for i, j in mapping)
+    assert sorted(i for i, _ in mapping) == list(range(8))
+    assert sorted(j for _, j in mapping) == list(range(8))
+    for i, j in mapping:
+        if strata[i] in "ab":
+            assert strata[i] == strata[j]
+    # A lone singleton has no partner: left out.
+    assert stratified_derangement(["a", "a", "b"], random.Random(0)) in ([(0, 1), (1, 0)],)
+
+
 def test_calibration_numbers_on_the_small_file() -> None:
     pairs, stats = load_pairs(SMALL)
     result = calibrate(pairs, stats, {"jaccard": get_scorer("jaccard")}, max_attempts=3)
@@ -119,6 +133,7 @@ def test_calibration_numbers_on_the_small_file() -> None:
     assert row.cost.given_up == pytest.approx(0.064)
     assert row.cost.extra_calls_correlated == pytest.approx(0.8)
     assert row.cost.given_up_correlated == pytest.approx(0.4)
+    # Control: the 5 same-language answers are all of source "synthetic": 5 shuffled pairs.
     assert len(r.shuffled) == 5
     assert r.auc == pytest.approx(auc([r.scores[i] for i in result.same_idx], r.shuffled))
     assert 0 < row.false_pass < 1 or row.false_pass == 0

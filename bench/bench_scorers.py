@@ -1,0 +1,248 @@
+"""Scorer throughput (issue 6): pairs/s of every scorer on this machine, the embedding scorer
+per batch size (fp32 and per-channel int8, reference cache cold and warm), rouge-score for
+comparison when installed, and the judge (qaloop.services.judge.Judge.handle_batch) with the
+default scorer on generated envelopes.
+
+    .venv/bin/python bench/bench_scorers.py [--pairs 2000] [--judge-envelopes 20000]
+
+Inputs are synthetic and seeded: English-like answer/reference pairs of 40-80 words that
+share about a third of their words (the shared dataset is not needed). Each lexical number is
+the best of 3 runs over the same pairs. Writes bench/results/scorers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import platform
+import random
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from qaloop.bus.base import Message, Topics
+from qaloop.core import codec
+from qaloop.core.model import Envelope, QuestionState
+from qaloop.core.routing import GateConfig
+from qaloop.quality import get_scorer
+from qaloop.services.judge import Judge
+from qaloop.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = str.split(
+    """time person year way day thing man world life hand part child eye woman place work
+week case point government company number group problem fact water money music book game
+phone computer school family health doctor friend movie song team city country market price
+energy car house food light heart question answer reason idea story history science power
+love dog cat the a of to and in is it you that he was for on are with as his they be at one
+have this from or had by not but what some we can out other were all there when up use your
+how said an each she which do their if will way about many then them would write like so
+these her long make see him two has look more could go come did my sound no most who over
+know than call first may down side been now find any new great help through much before
+line right too mean old same tell boy follow came want show also around form three small
+set put end does another well large must big even such because turn here why ask went men
+read need land different home us move try kind picture again change off play spell air away
+animal point mother page letter found study still learn should"""
+)
+
+
+def pairs_of(n: int, seed: int = 7) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    out: list[tuple[str, str]] = []
+    for _ in range(n):
+        reference = [rng.choice(WORDS) for _ in range(rng.randint(40, 80))]
+        answer = [w if rng.random() < 0.35 else rng.choice(WORDS) for w in reference]
+        rng.shuffle(answer[: len(answer) // 3])
+        out.append((" ".join(answer).capitalize() + ".", " ".join(reference).capitalize() + "."))
+    return out
+
+
+def best_of(runs: int, fn: Callable[[], Any]) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("rapidfuzz", "onnxruntime", "tokenizers", "numpy", "rouge-score"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    import os
+
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def bench_lexical(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in ("jaccard", "multi_metric", "token_f1", "rouge_l", "chrf", "composite"):
+        scorer = get_scorer(name)
+        seconds = best_of(3, lambda s=scorer: s.score_batch(pairs))  # type: ignore[misc]
+        detailed = best_of(1, lambda s=scorer: s.score_batch_detailed(pairs))  # type: ignore[attr-defined,misc]
+        results[name] = {
+            "pairs": len(pairs),
+            "pairs_per_s": len(pairs) / seconds,
+            "pairs_per_s_with_language_detection": len(pairs) / detailed,
+        }
+        print(f"{name:14s} {len(pairs) / seconds:10.0f} pairs/s")
+    try:
+        from rouge_score import rouge_scorer
+
+        rs = rouge_scorer.RougeScorer(["rougeL"])
+        seconds = best_of(3, lambda: [rs.score(r, a) for a, r in pairs])
+        results["rouge-score (rougeL, reference)"] = {
+            "pairs": len(pairs),
+            "pairs_per_s": len(pairs) / seconds,
+        }
+        print(f"{'rouge-score':14s} {len(pairs) / seconds:10.0f} pairs/s")
+    except ImportError:
+        results["rouge-score (rougeL, reference)"] = None
+    return results
+
+
+def bench_embedding(pairs: Sequence[tuple[str, str]], batch_sizes: Sequence[int]) -> Any:
+    try:
+        from qaloop.quality.embedding import EmbeddingModel, EmbeddingScorer
+    except ImportError as exc:
+        print(f"embedding: skipped ({exc})")
+        return {"skipped": str(exc)}
+    out: dict[str, Any] = {}
+    for quantize in ("none", "int8"):
+        started = time.perf_counter()
+        model = EmbeddingModel(quantize=quantize)  # type: ignore[arg-type]
+        load_s = time.perf_counter() - started
+        rows = []
+        for batch in batch_sizes:
+            n = min(len(pairs), max(64, 8 * batch))
+            sample = pairs[:n]
+            # cold: references not cached (2 texts encoded per pair);
+            # warm: every reference cached, as on a regenerated question (1 text per pair).
+            scorer = EmbeddingScorer(model, batch_size=batch, cache_size=10 * n)
+            started = time.perf_counter()
+            scorer.score_batch(sample)
+            cold = time.perf_counter() - started
+            started = time.perf_counter()
+            scorer.score_batch(sample)
+            warm = time.perf_counter() - started
+            row = {
+                "batch_size": batch,
+                "pairs": n,
+                "pairs_per_s_cold_cache": n / cold,
+                "pairs_per_s_warm_cache": n / warm,
+                "texts_per_s": 2 * n / cold,
+            }
+            rows.append(row)
+            print(
+                f"embedding {quantize:4s} batch {batch:3d}: {n / cold:7.1f} pairs/s cold, "
+                f"{n / warm:7.1f} warm ({2 * n / cold:.1f} texts/s)"
+            )
+        out[quantize] = {"load_s": load_s, "by_batch": rows}
+    return out
+
+
+def envelopes_of(pairs: Sequence[tuple[str, str]], n: int) -> list[Message]:
+    messages = []
+    for i in range(n):
+        answer, reference = pairs[i % len(pairs)]
+        env = Envelope(
+            question_id=f"q{i}",
+            question=f"benchmark question {i}?",
+            reference_answer=reference,
+            trace_id=f"t{i}",
+            first_seen=0.0,
+            state=QuestionState.SCORING,
+            answer=answer,
+            llm_calls=1,
+        )
+        messages.append(Message("qaloop.generated", 0, i, env.question_id, codec.encode(env)))
+    return messages
+
+
+def bench_judge(pairs: Sequence[tuple[str, str]], n: int, scorer_name: str, batch: int) -> Any:
+    settings = Settings()
+    scorer = get_scorer(scorer_name)
+    judge = Judge(scorer, GateConfig(settings.threshold, settings.max_attempts), Topics())
+    messages = envelopes_of(pairs, n)
+
+    async def run() -> float:
+        started = time.perf_counter()
+        for begin in range(0, n, batch):
+            await judge.handle_batch(messages[begin : begin + batch])
+        return time.perf_counter() - started
+
+    seconds = asyncio.run(run())
+    print(f"judge[{scorer_name}, threshold {settings.threshold}]: {n / seconds:.0f} envelopes/s")
+    return {
+        "scorer": scorer_name,
+        "threshold": settings.threshold,
+        "envelopes": n,
+        "batch": batch,
+        "seconds": seconds,
+        "envelopes_per_s": n / seconds,
+        "decisions": dict(judge.decisions),
+        "quality": dict(judge.quality),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--pairs", type=int, default=2000)
+    parser.add_argument("--judge-envelopes", type=int, default=20000)
+    parser.add_argument("--judge-batch", type=int, default=500)
+    parser.add_argument("--batch-sizes", default="1,8,32,64")
+    parser.add_argument("--no-embedding", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scorers.json")
+    args = parser.parse_args()
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    pairs = pairs_of(args.pairs)
+    words = sum(len(a.split()) + len(r.split()) for a, r in pairs) / (2 * len(pairs))
+    print(f"{len(pairs)} synthetic pairs, {words:.0f} words per text on average")
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "pairs": len(pairs),
+        "mean_words_per_text": words,
+        "lexical": bench_lexical(pairs),
+    }
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    result["embedding"] = (
+        {"skipped": "--no-embedding"} if args.no_embedding else bench_embedding(pairs, sizes)
+    )
+    default = Settings().scorer
+    result["judge"] = [bench_judge(pairs, args.judge_envelopes, default, args.judge_batch)]
+    if not args.no_embedding and "skipped" not in result["embedding"]:
+        n = min(args.judge_envelopes, 2000)
+        result["judge"].append(bench_judge(pairs, n, "embedding", args.judge_batch))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
