@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -34,6 +35,9 @@ from qaloop.core.routing import GateConfig
 from qaloop.gateway.service import CachedAnswer, QuestionService
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
+from qaloop.observability.lag import KafkaLag
+from qaloop.observability.metrics import Metrics
+from qaloop.observability.server import serve_metrics
 from qaloop.pipeline import retry_policy
 from qaloop.quality import get_scorer
 from qaloop.services.judge import Judge
@@ -208,6 +212,7 @@ async def run_worker(
     bus = FailFastBus(make_bus(settings, topics))
     await bus.start()
     llm = provider or make_provider(settings)
+    metrics = Metrics()
     worker = Worker(
         llm,
         topics,
@@ -217,6 +222,7 @@ async def run_worker(
             seed=settings.sim_seed,
         ),
         retry_policy(settings),
+        metrics=metrics,
     )
     group = group_for(settings, "worker")
     runner = ConcurrentRunner(
@@ -226,7 +232,9 @@ async def run_worker(
         worker.handle,
         concurrency=settings.llm_concurrency,
         dead_letter_topic=topics.dead_letter,
+        metrics=metrics,
     )
+    observers = _observers(settings, metrics, bus, group, [topics.questions])
 
     def stats() -> dict[str, Any]:
         w = worker.stats
@@ -241,22 +249,32 @@ async def run_worker(
             "llm_dead_lettered": dict(w.dead_lettered),
         }
 
-    await _run_stage("worker", bus, [runner.run], stats, stop, [llm.aclose], _publish_failed(bus))
+    await _run_stage(
+        "worker", bus, [runner.run, *observers], stats, stop, [llm.aclose], _publish_failed(bus)
+    )
 
 
 async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
     topics = topics_for(settings)
     bus = FailFastBus(make_bus(settings, topics))
     await bus.start()
+    metrics = Metrics()
     judge = Judge(
         get_scorer(settings.scorer),
         GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts),
         topics,
+        metrics=metrics,
     )
     group = group_for(settings, "judge")
     runner = BatchRunner(
-        "judge", bus, bus.consumer(group, [topics.generated]), judge.handle_batch, max_batch=256
+        "judge",
+        bus,
+        bus.consumer(group, [topics.generated]),
+        judge.handle_batch,
+        max_batch=256,
+        metrics=metrics,
     )
+    observers = _observers(settings, metrics, bus, group, [topics.generated])
 
     def stats() -> dict[str, Any]:
         return {
@@ -266,7 +284,9 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
             "unscored": judge.unscored,
         }
 
-    await _run_stage("judge", bus, [runner.run], stats, stop, unhealthy=_batch_failed(bus, runner))
+    await _run_stage(
+        "judge", bus, [runner.run, *observers], stats, stop, unhealthy=_batch_failed(bus, runner)
+    )
 
 
 async def run_store(
@@ -278,7 +298,8 @@ async def run_store(
     repository: Repository = (
         repo if repo is not None else await asyncio.to_thread(open_repository, settings.db)
     )
-    store = Store(repository, topics)
+    metrics = Metrics()
+    store = Store(repository, topics, metrics=metrics)
     group = group_for(settings, "store")
     runner = BatchRunner(
         "store",
@@ -287,7 +308,9 @@ async def run_store(
         store.handle_batch,
         max_batch=2000,
         poll_timeout_s=0.05,
+        metrics=metrics,
     )
+    observers = _observers(settings, metrics, bus, group, store.subscriptions())
 
     def stats() -> dict[str, Any]:
         return {
@@ -300,7 +323,7 @@ async def run_store(
     await _run_stage(
         "store",
         bus,
-        [runner.run],
+        [runner.run, *observers],
         stats,
         stop,
         [_closer(repository)] if repo is None else [],
@@ -318,7 +341,9 @@ async def run_retrier(
         repo if repo is not None else await asyncio.to_thread(open_repository, settings.db)
     )
     group = group_for(settings, "retrier")
-    retrier = Retrier(bus, bus.consumer(group, [topics.delayed]), topics)
+    metrics = Metrics()
+    retrier = Retrier(bus, bus.consumer(group, [topics.delayed]), topics, metrics=metrics)
+    observers = _observers(settings, metrics, bus, group, [topics.delayed])
     worker_group = group_for(settings, "worker")
 
     async def backlog() -> int:
@@ -341,7 +366,7 @@ async def run_retrier(
     await _run_stage(
         "retrier",
         bus,
-        [retrier.run, sweep.run],
+        [retrier.run, sweep.run, *observers],
         stats,
         stop,
         [_closer(repository)] if repo is None else [],
@@ -359,12 +384,16 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         settings.cache_policy, settings.cache_size, settings.cache_ttl_s or None
     )
     service = QuestionService(repository, bus, topics, cache)
+    # The dashboard's flow and Prometheus see every stage's backlog from here.
+    lag = KafkaLag(bus, _stage_groups(settings, topics))
+    service.metrics.watch_lag(lag)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         await bus.start()
         flusher = asyncio.create_task(service.run_hit_flusher(stop))
+        lag_probe = asyncio.create_task(lag.run(stop))
         log.info(
             "gateway: serving on %s:%d (bus kafka %s)",
             settings.host,
@@ -376,6 +405,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         finally:
             stop.set()
             await flusher
+            await lag_probe
             await service.flush_hits()
             await bus.close()
             if repo is None:
@@ -530,6 +560,39 @@ class StaleSweep:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+Main = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+def _stage_groups(settings: Settings, topics: Topics) -> dict[str, list[str]]:
+    t = topics
+    return {
+        group_for(settings, "worker"): [t.questions],
+        group_for(settings, "judge"): [t.generated],
+        group_for(settings, "store"): [
+            t.questions,
+            t.generated,
+            t.delayed,
+            t.validated,
+            t.dead_letter,
+        ],
+        group_for(settings, "retrier"): [t.delayed],
+    }
+
+
+def _observers(
+    settings: Settings, metrics: Metrics, bus: FailFastBus, group: str, topics: Sequence[str]
+) -> list[Main]:
+    """The stage's own consumer lag, probed every few seconds, and its metrics port."""
+    lag = KafkaLag(bus.inner, {group: list(topics)})
+    metrics.watch_lag(lag)
+    mains: list[Main] = [lag.run]
+    if settings.metrics_port:
+        mains.append(
+            functools.partial(serve_metrics, metrics, settings.host, settings.metrics_port)
+        )
+    return mains
 
 
 def _publish_failed(bus: FailFastBus) -> Callable[[], str | None]:

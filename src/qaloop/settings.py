@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     max_reference_chars: int = Field(20000, ge=1, description="Longest accepted reference answer")
     max_wait_s: float = Field(30.0, ge=0, description="Longest ?wait= long-poll")
 
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Prometheus port of a worker/judge/store/retrier process (0 = none; "
+        "the gateway serves /metrics on its own port)",
+    )
+
     log_level: str = Field("INFO", description="Logging level")
     log_json: bool = Field(False, description="Log one JSON object per line")
 

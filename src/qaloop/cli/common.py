@@ -7,9 +7,9 @@ import sys
 from typing import Any
 
 import click
-import orjson
 from pydantic import ValidationError
 
+from qaloop.observability.logs import JsonFormatter  # extra fields (question_id, ...) too
 from qaloop.settings import Settings
 
 
@@ -20,19 +20,6 @@ def build_settings(**overrides: Any) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         raise click.ClickException(f"invalid configuration:\n{exc}") from exc
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        body = {
-            "ts": round(record.created, 6),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(body).decode()
 
 
 def setup_logging(level: str = "INFO", json_lines: bool = False, prefix: str = "") -> None:

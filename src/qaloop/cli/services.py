@@ -18,6 +18,12 @@ COMMON: list[Decorator] = [
     click.option("--kafka-bootstrap", default=None, help="Kafka bootstrap servers"),
     click.option("--topic-prefix", default=None, help="Prefix of topics and consumer groups"),
     click.option("--log-level", default=None, help="Logging level [QALOOP_LOG_LEVEL, INFO]"),
+    click.option(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus port of a worker/judge/store/retrier [QALOOP_METRICS_PORT, 0 = none]",
+    ),
 ]
 
 OPTIONS: dict[str, list[Decorator]] = {

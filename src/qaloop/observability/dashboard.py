@@ -100,7 +100,7 @@ class DashboardSampler:
         *,
         mode: str = "embedded",
         every_s: float = 1.0,
-        states_every_s: float = 5.0,
+        states_every_s: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
