@@ -47,6 +47,7 @@ from qaloop.settings import Settings
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
+_sleep = asyncio.sleep  # the limiter's waits (tests replace it with a fake clock's)
 
 
 # --------------------------------------------------------------------------- token buckets
@@ -381,7 +382,7 @@ class ProtectedProvider:
         if reservation.wait_s > 0:
             self.stats.rate_waits += 1
             self.stats.rate_wait_s += reservation.wait_s
-            await asyncio.sleep(reservation.wait_s)
+            await _sleep(reservation.wait_s)
         return True
 
     async def _call(self, request: GenerationRequest, probe: bool) -> Generation:

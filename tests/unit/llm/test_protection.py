@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qaloop.core.model import ErrorClass
+from qaloop.llm import protection
 from qaloop.llm.base import (
     BudgetError,
     Generation,
@@ -238,14 +239,22 @@ async def test_rate_refusal_is_a_quota_error_with_the_wait() -> None:
         await provider.generate(_request())
 
 
-async def test_rate_wait_is_slept_then_the_call_goes_out() -> None:
-    limiter = LocalRateLimiter([Limit("rpm", 120, 1, burst=1, headroom=0)])
+async def test_rate_wait_is_slept_then_the_call_goes_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock(0.0)
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:  # time passes only when we sleep
+        slept.append(seconds)
+        clock.t += seconds
+
+    monkeypatch.setattr(protection, "_sleep", fake_sleep)
+    limiter = LocalRateLimiter([Limit("rpm", 120, 1, burst=1, headroom=0)], clock=clock)
     provider = ProtectedProvider(Scripted(), limiter=limiter, max_queue_wait_s=5)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     for _ in range(3):
         await provider.generate(_request())
-    assert loop.time() - started >= 2 / 119 - 0.002
+    assert slept == [pytest.approx(1 / 119), pytest.approx(1 / 119)]
     assert provider.stats.rate_waits == 2
 
 
