@@ -23,7 +23,7 @@ from qaloop.core.model import (
     QuestionState,
     progress_key,
 )
-from qaloop.storage.base import DeadLetter, Repository
+from qaloop.storage.base import DeadLetter, Repository, StaleQueries
 from qaloop.storage.sqlite import SQLiteRepository
 
 PG_DSN = os.environ.get("QALOOP_PG_DSN", "")
@@ -164,6 +164,34 @@ def test_accept_inserts_once_and_returns_the_existing_row(repo: Repository) -> N
     assert existing.first_seen == T0
     assert [e.kind for e in repo.events("q1")] == [EventKind.ACCEPTED]
     assert repo.state_counts() == {"queued": 1}
+
+
+def test_accept_many_is_accept_for_each_in_order(repo: Repository) -> None:
+    repo.accept(queued("old", "stored before"))
+    a, b = queued("a", "first a"), queued("b")
+    a_again = queued("a", "second a")
+    results = repo.accept_many([a, b, a_again, queued("old", "new text"), a])
+    assert [inserted for inserted, _ in results] == [True, True, False, False, False]
+    assert [record.question_id for _, record in results] == ["a", "b", "a", "old", "a"]
+    assert results[2][1].question == "first a"
+    assert results[3][1].question == "stored before"
+    assert [e.seq for e in repo.events("a")] == [0]
+    assert repo.accept_many([]) == []
+    assert repo.state_counts() == {"queued": 3}
+
+
+def test_stale_finds_accepted_questions_that_never_moved(repo: Repository) -> None:
+    if not isinstance(repo, StaleQueries):
+        pytest.skip(f"{type(repo).__name__} has no stale() query")
+    q1, q2 = queued("q1"), queued("q2")
+    repo.accept_many([q1, q2, queued("q3"), queued("q4")])
+    repo.apply([scoring(generating(queued("q3")))])  # moved on
+    repo.apply([retried(scored(scoring(generating(queued("q4"))), 0.1, QuestionState.SCORING))])
+    assert repo.stale(3600) == []  # nothing is an hour old
+    stale = repo.stale(-60)  # everything updated before a minute from now
+    assert {e.question_id for e in stale} == {"q1", "q2"}  # q4 is queued, but has a history
+    assert stale[0] in (q1, q2)
+    assert len(repo.stale(-60, limit=1)) == 1
 
 
 def test_get_unknown_question_is_none(repo: Repository) -> None:
@@ -445,6 +473,8 @@ def test_concurrent_overlapping_batches_leave_no_duplicates(backend: Backend) ->
     lives = {qid: _lifecycle(qid) for qid in ids}
     writers = [backend.open(), backend.open()]
     errors: list[BaseException] = []
+    accepted: list[str] = []
+    lock = threading.Lock()
     barrier = threading.Barrier(2)
 
     def writer(repo: Repository, forward: bool) -> None:
@@ -456,6 +486,9 @@ def test_concurrent_overlapping_batches_leave_no_duplicates(backend: Backend) ->
                 # overlapping batches of 40, every question in both threads
                 for start in range(0, len(order), 40):
                     chunk = order[start : start + 40]
+                    results = repo.accept_many([lives[qid][0] for qid in chunk])
+                    with lock:
+                        accepted.extend(r.question_id for new, r in results if new)
                     repo.apply([lives[qid][stage] for qid in chunk])
                     repo.add_hits({qid: 1 for qid in chunk})
         except BaseException as exc:
@@ -470,6 +503,7 @@ def test_concurrent_overlapping_batches_leave_no_duplicates(backend: Backend) ->
     for t in threads:
         t.join(120)
     assert errors == []
+    assert sorted(accepted) == ids  # each question inserted by exactly one accept
     reader = writers[0]
     questions = reader.export_questions()
     assert len(questions) == len(ids)

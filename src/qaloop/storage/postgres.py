@@ -307,22 +307,48 @@ class PostgresRepository:
         return self.accept_many([envelope])[0]
 
     def accept_many(self, envelopes: Sequence[Envelope]) -> list[tuple[bool, QuestionRecord]]:
+        """Set-based: the inserts are pipelined (sorted by id, so concurrent group commits lock
+        in one order), the stored rows come back in one SELECT. Of several envelopes of one
+        question, only the first is inserted and reported as inserted."""
+        if not envelopes:
+            return []
         now = time.time()
+        first: dict[str, Envelope] = {}
+        for envelope in envelopes:
+            first.setdefault(envelope.question_id, envelope)
+        ids = sorted(first)
+        inserted: set[str] = set()
+        with self._tx() as conn, conn.cursor() as cur:
+            cur.executemany(
+                _INSERT_NEW,
+                [_clean_question_row(question_row(first[qid], now)) for qid in ids],
+                returning=True,
+            )
+            while True:
+                row = cur.fetchone()
+                if row is not None:
+                    inserted.add(row[0])
+                if not cur.nextset():
+                    break
+            events = [
+                _clean_row(r) for qid in ids if qid in inserted for r in event_rows(first[qid])
+            ]
+            if events:
+                cur.executemany(_EVENT_INSERT, events)
+            stored = {
+                r[0]: record_from_row(r)
+                for r in cur.execute(
+                    f"SELECT {_QUESTION_COLUMNS} FROM questions WHERE question_id = ANY(%s)",
+                    (ids,),
+                ).fetchall()
+            }
         results: list[tuple[bool, QuestionRecord]] = []
-        with self._tx() as conn:
-            for envelope in envelopes:
-                cur = conn.execute(_INSERT_NEW, _clean_question_row(question_row(envelope, now)))
-                inserted = cur.fetchone() is not None
-                if inserted:
-                    rows = [_clean_row(r) for r in event_rows(envelope)]
-                    if rows:
-                        conn.cursor().executemany(_EVENT_INSERT, rows)
-                row = conn.execute(
-                    f"SELECT {_QUESTION_COLUMNS} FROM questions WHERE question_id = %s",
-                    (envelope.question_id,),
-                ).fetchone()
-                assert row is not None  # inserted here, or by someone else before us
-                results.append((inserted, record_from_row(row)))
+        for envelope in envelopes:
+            qid = envelope.question_id
+            is_new = qid in inserted and first[qid] is envelope
+            if is_new:
+                inserted.discard(qid)  # the same envelope object twice: only once inserted
+            results.append((is_new, stored[qid]))
         return results
 
     def get(self, question_id: str) -> QuestionRecord | None:
@@ -395,6 +421,20 @@ class PostgresRepository:
             rows = conn.execute(
                 "SELECT envelope FROM questions WHERE state NOT IN ('validated', 'failed') "
                 "ORDER BY first_seen, question_id"
+            ).fetchall()
+        return [codec.decode(bytes(r[0])) for r in rows]
+
+    def stale(self, older_than_s: float, limit: int = 1000) -> list[Envelope]:
+        """StaleQueries: accepted more than `older_than_s` ago and nothing recorded since (still
+        queued, no event after `accepted`), oldest first."""
+        cutoff = time.time() - older_than_s
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT q.envelope FROM questions q WHERE q.state = 'queued' "
+                "AND q.updated_at < %s AND NOT EXISTS (SELECT 1 FROM events e "
+                "WHERE e.question_id = q.question_id AND e.seq > 0) "
+                "ORDER BY q.updated_at, q.question_id LIMIT %s",
+                (cutoff, limit),
             ).fetchall()
         return [codec.decode(bytes(r[0])) for r in rows]
 
