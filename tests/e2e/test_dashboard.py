@@ -1,0 +1,165 @@
+"""The live dashboard in a real headless Chromium: `qaloop serve` runs a workload with injected
+LLM errors, the browser loads /dashboard, and the numbers it renders are the server's. A
+screenshot is kept as a test artifact (test-artifacts/dashboard.png).
+
+Needs Debian's `chromium` package (`make test` installs it when absent); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from qaloop.dataset import load_sample
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1400,1000",
+]
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("chromium is not installed (apt-get install -y chromium; `make test` does it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _browser(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
+    with tempfile.TemporaryDirectory(prefix="qaloop-chromium-") as profile:
+        return subprocess.run(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+
+
+def _text(dom: str, element_id: str) -> str:
+    match = re.search(rf'id="{element_id}"[^>]*>([^<]*)<', dom)
+    assert match is not None, f"#{element_id} not in the page"
+    return html.unescape(match.group(1)).strip()
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", "").rstrip("%").strip())
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    db = f"sqlite:///{tmp_path / 'dash.db'}"
+    env = {
+        **os.environ,
+        "QALOOP_LOG_LEVEL": "WARNING",
+        "QALOOP_SIM_LATENCY_MS": "20",
+        "QALOOP_SIM_OVERLOAD_RATE": "0.15",
+        "QALOOP_SIM_QUOTA_RATE": "0.1",
+        "QALOOP_SIM_QUOTA_RETRY_AFTER_S": "0.3",
+        "QALOOP_BACKOFF_BASE_S": "0.01",
+        "QALOOP_OVERLOAD_TRIES": "2",
+        "QALOOP_MAX_PARKS": "8",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qaloop", "serve", "--port", str(port), "--db", db],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{base}/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("qaloop serve did not start") from None
+            time.sleep(0.1)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_dashboard_renders_real_numbers_in_chromium(server: str) -> None:
+    chromium = _chromium()
+    base = server
+    qas = load_sample(limit=120)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        ids = []
+        for qa in qas:
+            body = {"question": qa.question, "reference_answer": qa.reference_answer}
+            ids.append(client.post("/v1/questions", json=body).json()["id"])
+        for qid in ids:
+            final = client.get(f"/v1/questions/{qid}", params={"wait": 20}).json()
+            assert final["status"] in ("validated", "failed")
+        for qa in qas[:60]:  # repeats: storage, then the cache
+            client.post("/v1/questions", json={"question": qa.question})
+            client.post("/v1/questions", json={"question": qa.question})
+        time.sleep(2.5)  # a few one-second samples after the last request
+        data = client.get("/v1/dashboard-data").json()
+    assert data["totals"]["asked"] == 240
+
+    dom = _browser(chromium, "--virtual-time-budget=8000", "--dump-dom", f"{base}/dashboard")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = dom.stdout
+    assert 'data-loaded="1"' in page, "the page never rendered its data"
+    assert _number(_text(page, "kpi-asked")) == 240
+    assert _number(_text(page, "kpi-accepted")) == 120
+    validated = _number(_text(page, "kpi-validated"))
+    failed = _number(_text(page, "kpi-failed"))
+    assert validated + failed == 120 and validated == data["totals"]["validated"]
+    assert _number(_text(page, "kpi-llm")) == data["totals"]["llm_calls"] >= 120
+    assert _number(_text(page, "kpi-hit-rate")) == pytest.approx(
+        100 * data["cache"]["hit_rate"], abs=0.06
+    )
+    assert _number(_text(page, "flow-validated")) == validated
+    assert _number(_text(page, "flow-waiting-worker")) == 0
+    # the per-attempt table and the errors table have real rows; three uPlot charts drew
+    attempts = re.search(r'<table id="attempts">.*?</table>', page, re.S)
+    assert attempts is not None and "<td>1</td>" in attempts.group(0)
+    assert "%" in attempts.group(0)
+    errors = re.search(r'<table id="errors">.*?</table>', page, re.S)
+    assert errors is not None and "overload" in errors.group(0)
+    assert page.count("<canvas") >= 3
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    shot.unlink(missing_ok=True)
+    taken = _browser(
+        chromium, "--virtual-time-budget=8000", f"--screenshot={shot}", f"{base}/dashboard"
+    )
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 30_000  # a rendered page, not a blank one
