@@ -369,7 +369,13 @@ def test_nul_characters_do_not_break_a_batch(repo: Repository) -> None:
     # PostgreSQL TEXT can't hold NUL: it may store U+FFFD instead, but the batch goes through
     weird = queued("n1", "nul \x00 inside")
     repo.accept(weird)
-    repo.apply([scoring(generating(weird), answer="answer \x00 too"), validated("ok")])
+    answered = scoring(generating(weird), answer="answer \x00 too")
+    answered = answered.with_event(
+        EventKind.LLM_ERROR, T0 + 5, detail="detail \x00", decision="decision \x00"
+    )
+    repo.apply([answered, validated("ok")])
+    repo.accept_many([queued("n2", "\x00"), queued("n3")])
+    assert {e.kind for e in repo.events("n1")} >= {EventKind.LLM_ERROR}
     record = repo.get("n1")
     assert record is not None and record.answer is not None
     assert record.question.replace("\ufffd", "\x00") == "nul \x00 inside"

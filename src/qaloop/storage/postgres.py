@@ -169,6 +169,16 @@ def _clean_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return row
 
 
+def _clean_event_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    # free text of an event row (storage.sqlite.event_rows): question_id, answer, detail,
+    # decision; the rest are numbers and enum values
+    for i in (0, 5, 9, 10):
+        value = row[i]
+        if value and "\x00" in value:
+            return _clean_row(row)
+    return row
+
+
 def _clean_question_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     # every text column is also in the JSON envelope (last column), where orjson writes NUL
     # as \u0000: one bytes search instead of a look at every column
@@ -185,7 +195,7 @@ def batch_rows(
     for envelope in envelopes:
         for row in event_rows(envelope):
             events.setdefault((row[0], row[1]), row)
-    return questions, [_clean_row(events[key]) for key in sorted(events)]
+    return questions, [_clean_event_row(events[key]) for key in sorted(events)]
 
 
 class PostgresRepository:
@@ -331,7 +341,10 @@ class PostgresRepository:
                 if not cur.nextset():
                     break
             events = [
-                _clean_row(r) for qid in ids if qid in inserted for r in event_rows(first[qid])
+                _clean_event_row(r)
+                for qid in ids
+                if qid in inserted
+                for r in event_rows(first[qid])
             ]
             if events:
                 cur.executemany(_EVENT_INSERT, events)
