@@ -6,8 +6,10 @@ default scorer on generated envelopes.
     .venv/bin/python bench/bench_scorers.py [--pairs 2000] [--judge-envelopes 20000]
 
 Inputs are synthetic and seeded: English-like answer/reference pairs of 40-80 words that
-share about a third of their words (the shared dataset is not needed). Each lexical number is
-the best of 3 runs over the same pairs. Writes bench/results/scorers.json.
+share about a third of their words. Each lexical number is the best of 3 runs over the same
+pairs. When the shared data is there (../shared/data or QALOOP_SHARED_DATA), the int8 vs fp32
+agreement is measured on its first 1,000 same-language pairs (numbers only are written).
+Writes bench/results/scorers.json.
 """
 
 from __future__ import annotations
@@ -164,6 +166,58 @@ def bench_embedding(pairs: Sequence[tuple[str, str]], batch_sizes: Sequence[int]
     return out
 
 
+def shared_answers() -> Path | None:
+    import os
+
+    env = os.environ.get("QALOOP_SHARED_DATA")
+    base = Path(env) if env else ROOT / ".." / "shared" / "data"
+    path = base / "llm_answers.jsonl"
+    return path if path.is_file() else None
+
+
+def quantization_agreement(path: Path | None, n: int) -> Any:
+    """fp32 vs per-channel int8 on real same-language pairs: cosine between the two
+    embeddings of each text, and how much the pair scores and their ranking move."""
+    if path is None:
+        return {"skipped": "shared data not found (QALOOP_SHARED_DATA)"}
+    try:
+        import numpy as np
+
+        from qaloop.quality.calibration import load_pairs, spearman
+        from qaloop.quality.embedding import EmbeddingModel, EmbeddingScorer
+    except ImportError as exc:
+        return {"skipped": str(exc)}
+    pairs, _ = load_pairs(path)
+    same = [(p.answer, p.reference) for p in pairs if p.group == "same"][:n]
+    fp32, int8 = EmbeddingModel(), EmbeddingModel(quantize="int8")
+    texts = [t for pair in same for t in pair]
+    a, b = fp32.encode(texts), int8.encode(texts)
+    cos = (a * b).sum(axis=1)
+    s32 = EmbeddingScorer(fp32).score_batch(same)
+    s8 = EmbeddingScorer(int8).score_batch(same)
+    diff = np.abs(np.array(s32) - np.array(s8))
+    out = {
+        "pairs": len(same),
+        "texts": len(texts),
+        "embedding_cosine_fp32_vs_int8": {
+            "min": float(cos.min()),
+            "p01": float(np.quantile(cos, 0.01)),
+            "mean": float(cos.mean()),
+        },
+        "score_abs_diff": {"max": float(diff.max()), "mean": float(diff.mean())},
+        "spearman_scores_fp32_vs_int8": spearman(s32, s8),
+        "pass_rate_fp32_vs_int8": {
+            str(t): [
+                sum(v >= t for v in s32) / len(s32),
+                sum(v >= t for v in s8) / len(s8),
+            ]
+            for t in (0.15, 0.2, 0.3)
+        },
+    }
+    print(f"int8 vs fp32 on {len(same)} real pairs: {out}")
+    return out
+
+
 def envelopes_of(pairs: Sequence[tuple[str, str]], n: int) -> list[Message]:
     messages = []
     for i in range(n):
@@ -215,6 +269,7 @@ def main() -> None:
     parser.add_argument("--judge-batch", type=int, default=500)
     parser.add_argument("--batch-sizes", default="1,8,32,64")
     parser.add_argument("--no-embedding", action="store_true")
+    parser.add_argument("--quant-pairs", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scorers.json")
     args = parser.parse_args()
 
@@ -234,6 +289,8 @@ def main() -> None:
     result["embedding"] = (
         {"skipped": "--no-embedding"} if args.no_embedding else bench_embedding(pairs, sizes)
     )
+    if not args.no_embedding:
+        result["quantization"] = quantization_agreement(shared_answers(), args.quant_pairs)
     default = Settings().scorer
     result["judge"] = [bench_judge(pairs, args.judge_envelopes, default, args.judge_batch)]
     if not args.no_embedding and "skipped" not in result["embedding"]:
