@@ -81,7 +81,9 @@ class QuestionService:
         self._accepting = False
         # Read at scrape time: the hot path only bumps its plain counters.
         self.metrics = metrics if metrics is not None else Metrics()
-        self.metrics.watch_gateway(self.counters, cache, lambda: len(self.in_flight))
+        # In flight is known where finals are seen: the embedded pipeline (it has the board).
+        in_flight = (lambda: len(self.in_flight)) if board is not None else None
+        self.metrics.watch_gateway(self.counters, cache, in_flight)
 
     async def ask(self, question: str, reference: str | None) -> tuple[int, dict[str, Any]]:
         qid = question_id(question)

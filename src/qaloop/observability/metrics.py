@@ -171,7 +171,7 @@ class Metrics:
         )
         self.llm_recovered = Counter(
             "qaloop_llm_recovered",
-            "Answers generated after an LLM error on the same attempt, by that error's class",
+            "Answers generated after LLM errors (retried or parked since the last answer), by class",
             ["error_class"],
             registry=r,
         )
