@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "qaloop.cli.traffic",
     "qaloop.cli.calibrate",
     "qaloop.cli.services",
+    "qaloop.cli.flink",
     "qaloop.cli.up",
     "qaloop.cli.dlq",
     "qaloop.cli.report",

@@ -1,0 +1,452 @@
+"""The Flink judge's pure part: what one record becomes, the job's configuration and its SQL.
+
+No PyFlink import here, so the main venv tests it (tests/unit/flink) and mypy checks it.
+`GateFunction.process` is the body of the job's Python map function: it decodes the envelope
+(undecodable -> dead letter with the reason, the original bytes untouched), scores it with the
+project's scorer through `qaloop.services.judge.score_envelopes`, decides with
+`qaloop.core.routing.judge` and routes with `qaloop.services.judge.route` — the plain judge's
+own functions, so both judges produce the same topic, key, value and headers for a record.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from qaloop.bus.base import Message, Topics
+from qaloop.core import codec
+from qaloop.core.routing import GateConfig, judge
+from qaloop.quality.base import Scorer
+from qaloop.services.judge import route, score_envelopes
+from qaloop.services.runner import poison
+
+log = logging.getLogger(__name__)
+
+Delivery = Literal["exactly-once", "at-least-once"]
+ExecutionMode = Literal["thread", "process"]
+
+CONNECTOR = "org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2"
+CONNECTOR_JAR = "flink-sql-connector-kafka-5.0.0-2.2.jar"
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """One output record of the job, plus what the metrics windows aggregate.
+
+    `attempt`, `score` and `decision` describe the judged answer (the attempt that was scored,
+    not the next one); they are None for a dead-lettered undecodable record."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: dict[str, bytes]
+    question_id: str | None = None
+    attempt: int | None = None
+    score: float | None = None
+    decision: str | None = None
+
+
+class GateFunction:
+    """The record-at-a-time quality gate: one input record -> exactly one output record."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        gate: GateConfig,
+        topics: Topics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.scorer = scorer
+        self.gate = gate
+        self.topics = topics
+        self.clock = clock
+        self.decisions: Counter[str] = Counter()
+        self.quality: Counter[str] = Counter()
+
+    def process(self, message: Message) -> Routed:
+        try:
+            envelope = codec.decode(message.value)
+        except codec.InvalidMessage as exc:
+            self.decisions["poison"] += 1
+            log.warning(
+                "dead-lettering %s[%d]@%d: %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                exc,
+            )
+            bad = poison(self.topics.dead_letter, message, str(exc))
+            return Routed(bad.topic, _b(bad.key), bad.value, _bytes_headers(bad.headers))
+        [score] = score_envelopes(self.scorer, [envelope], self.quality)
+        decision, routed = judge(envelope, score, self.gate, self.clock())
+        self.decisions[decision.value] += 1
+        log.info(
+            "question %s attempt %d: score %s -> %s",
+            envelope.question_id,
+            envelope.attempt,
+            "n/a" if score is None else f"{score:.3f}",
+            decision.value,
+        )
+        out = route(decision, routed, self.topics)
+        return Routed(
+            out.topic,
+            _b(out.key),
+            out.value,
+            _bytes_headers(out.headers),
+            question_id=envelope.question_id,
+            attempt=envelope.attempt,
+            score=score,
+            decision=decision.value,
+        )
+
+
+def message_from_row(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Mapping[str, bytes | None] | None,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> Message:
+    """The bus message the plain judge would have seen for this Kafka record."""
+    return Message(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=None if key is None else bytes(key).decode("utf-8", "replace"),
+        value=None if value is None else bytes(value),
+        headers={
+            k: "" if v is None else bytes(v).decode("utf-8", "replace")
+            for k, v in (headers or {}).items()
+        },
+    )
+
+
+def _b(text: str) -> bytes:
+    return text.encode("utf-8", "replace")
+
+
+def _bytes_headers(headers: Mapping[str, str]) -> dict[str, bytes]:
+    return {k: _b(v) for k, v in headers.items()}
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, slots=True)
+class FlinkJobConfig:
+    bootstrap: str = "127.0.0.1:19092"
+    topic_prefix: str = "qaloop"
+    group: str | None = None  # default <prefix>.judge: switching plain <-> flink resumes
+    scorer: str = "jaccard"
+    threshold: float = 0.5
+    max_attempts: int = 3
+    delivery: Delivery = "exactly-once"
+    checkpoint_interval_ms: int = 2_000
+    # retained checkpoints and logs: <state_dir>/<group>/{checkpoints,logs} unless given
+    state_dir: Path = field(default_factory=lambda: Path(".qaloop/flink"))
+    checkpoint_dir_override: Path | None = None
+    resume: str = "latest"  # "latest" retained checkpoint in checkpoint_dir, "none", or a path
+    execution_mode: ExecutionMode = "thread"
+    bundle_size: int = 100
+    bundle_time_ms: int = 50
+    parallelism: int = 1
+    metrics_window_s: float = 60.0
+    partition_discovery_ms: int = 5_000
+    transaction_timeout_ms: int = 600_000  # <= broker transaction.max.timeout.ms (15 min)
+    connector_jar: Path | None = None
+    partitions: int = 6
+    cold_partitions: int = 2
+
+    def __post_init__(self) -> None:
+        GateConfig(self.threshold, self.max_attempts)  # validates
+        if self.delivery not in ("exactly-once", "at-least-once"):
+            raise ValueError(f"delivery must be exactly-once or at-least-once: {self.delivery!r}")
+        if self.execution_mode not in ("thread", "process"):
+            raise ValueError(f"execution mode must be thread or process: {self.execution_mode!r}")
+        if self.bundle_size < 1 or self.bundle_time_ms < 1 or self.parallelism < 1:
+            raise ValueError("bundle size, bundle time and parallelism must be >= 1")
+        if self.checkpoint_interval_ms < 100:
+            raise ValueError("checkpoint interval must be >= 100 ms")
+        if self.metrics_window_s < 1:
+            raise ValueError("the metrics window must be >= 1 s")
+        if not 0 < self.transaction_timeout_ms <= 900_000:
+            raise ValueError(
+                "transaction timeout must be in (0, 900000] ms: the broker's default "
+                "transaction.max.timeout.ms is 15 min"
+            )
+
+    @property
+    def topics(self) -> Topics:
+        return Topics.with_prefix(self.topic_prefix)
+
+    @property
+    def metrics_topic(self) -> str:
+        return metrics_topic(self.topic_prefix)
+
+    @property
+    def group_id(self) -> str:
+        return self.group or f"{self.topic_prefix}.judge"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        if self.checkpoint_dir_override is not None:
+            return self.checkpoint_dir_override
+        return self.state_dir / _safe(self.group_id) / "checkpoints"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.checkpoint_dir.parent / "logs"
+
+    @property
+    def gate(self) -> GateConfig:
+        return GateConfig(self.threshold, self.max_attempts)
+
+    @property
+    def transactional_id_prefix(self) -> str:
+        # One per sink and per group: two jobs (or two sinks) sharing a prefix would fence
+        # each other's transactions.
+        return _safe(f"{self.group_id}.flink")
+
+    def flink_configuration(self) -> dict[str, str]:
+        """Flink 2.x configuration keys of the job (pipeline.jars and python.executable are
+        added by the driver, which knows the paths)."""
+        conf = {
+            "pipeline.name": f"qaloop-judge[{self.topic_prefix}]",
+            "parallelism.default": str(self.parallelism),
+            "execution.checkpointing.interval": f"{self.checkpoint_interval_ms} ms",
+            "execution.checkpointing.mode": "EXACTLY_ONCE",
+            "execution.checkpointing.dir": self.checkpoint_dir.resolve().as_uri(),
+            "execution.checkpointing.externalized-checkpoint-retention": ("RETAIN_ON_CANCELLATION"),
+            "execution.checkpointing.num-retained": "2",
+            "execution.checkpointing.min-pause": f"{min(500, self.checkpoint_interval_ms // 2)} ms",
+            "state.backend.type": "hashmap",
+            "restart-strategy.type": "exponential-delay",
+            "python.execution-mode": self.execution_mode,
+            "python.fn-execution.bundle.size": str(self.bundle_size),
+            "python.fn-execution.bundle.time": str(self.bundle_time_ms),
+            "table.local-time-zone": "UTC",
+        }
+        return conf
+
+
+def metrics_topic(prefix: str) -> str:
+    return f"{prefix}.metrics"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text)
+
+
+def _q(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _with(options: Mapping[str, str]) -> str:
+    return ",\n  ".join(f"{_q(k)} = {_q(v)}" for k, v in options.items())
+
+
+def _interval(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    d, rest = divmod(ms, 86_400_000)
+    h, rest = divmod(rest, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, ms = divmod(rest, 1000)
+    return f"INTERVAL '{d} {h:02d}:{m:02d}:{s:02d}.{ms:03d}' DAY TO SECOND(3)"
+
+
+def _sink_options(cfg: FlinkJobConfig, name: str) -> dict[str, str]:
+    options = {
+        "connector": "kafka",
+        "properties.bootstrap.servers": cfg.bootstrap,
+        "properties.acks": "all",
+        "properties.enable.idempotence": "true",
+        "properties.linger.ms": "5",
+        "sink.partitioner": "default",  # Kafka's: by key hash, so keyed by question id
+    }
+    if cfg.delivery == "exactly-once":
+        options.update(
+            {
+                "sink.delivery-guarantee": "exactly-once",
+                "sink.transactional-id-prefix": f"{cfg.transactional_id_prefix}.{name}",
+                "properties.transaction.timeout.ms": str(cfg.transaction_timeout_ms),
+            }
+        )
+    else:
+        options["sink.delivery-guarantee"] = "at-least-once"
+    return options
+
+
+def source_ddl(cfg: FlinkJobConfig) -> str:
+    options = {
+        "connector": "kafka",
+        "topic": cfg.topics.generated,
+        "properties.bootstrap.servers": cfg.bootstrap,
+        "properties.group.id": cfg.group_id,
+        "properties.client.id.prefix": _safe(f"{cfg.group_id}.flink"),
+        # committed offsets of the group, falling back to earliest (pitfall 3: never implicit)
+        "scan.startup.mode": "group-offsets",
+        "properties.auto.offset.reset": "earliest",
+        # a partition added while the job runs is read within seconds (pitfall 2)
+        "scan.topic-partition-discovery.interval": f"{cfg.partition_discovery_ms} ms",
+        "properties.isolation.level": "read_committed",
+        "properties.commit.offsets.on.checkpoint": "true",
+        "key.format": "raw",
+        "key.fields": "k",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+    }
+    return f"""CREATE TEMPORARY TABLE generated_in (
+  `k` BYTES,
+  `v` BYTES,
+  `headers` MAP<STRING, BYTES> METADATA VIRTUAL,
+  `src_topic` STRING METADATA FROM 'topic' VIRTUAL,
+  `src_partition` INT METADATA FROM 'partition' VIRTUAL,
+  `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL
+) WITH (
+  {_with(options)}
+)"""
+
+
+SOURCE_QUERY = (
+    "SELECT `k`, `v`, `headers`, `src_topic`, `src_partition`, `src_offset` FROM generated_in"
+)
+
+
+def sink_ddl(cfg: FlinkJobConfig) -> str:
+    """One sink for the three routes: the topic is a per-record (writable metadata) column."""
+    t = cfg.topics
+    options = {
+        **_sink_options(cfg, "out"),
+        # several topics: each record names its own in the writable `topic` metadata column
+        "topic": ";".join([t.validated, t.questions, t.dead_letter]),
+        "key.format": "raw",
+        "key.fields": "k",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+    }
+    return f"""CREATE TEMPORARY TABLE judged_out (
+  `k` BYTES,
+  `v` BYTES,
+  `topic` STRING METADATA,
+  `headers` MAP<STRING, BYTES> METADATA
+) WITH (
+  {_with(options)}
+)"""
+
+
+SINK_INSERT = "INSERT INTO judged_out SELECT `k`, `v`, `topic`, `headers` FROM judged"
+
+
+def metrics_ddl(cfg: FlinkJobConfig) -> str:
+    options = {
+        **_sink_options(cfg, "metrics"),
+        "topic": cfg.metrics_topic,
+        "format": "json",
+    }
+    return f"""CREATE TEMPORARY TABLE metrics_out (
+  `window_start` STRING,
+  `window_end` STRING,
+  `window_s` DOUBLE,
+  `attempt` INT,
+  `answers` BIGINT,
+  `validated` BIGINT,
+  `regenerated` BIGINT,
+  `gave_up` BIGINT,
+  `unscored` BIGINT,
+  `pass_rate` DOUBLE,
+  `mean_score` DOUBLE
+) WITH (
+  {_with(options)}
+)"""
+
+
+def metrics_insert(cfg: FlinkJobConfig) -> str:
+    """Pass rate and mean score per judged attempt, per processing-time tumbling window."""
+    fmt = "yyyy-MM-dd''T''HH:mm:ss.SSS''Z''"
+    return f"""INSERT INTO metrics_out
+SELECT
+  DATE_FORMAT(window_start, '{fmt}'),
+  DATE_FORMAT(window_end, '{fmt}'),
+  CAST({cfg.metrics_window_s!r} AS DOUBLE),
+  `attempt`,
+  COUNT(*),
+  SUM(CASE WHEN `decision` = 'validate' THEN 1 ELSE 0 END),
+  SUM(CASE WHEN `decision` = 'regenerate' THEN 1 ELSE 0 END),
+  SUM(CASE WHEN `decision` = 'give_up' THEN 1 ELSE 0 END),
+  SUM(CASE WHEN `score` IS NULL THEN 1 ELSE 0 END),
+  CAST(SUM(CASE WHEN `decision` = 'validate' THEN 1 ELSE 0 END) AS DOUBLE) / COUNT(*),
+  AVG(`score`)
+FROM TABLE(TUMBLE(TABLE judged_answers, DESCRIPTOR(`pt`), {_interval(cfg.metrics_window_s)}))
+GROUP BY window_start, window_end, `attempt`"""
+
+
+JUDGED_ANSWERS_VIEW = (
+    "CREATE TEMPORARY VIEW judged_answers AS "
+    "SELECT `attempt`, `score`, `decision`, `pt` FROM judged WHERE `decision` IS NOT NULL"
+)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete retained checkpoint (`<job id>/chk-<n>` with a `_metadata` file)
+    under `checkpoint_dir`, across the runs (job ids) of this job."""
+    if not checkpoint_dir.is_dir():
+        return None
+    found = [
+        (meta.stat().st_mtime, _chk_number(meta.parent), meta.parent)
+        for meta in checkpoint_dir.glob("*/chk-*/_metadata")
+        if meta.is_file()
+    ]
+    if not found:
+        return None
+    return max(found)[2]
+
+
+def _chk_number(path: Path) -> int:
+    try:
+        return int(path.name.removeprefix("chk-"))
+    except ValueError:
+        return -1
+
+
+def resume_path(cfg: FlinkJobConfig) -> Path | None:
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "latest":
+        return latest_checkpoint(cfg.checkpoint_dir)
+    path = Path(cfg.resume)
+    if not (path / "_metadata").is_file():
+        raise ValueError(f"no checkpoint or savepoint at {path} (missing _metadata)")
+    return path
+
+
+def find_connector_jar(explicit: Path | None = None) -> Path:
+    """The Kafka connector jar: explicit, $QALOOP_FLINK_CONNECTOR_JAR, or the cache
+    `$QALOOP_CACHE/flink/` (default ~/.cache/qaloop/flink/) that `make flink-venv` fills."""
+    import os
+
+    candidates: list[Path] = []
+    if explicit is not None:
+        candidates.append(explicit)
+    env = os.environ.get("QALOOP_FLINK_CONNECTOR_JAR")
+    if env:
+        candidates.append(Path(env))
+    cache = Path(os.environ.get("QALOOP_CACHE") or Path.home() / ".cache" / "qaloop")
+    candidates.append(cache / "flink" / CONNECTOR_JAR)
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    raise FileNotFoundError(
+        f"Kafka connector jar not found (looked at {', '.join(map(str, candidates))}); "
+        f"run `make flink-venv` or fetch {CONNECTOR} with Maven"
+    )

@@ -1,0 +1,273 @@
+"""The quality gate as an Apache Flink job (PyFlink 2.2, Kafka connector 5.0). See docs/flink.md.
+
+Job graph (one job, parallelism 1 by default):
+
+    Kafka source <prefix>.generated (raw key/value + headers, topic/partition/offset)
+      -> Python map "judge": decode -> score -> routing.judge -> route (qaloop.flink.core)
+      -> Kafka sink: topic per record (validated / questions / dead-letter), key = question id,
+         value = envelope, headers = the plain judge's headers
+      -> judged answers -> 1-minute processing-time TUMBLE per attempt -> Kafka sink
+         <prefix>.metrics (JSON: pass rate, mean score, counts)
+
+Kafka I/O goes through the connector's SQL tables (KafkaSource/KafkaSink underneath) because
+only they expose per-record keys, headers and target topics to a Python job: PyFlink's
+DataStream KafkaSink can set neither a key taken from a field nor headers.
+
+Run it with `qaloop flink-job` (local mini-cluster, inside .venv-flink) or submit this module
+to a cluster: `flink run -py src/qaloop/flink/job.py -- --bootstrap kafka:9092 ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import site
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pyflink.common import Configuration, Row, Types
+from pyflink.datastream import MapFunction, RuntimeContext, StreamExecutionEnvironment
+from pyflink.table import Schema, StreamTableEnvironment
+
+from qaloop.flink.core import (
+    JUDGED_ANSWERS_VIEW,
+    SINK_INSERT,
+    SOURCE_QUERY,
+    FlinkJobConfig,
+    GateFunction,
+    find_connector_jar,
+    message_from_row,
+    metrics_ddl,
+    metrics_insert,
+    resume_path,
+    sink_ddl,
+    source_ddl,
+)
+
+log = logging.getLogger(__name__)
+
+_BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+JUDGED_TYPE = Types.ROW_NAMED(
+    ["topic", "k", "v", "headers", "question_id", "attempt", "score", "decision"],
+    [
+        Types.STRING(),
+        _BYTES,
+        _BYTES,
+        Types.MAP(Types.STRING(), _BYTES),
+        Types.STRING(),
+        Types.INT(),
+        Types.DOUBLE(),
+        Types.STRING(),
+    ],
+)
+
+
+class JudgeMap(MapFunction):  # type: ignore[misc]
+    """Runs in the Python worker: builds the scorer once, then one record in, one out."""
+
+    def __init__(self, cfg: FlinkJobConfig, log_level: str) -> None:
+        self.cfg = cfg
+        self.log_level = log_level
+        self.gate: GateFunction | None = None
+        self.counters: dict[str, Any] = {}
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        from qaloop.quality import get_scorer
+
+        _setup_logging(self.log_level)
+        self.gate = GateFunction(get_scorer(self.cfg.scorer), self.cfg.gate, self.cfg.topics)
+        group = runtime_context.get_metrics_group().add_group("qaloop")
+        self.counters = {
+            name: group.counter(name) for name in ("validate", "regenerate", "give_up", "poison")
+        }
+
+    def map(self, value: Row) -> Row:
+        assert self.gate is not None
+        message = message_from_row(value[0], value[1], value[2], value[3], value[4], value[5])
+        r = self.gate.process(message)
+        self.counters[r.decision or "poison"].inc()
+        return Row(
+            r.topic, r.key, r.value, r.headers, r.question_id, r.attempt, r.score, r.decision
+        )
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _python_path() -> str:
+    """Thread mode runs the UDFs in an interpreter embedded in the JVM (pemja): it needs this
+    venv's site-packages (and qaloop's source dir for an editable install) on PYTHONPATH."""
+    import qaloop
+
+    paths = [*site.getsitepackages(), str(Path(qaloop.__file__).resolve().parents[1])]
+    current = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([*paths, *([current] if current else [])])
+
+
+def ensure_topics(cfg: FlinkJobConfig) -> None:
+    """Create the five pipeline topics (as the services do) and the metrics topic, before the
+    job starts: never rely on auto-creation or on partition discovery (pitfall 2)."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    from qaloop.bus.kafka import KafkaBus, KafkaSettings
+
+    bus = KafkaBus(
+        KafkaSettings(
+            cfg.bootstrap, partitions=cfg.partitions, cold_partitions=cfg.cold_partitions
+        ),
+        cfg.topics,
+    )
+
+    async def create() -> None:
+        await bus.start()
+        await bus.close()
+
+    asyncio.run(create())
+    admin = AdminClient({"bootstrap.servers": cfg.bootstrap})
+    if cfg.metrics_topic not in admin.list_topics(timeout=30).topics:
+        future = admin.create_topics([NewTopic(cfg.metrics_topic, num_partitions=1)])[
+            cfg.metrics_topic
+        ]
+        try:
+            future.result()
+            log.info("created topic %s", cfg.metrics_topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def build(cfg: FlinkJobConfig, *, log_level: str = "INFO") -> StreamExecutionEnvironment:
+    """The job, ready for `env.execute()`. Restores from the newest retained checkpoint when
+    cfg.resume says so."""
+    # Before the first PyFlink call: that one starts the JVM, which inherits the environment.
+    os.environ["PYTHONPATH"] = _python_path()
+    # The mini-cluster's log (JVM and Python workers) goes next to the checkpoints, not into
+    # the venv's pyflink/log.
+    os.environ.setdefault("FLINK_LOG_DIR", str(cfg.log_dir.resolve()))
+    jar = find_connector_jar(cfg.connector_jar)
+    conf = Configuration()
+    for key, value in cfg.flink_configuration().items():
+        conf.set_string(key, value)
+    conf.set_string("pipeline.jars", jar.as_uri())
+    # Python workers must be this venv's interpreter, not `python` from PATH (pitfall 1).
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    restore = resume_path(cfg)
+    if restore is not None:
+        conf.set_string("execution.state-recovery.path", restore.resolve().as_uri())
+        log.info("restoring from checkpoint %s", restore)
+    else:
+        log.info("no checkpoint to restore: starting from the group's committed offsets")
+
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_python_executable(sys.executable)
+    t_env = StreamTableEnvironment.create(env)
+    for ddl in (source_ddl(cfg), sink_ddl(cfg), metrics_ddl(cfg)):
+        t_env.execute_sql(ddl)
+
+    records = t_env.to_data_stream(t_env.sql_query(SOURCE_QUERY))
+    judged = (
+        records.map(JudgeMap(cfg, log_level), output_type=JUDGED_TYPE)
+        .name("judge: decode, score, route")
+        .uid("qaloop-judge-map")
+    )
+    table = t_env.from_data_stream(
+        judged, Schema.new_builder().column_by_expression("pt", "PROCTIME()").build()
+    )
+    t_env.create_temporary_view("judged", table)
+    t_env.execute_sql(JUDGED_ANSWERS_VIEW)
+    statements = t_env.create_statement_set()
+    statements.add_insert_sql(SINK_INSERT)
+    statements.add_insert_sql(metrics_insert(cfg))
+    statements.attach_as_datastream()
+    return env
+
+
+def run(cfg: FlinkJobConfig, *, log_level: str = "INFO", create_topics: bool = True) -> None:
+    """Blocking: runs the job (on a local mini-cluster unless submitted with `flink run`)."""
+    if create_topics:
+        ensure_topics(cfg)
+    started = time.monotonic()
+    env = build(cfg, log_level=log_level)
+    log.info(
+        "flink judge: built in %.1f s; %s, checkpoints every %d ms in %s, bundle %d / %d ms, "
+        "%s mode, group %s",
+        time.monotonic() - started,
+        cfg.delivery,
+        cfg.checkpoint_interval_ms,
+        cfg.checkpoint_dir,
+        cfg.bundle_size,
+        cfg.bundle_time_ms,
+        cfg.execution_mode,
+        cfg.group_id,
+    )
+    env.execute(f"qaloop-judge[{cfg.topic_prefix}]")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[FlinkJobConfig, str]:
+    """The job's own flags (also what `flink run -py job.py -- ...` passes)."""
+    d = FlinkJobConfig()
+    p = argparse.ArgumentParser(prog="qaloop-flink-job", description=__doc__.splitlines()[0])
+    p.add_argument("--bootstrap", default=d.bootstrap)
+    p.add_argument("--topic-prefix", default=d.topic_prefix)
+    p.add_argument("--group", default=None)
+    p.add_argument("--scorer", default=d.scorer)
+    p.add_argument("--threshold", type=float, default=d.threshold)
+    p.add_argument("--max-attempts", type=int, default=d.max_attempts)
+    p.add_argument("--delivery", choices=["exactly-once", "at-least-once"], default=d.delivery)
+    p.add_argument("--checkpoint-interval-ms", type=int, default=d.checkpoint_interval_ms)
+    p.add_argument("--state-dir", type=Path, default=d.state_dir)
+    p.add_argument("--checkpoint-dir", type=Path, default=None)
+    p.add_argument("--resume", default=d.resume)
+    p.add_argument("--execution-mode", choices=["thread", "process"], default=d.execution_mode)
+    p.add_argument("--bundle-size", type=int, default=d.bundle_size)
+    p.add_argument("--bundle-time-ms", type=int, default=d.bundle_time_ms)
+    p.add_argument("--parallelism", type=int, default=d.parallelism)
+    p.add_argument("--metrics-window-s", type=float, default=d.metrics_window_s)
+    p.add_argument("--partitions", type=int, default=d.partitions)
+    p.add_argument("--connector-jar", type=Path, default=None)
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    cfg = FlinkJobConfig(
+        bootstrap=a.bootstrap,
+        topic_prefix=a.topic_prefix,
+        group=a.group,
+        scorer=a.scorer,
+        threshold=a.threshold,
+        max_attempts=a.max_attempts,
+        delivery=a.delivery,
+        checkpoint_interval_ms=a.checkpoint_interval_ms,
+        state_dir=a.state_dir,
+        checkpoint_dir_override=a.checkpoint_dir,
+        resume=a.resume,
+        execution_mode=a.execution_mode,
+        bundle_size=a.bundle_size,
+        bundle_time_ms=a.bundle_time_ms,
+        parallelism=a.parallelism,
+        metrics_window_s=a.metrics_window_s,
+        partitions=a.partitions,
+        connector_jar=a.connector_jar,
+    )
+    return cfg, a.log_level
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, level = parse_args(argv)
+    _setup_logging(level)
+    run(cfg, log_level=level)
+
+
+if __name__ == "__main__":
+    main()
