@@ -11,6 +11,7 @@ import html
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -163,3 +164,83 @@ def test_dashboard_renders_real_numbers_in_chromium(server: str) -> None:
     assert taken.returncode == 0, taken.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 30_000  # a rendered page, not a blank one
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_distributed_metrics_ports_and_the_gateways_view(tmp_path: Path) -> None:
+    """Every consumer process serves its metrics on --metrics-port; the gateway's /metrics and
+    dashboard see every group's Kafka lag, per partition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.e2e.distributed_stack import Stack, pg_schema, require_servers, wait_final
+
+    bootstrap, pg = require_servers()
+    with pg_schema(pg) as (_, db):
+        stack = Stack.create(tmp_path, bootstrap, db, sim_latency_ms=5, sim_overload_rate=0.1)
+        ports = {}
+        try:
+            for service in ("store", "judge", "retrier", "worker"):
+                ports[service] = _free_port()
+                stack.env["QALOOP_METRICS_PORT"] = str(ports[service])
+                stack.start(service)
+            del stack.env["QALOOP_METRICS_PORT"]
+            stack.start("gateway")
+            stack.wait_http()
+            with httpx.Client(base_url=stack.url, timeout=30) as client:
+                for qa in load_sample(limit=60):
+                    body = {"question": qa.question, "reference_answer": qa.reference_answer}
+                    assert client.post("/v1/questions", json=body).status_code == 202
+                wait_final(db, 60, 120, stack)
+
+                def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+                    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+                    text = httpx.get(url, timeout=10).text
+                    for family in text_string_to_metric_families(text):
+                        for s in family.samples:
+                            found.setdefault(s.name, []).append((s.labels, s.value))
+                    return found
+
+                def total(found: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+                    return sum(v for _, v in found.get(name, ()))
+
+                deadline = time.monotonic() + 30  # lag is probed every 5 s
+                while True:
+                    gateway = scrape(f"{stack.url}/metrics")
+                    groups = {labels["group"] for labels, _ in gateway["qaloop_consumer_lag"]}
+                    if len(groups) == 4 and total(gateway, "qaloop_consumer_lag") == 0:
+                        break
+                    assert time.monotonic() < deadline, gateway.get("qaloop_consumer_lag")
+                    time.sleep(1)
+                prefix = stack.prefix
+                assert groups == {f"{prefix}.{s}" for s in ("worker", "judge", "store", "retrier")}
+                partitions = {
+                    labels["partition"]
+                    for labels, _ in gateway["qaloop_consumer_lag"]
+                    if labels["topic"] == f"{prefix}.questions"
+                }
+                assert len(partitions) > 1  # per partition, not per topic
+                assert total(gateway, "qaloop_gateway_questions_total") == 60
+                data = client.get("/v1/dashboard-data").json()
+                assert data["mode"] == "distributed"
+                assert set(data["lag"]) == groups
+                assert sum(data["storage"].values()) == 60
+
+            worker = scrape(f"http://127.0.0.1:{ports['worker']}/metrics")
+            assert total(worker, "qaloop_llm_calls_total") >= 60
+            assert total(worker, "qaloop_queue_wait_seconds_count") >= 60
+            judge = scrape(f"http://127.0.0.1:{ports['judge']}/metrics")
+            assert total(judge, "qaloop_judge_decisions_total") >= 60
+            store = scrape(f"http://127.0.0.1:{ports['store']}/metrics")
+            assert total(store, "qaloop_time_to_answer_seconds_count") == 60
+            assert total(store, "qaloop_store_write_seconds_count") > 0
+            retrier = scrape(f"http://127.0.0.1:{ports['retrier']}/metrics")
+            assert "qaloop_parked_questions" in retrier
+            for found in (worker, judge, store, retrier):
+                own = {labels["group"] for labels, _ in found["qaloop_consumer_lag"]}
+                assert len(own) == 1  # each stage reports its own group
+        finally:
+            codes = stack.stop_all()
+        # uvicorn re-raises the SIGTERM it handled once the app has shut down: -15 is clean.
+        assert codes.pop("gateway") in (0, -signal.SIGTERM)
+        assert all(code == 0 for code in codes.values()), (codes, stack.tails())
