@@ -31,7 +31,7 @@ from qaloop.llm.protection import (
 async def run(args: argparse.Namespace) -> dict[str, object]:
     from qaloop.services.worker import Worker, WorkerConfig
 
-    limits = [Limit.make("rpm", args.limit, args.window_s)]
+    limits = [Limit.make("rpm", args.limit, args.window_s, headroom=args.headroom)]
     limiter: RateLimiter
     if args.backend == "postgres":
         from qaloop.llm.ratelimit_pg import PostgresRateLimiter
@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--tag", default="p")
     parser.add_argument("--max-wait-s", type=float, default=600.0)
     parser.add_argument("--start-at", type=float, default=0.0)
+    parser.add_argument("--headroom", type=float, default=0.01)
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))), flush=True)
 

@@ -156,7 +156,9 @@ async def test_rate_limit_holds_in_every_window(server: FakeLLMServer) -> None:
     """40 questions at once against a server that allows 20 requests per 2 s window: the
     client's limiter keeps every window at or under 20, so the server never 429s."""
     server.config.limit, server.config.window_s = 20, 2.0
-    limiter = LocalRateLimiter([Limit.make("rpm", 20, 2.0)])
+    # 5 % headroom (1 % in production): the fake server shares this process and timestamps
+    # requests when it gets round to them, which on a loaded CI machine can bunch them up
+    limiter = LocalRateLimiter([Limit.make("rpm", 20, 2.0, headroom=0.05)])
     provider = ProtectedProvider(
         _provider("openai", server.base_url, timeout_s=5), limiter=limiter, max_queue_wait_s=30
     )
@@ -167,7 +169,8 @@ async def test_rate_limit_holds_in_every_window(server: FakeLLMServer) -> None:
         )
     finally:
         await provider.aclose()
-    assert all(_only(o)[0] == TOPICS.generated for o in outputs)
+    topics = Counter(_only(o)[0] for o in outputs)
+    assert topics == {TOPICS.generated: 40}, (topics, server.stats.to_dict(2.0))
     assert server.stats.client_429s == 0
     assert len(server.stats.arrivals) == 40
     assert server.stats.max_in_window(2.0) <= 20
