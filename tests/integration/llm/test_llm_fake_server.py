@@ -69,7 +69,7 @@ def server() -> Iterator[FakeLLMServer]:
         yield fake
 
 
-def _provider(kind: str, base_url: str, timeout_s: float = 0.5) -> Provider:
+def _provider(kind: str, base_url: str, timeout_s: float = 1.0) -> Provider:
     if kind == "gemini":
         return GeminiProvider(KEY, base_url=base_url, timeout_s=timeout_s)
     return OpenAICompatProvider(
@@ -117,7 +117,7 @@ async def test_no_question_is_lost(kind: str, server: FakeLLMServer) -> None:
     re-feeding what is parked, every question ends generated or dead-lettered, once.
     (No breaker here: with many failures at once it would open and, by design, spend parks;
     the breaker has its own tests.)"""
-    provider = ProtectedProvider(_provider(kind, server.base_url, timeout_s=0.3))
+    provider = ProtectedProvider(_provider(kind, server.base_url, timeout_s=1.0))
     policy = RetryPolicy(overload_tries=2, backoff_base_s=0.01, backoff_cap_s=0.05, max_parks=5)
     worker = Worker(provider, TOPICS, WorkerConfig(request_timeout_s=10), policy)
     transient = ["429m*1", "429*1", "503*3", "500*3", "timeout*1", "malformed*3", "429day*1"]
