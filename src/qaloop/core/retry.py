@@ -77,7 +77,8 @@ def on_llm_error(
                     tries_in_attempt, policy.backoff_base_s, policy.backoff_cap_s, rng
                 )
             )
-        delay = policy.backoff_cap_s
+        # A circuit breaker that is open says how long it stays open: wait at least that.
+        delay = max(policy.backoff_cap_s, retry_after_s or 0.0)
     elif error_class is ErrorClass.QUOTA_MINUTE:
         delay = retry_after_s if retry_after_s is not None else policy.quota_default_delay_s
     else:  # QUOTA_DAY

@@ -46,6 +46,8 @@ def test_overload_retries_in_process_then_parks(cls: ErrorClass) -> None:
     assert isinstance(on_llm_error(_env(), cls, None, 2, POLICY, 10.0, rng), RetryNow)
     action = on_llm_error(_env(), cls, None, 3, POLICY, 10.0, rng)
     assert action == Park(due_at=18.0)
+    # an open breaker's remaining cool-down is honoured when longer than the cap
+    assert on_llm_error(_env(), cls, 20.0, 3, POLICY, 10.0, rng) == Park(due_at=30.0)
 
 
 def test_quota_minute_honours_retry_after_or_default() -> None:
