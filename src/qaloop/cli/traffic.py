@@ -10,8 +10,8 @@ import click
 import httpx
 import orjson
 
-from qaloop.dataset import DatasetError, load_csv, load_sample
 from qaloop.cli.common import build_settings
+from qaloop.dataset import DatasetError, load_csv, load_sample
 from qaloop.demo import temporary_db
 from qaloop.pipeline import EmbeddedPipeline
 from qaloop.traffic import (
