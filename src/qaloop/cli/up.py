@@ -103,12 +103,21 @@ def say(message: str) -> None:
         sys.stdout.flush()
 
 
-def run_stack(scale: dict[str, int], env: dict[str, str], *, restart: bool, grace_s: float) -> int:
+def run_stack(
+    scale: dict[str, int],
+    env: dict[str, str],
+    *,
+    restart: bool,
+    grace_s: float,
+    judge: str = "plain",
+) -> int:
     children: list[Child] = []
     for service in ORDER:
         for i in range(1, scale[service] + 1):
             name = service if scale[service] == 1 else f"{service}-{i}"
-            children.append(Child(name, service, COLOURS[len(children) % len(COLOURS)]))
+            # --judge flink: the judge is the Flink job (docs/flink.md), same topics and group
+            command = "flink-job" if service == "judge" and judge == "flink" else service
+            children.append(Child(name, command, COLOURS[len(children) % len(COLOURS)]))
     stopping = threading.Event()
 
     def on_signal(signum: int, _: Any) -> None:
@@ -176,14 +185,25 @@ def _stop_all(children: list[Child], grace_s: float) -> int:
 @click.option("--port", type=int, default=None, help="Gateway port")
 @click.option("--restart/--no-restart", default=True, help="Restart a service that dies")
 @click.option("--grace-s", type=float, default=30.0, help="Time to stop before SIGKILL")
-def command(scale: tuple[str, ...], restart: bool, grace_s: float, **flags: Any) -> None:
+@click.option(
+    "--judge",
+    type=click.Choice(["plain", "flink"]),
+    default="plain",
+    help="Quality gate: the plain Python judge or the Flink job (needs `make flink-venv`)",
+)
+def command(
+    scale: tuple[str, ...], restart: bool, grace_s: float, judge: str, **flags: Any
+) -> None:
     """Start a whole local distributed stack (Kafka and the database must already run)."""
     from qaloop.cli.common import build_settings
 
     build_settings(**flags, bus="kafka")  # validate the configuration before starting anything
+    scales = parse_scale(scale)
+    if judge == "flink" and scales["judge"] > 1:
+        raise click.BadParameter("one Flink job (it scales by parallelism)", param_hint="--scale")
     env = dict(os.environ)
     env["QALOOP_BUS"] = "kafka"
     for key, value in flags.items():
         if value is not None:
             env[f"QALOOP_{key.upper()}"] = str(value)
-    sys.exit(run_stack(parse_scale(scale), env, restart=restart, grace_s=grace_s))
+    sys.exit(run_stack(scales, env, restart=restart, grace_s=grace_s, judge=judge))

@@ -50,3 +50,33 @@ def test_clear_error_without_pyflink(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(main, ["flink-job"])
     assert result.exit_code == 1
     assert "make flink-venv" in result.output
+
+
+@pytest.mark.parametrize(("judge", "service"), [("plain", "judge"), ("flink", "flink-job")])
+def test_up_runs_the_chosen_judge(
+    judge: str, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qaloop.cli import up
+
+    made: list[tuple[str, str]] = []
+
+    class Stop(Exception):
+        pass
+
+    class FakeChild:
+        def __init__(self, name: str, service: str, colour: str) -> None:
+            made.append((name, service))
+
+        def start(self, env: dict[str, str]) -> None:
+            raise Stop
+
+    monkeypatch.setattr(up, "Child", FakeChild)
+    with pytest.raises(Stop):
+        up.run_stack(up.parse_scale(()), {}, restart=False, grace_s=1, judge=judge)
+    assert ("judge", service) in made
+
+
+def test_up_refuses_several_flink_jobs() -> None:
+    result = CliRunner().invoke(main, ["up", "--judge", "flink", "--scale", "judge=2"])
+    assert result.exit_code == 2
+    assert "one Flink job" in result.output
