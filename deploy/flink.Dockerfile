@@ -28,10 +28,18 @@ ENV PATH=/opt/pyflink/bin:$PATH
 # on the classpath of every job (no env.add_jars needed)
 COPY --from=connector --chown=flink:flink /connector/*.jar /opt/flink/lib/
 
-# qaloop itself (its scorers run inside the Python UDFs of the judge job)
+# qaloop itself (its scorers run inside the Python UDFs of the judge job); the kafka extra
+# because the job's client creates the topics before submitting (qaloop.flink.job).
 COPY --chown=flink:flink pyproject.toml README.md /opt/qaloop/
 COPY --chown=flink:flink src /opt/qaloop/src
-RUN /opt/pyflink/bin/pip install --no-cache-dir --disable-pip-version-check /opt/qaloop
+RUN /opt/pyflink/bin/pip install --no-cache-dir --disable-pip-version-check "/opt/qaloop[kafka]"; \
+    ln -s "$(/opt/pyflink/bin/python -c 'import site; print(site.getsitepackages()[0])')" \
+      /opt/pyflink/site-packages
+# python.execution-mode=thread runs the UDFs inside the TaskManager JVM (pemja): that embedded
+# interpreter finds pemja, PyFlink and qaloop only through PYTHONPATH.
+ENV PYTHONPATH=/opt/pyflink/site-packages
+# Retained checkpoints: a volume shared by the jobmanager and taskmanagers (docs/flink.md).
+RUN mkdir -p /flink-checkpoints && chown flink:flink /flink-checkpoints
 
 # No USER: like the official image, the entrypoint starts as root, writes FLINK_PROPERTIES into
 # the configuration and drops to the `flink` user before starting the jobmanager / taskmanager.

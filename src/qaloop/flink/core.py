@@ -430,6 +430,16 @@ def resume_path(cfg: FlinkJobConfig) -> Path | None:
     return path
 
 
+def connector_on_classpath() -> bool:
+    """A Flink distribution with the connector in lib/ (the deploy image) needs no jar."""
+    import os
+
+    home = os.environ.get("FLINK_HOME")
+    if not home:
+        return False
+    return any(Path(home, "lib").glob("flink-sql-connector-kafka-*.jar"))
+
+
 def find_connector_jar(explicit: Path | None = None) -> Path:
     """The Kafka connector jar: explicit, $QALOOP_FLINK_CONNECTOR_JAR, or the cache
     `$QALOOP_CACHE/flink/` (default ~/.cache/qaloop/flink/) that `make flink-venv` fills."""

@@ -39,6 +39,7 @@ from qaloop.flink.core import (
     SOURCE_QUERY,
     FlinkJobConfig,
     GateFunction,
+    connector_on_classpath,
     find_connector_jar,
     message_from_row,
     metrics_ddl,
@@ -156,11 +157,11 @@ def build(cfg: FlinkJobConfig, *, log_level: str = "INFO") -> StreamExecutionEnv
     # The mini-cluster's log (JVM and Python workers) goes next to the checkpoints, not into
     # the venv's pyflink/log.
     os.environ.setdefault("FLINK_LOG_DIR", str(cfg.log_dir.resolve()))
-    jar = find_connector_jar(cfg.connector_jar)
     conf = Configuration()
     for key, value in cfg.flink_configuration().items():
         conf.set_string(key, value)
-    conf.set_string("pipeline.jars", jar.as_uri())
+    if cfg.connector_jar is not None or not connector_on_classpath():
+        conf.set_string("pipeline.jars", find_connector_jar(cfg.connector_jar).as_uri())
     # Python workers must be this venv's interpreter, not `python` from PATH (pitfall 1).
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)

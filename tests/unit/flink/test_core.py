@@ -274,3 +274,15 @@ def test_metrics_json_columns() -> None:
     for column in ("window_start", "attempt", "answers", "pass_rate", "mean_score"):
         assert f"`{column}`" in ddl
     assert "'format' = 'json'" in ddl
+
+
+def test_connector_in_flink_lib_needs_no_jar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qaloop.flink.core import connector_on_classpath
+
+    monkeypatch.setenv("FLINK_HOME", str(tmp_path))
+    assert not connector_on_classpath()
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "flink-sql-connector-kafka-5.0.0-2.2.jar").write_bytes(b"")
+    assert connector_on_classpath()
