@@ -71,37 +71,29 @@ class KafkaSettings:
 
 
 class _Delivery:
-    """Counts the delivery reports of one publish_many call (served on the poll thread) and
-    completes one asyncio future when the last one arrives."""
+    """Counts the delivery reports of one publish_many call and completes one asyncio future
+    when the last one arrives. Reports are served on the event loop's thread (the bus polls
+    the producer from a loop timer), so no lock and no cross-thread wake-up per message."""
 
-    __slots__ = ("error", "future", "lock", "loop", "remaining")
+    __slots__ = ("error", "future", "remaining")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
-        self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.remaining = count
         self.error: str | None = None
-        self.lock = threading.Lock()
 
     def report(self, err: KafkaError | None, _msg: object) -> None:
         self.settle(1, None if err is None else str(err))
 
     def settle(self, count: int, error: str | None) -> None:
-        with self.lock:
-            if error is not None and self.error is None:
-                self.error = error
-            self.remaining -= count
-            finished = self.remaining == 0
-        if finished:
-            self.loop.call_soon_threadsafe(self._finish)
-
-    def _finish(self) -> None:
-        if self.future.done():
-            return
-        if self.error is not None:
-            self.future.set_exception(KafkaDeliveryError(self.error))
-        else:
-            self.future.set_result(None)
+        if error is not None and self.error is None:
+            self.error = error
+        self.remaining -= count
+        if self.remaining == 0 and not self.future.done():
+            if self.error is not None:
+                self.future.set_exception(KafkaDeliveryError(self.error))
+            else:
+                self.future.set_result(None)
 
 
 class KafkaBus:
@@ -113,8 +105,8 @@ class KafkaBus:
         self.settings = KafkaSettings(settings) if isinstance(settings, str) else settings
         self.topics = topics or Topics()
         self._producer: Producer | None = None
-        self._poller: threading.Thread | None = None
-        self._closing = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pump_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -133,11 +125,8 @@ class KafkaBus:
             return
         await asyncio.to_thread(self._ensure_topics)
         self._producer = Producer(self._producer_config())
-        self._closing.clear()
-        self._poller = threading.Thread(
-            target=self._serve_deliveries, name="kafka-producer-poll", daemon=True
-        )
-        self._poller.start()
+        self._loop = asyncio.get_running_loop()
+        self._pump()
 
     def _base_config(self) -> dict[str, Any]:
         return {
@@ -201,24 +190,38 @@ class KafkaBus:
                 raise RuntimeError(f"topics not ready after 30 s: {sorted(wanted)}")
             time.sleep(0.1)
 
-    def _serve_deliveries(self) -> None:
-        producer = self._producer
-        assert producer is not None
-        while not self._closing.is_set():
-            producer.poll(0.05)
+    def _pump(self) -> None:
+        """Serve delivery reports: every millisecond while messages await one, else twice a
+        second (librdkafka's other callbacks)."""
+        self._pump_handle = None
+        producer, loop = self._producer, self._loop
+        if producer is None or loop is None or loop.is_closed():
+            return
+        producer.poll(0)
+        self._pump_handle = loop.call_later(0.001 if len(producer) else 0.5, self._pump)
+
+    def _pump_soon(self) -> None:
+        handle, loop = self._pump_handle, self._loop
+        if loop is not None and (handle is None or handle.when() > loop.time() + 0.001):
+            if handle is not None:
+                handle.cancel()
+            self._pump_handle = loop.call_later(0.001, self._pump)
 
     async def close(self) -> None:
         producer = self._producer
         if producer is None:
             return
-        remaining = await asyncio.to_thread(producer.flush, 30)
-        if remaining:
-            log.warning("closing with %d undelivered messages", remaining)
-        self._closing.set()
-        if self._poller is not None:
-            await asyncio.to_thread(self._poller.join, 5)
+        deadline = time.monotonic() + 30
+        while len(producer) and time.monotonic() < deadline:  # flush, serving reports here
+            producer.poll(0)
+            await asyncio.sleep(0.005)
+        if len(producer):
+            log.warning("closing with %d undelivered messages", len(producer))
+        if self._pump_handle is not None:
+            self._pump_handle.cancel()
+            self._pump_handle = None
         self._producer = None
-        self._poller = None
+        self._loop = None
 
     # ------------------------------------------------------------------ producing
 
@@ -245,11 +248,13 @@ class KafkaBus:
                             on_delivery=delivery.report,
                         )
                         break
-                    except BufferError:  # local queue full: the poll thread drains it
+                    except BufferError:  # local queue full: wait for deliveries to drain it
+                        self._pump_soon()
                         await asyncio.sleep(0.005)
             except Exception as exc:  # e.g. message too large: the rest is not sent
                 delivery.settle(len(messages) - i, f"produce to {m.topic} failed: {exc!r}")
                 break
+        self._pump_soon()
         await delivery.future
 
     # ------------------------------------------------------------------ consuming
@@ -487,17 +492,41 @@ class KafkaConsumer:
     def _commit_now(self) -> None:
         self._commit_handle = None
         self._dirty = False
+        self._last_commit = time.monotonic()
+        self._commits_in_flight += 1
+        future = self._thread.submit(self._commit_on_thread)
+        future.add_done_callback(self._commit_sent)
+
+    def _commit_on_thread(self) -> tuple[bool, dict[tuple[str, int], int], Any]:
+        """On the poll thread, like every call on the consumer: librdkafka's Python binding
+        holds the GIL in an asynchronous commit, which stalls (or deadlocks) against a
+        consume() running on another thread. Returns (sent, positions not sent, error)."""
         with self._lock:
             positions = self._committable_locked()
         if not positions:
-            return
-        self._last_commit = time.monotonic()
-        self._commits_in_flight += 1
+            return False, {}, None
         try:
             self._raw.commit(offsets=_offsets(positions), asynchronous=True)
         except KafkaException as exc:
-            self._commits_in_flight -= 1
-            self._commit_failed(positions, exc.args[0] if exc.args else None)
+            return False, positions, exc.args[0] if exc.args else exc
+        return True, {}, None
+
+    def _commit_sent(
+        self, future: asyncio.Future[tuple[bool, dict[tuple[str, int], int], Any]]
+    ) -> None:
+        sent = False
+        if future.cancelled():
+            pass
+        elif future.exception() is not None:
+            log.warning("%s: commit failed: %r", self.group, future.exception())
+        else:
+            sent, unsent, error = future.result()
+            if unsent:
+                self._commit_failed(unsent, error)
+        if not sent:  # no commit report will come for this one
+            self._commits_in_flight = max(0, self._commits_in_flight - 1)
+            if self._dirty or self._retry:
+                self._request_commit()
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """Commit result (poll thread): hand it to the event loop."""
@@ -536,16 +565,26 @@ class KafkaConsumer:
     def pause(self) -> None:
         with self._lock:
             self._paused = True
-        assignment = self._raw.assignment()
-        if assignment:
-            self._raw.pause(assignment)
+        self._on_thread(self._set_paused, True)
 
     def resume(self) -> None:
         with self._lock:
             self._paused = False
+        self._on_thread(self._set_paused, False)
+
+    def _set_paused(self, paused: bool) -> None:
         assignment = self._raw.assignment()
         if assignment:
-            self._raw.resume(assignment)
+            (self._raw.pause if paused else self._raw.resume)(assignment)
+
+    def _on_thread(self, call: Callable[..., Any], *args: Any) -> None:
+        """Fire and forget, in order with the polls (the next poll sees the effect)."""
+        future = self._thread.submit(functools.partial(call, *args))
+        future.add_done_callback(self._log_failure)
+
+    def _log_failure(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("%s: %r", self.group, future.exception())
 
     # -- shutdown
 

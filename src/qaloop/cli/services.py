@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import cProfile
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -70,10 +72,18 @@ def _make(service: str) -> click.Command:
         setup_logging(settings.log_level, settings.log_json)
         from qaloop.distributed import run_stage_process
 
+        profile_dir = os.environ.get("QALOOP_PROFILE_DIR")  # cProfile the process (bench)
+        profiler = cProfile.Profile() if profile_dir else None
+        if profiler is not None:
+            profiler.enable()
         try:
             run_stage_process(service, settings)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
+        finally:
+            if profiler is not None and profile_dir:
+                profiler.disable()
+                profiler.dump_stats(os.path.join(profile_dir, f"{service}-{os.getpid()}.prof"))
 
     run.__doc__ = HELP[service]
     command: Callable[..., Any] = run

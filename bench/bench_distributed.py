@@ -1,0 +1,561 @@
+"""Distributed mode throughput: questions/s end to end through Kafka and PostgreSQL, with a
+zero-latency simulated LLM, until every consumer group's lag is drained; and, in the same run,
+a baseline built like the original system.
+
+qaloop: the real stage processes (`python -m qaloop worker|judge|store|retrier`, one each, or
+`--workers N`), started first and idle; then the loader does what the gateway does for each new
+question (insert the `queued` row, publish the envelope), in batches of 1,000; the clock runs
+from the first insert until every question is final in PostgreSQL and no group has lag.
+
+Baseline (like the original system): three processes -- worker, judge, store -- that consume one
+message at a time with auto-commit, flush the producer after every send, and insert each
+final row with its own autocommitted statement; the loader publishes each question with a
+flush. Same topics layout, same simulated LLM, same scorer and gate.
+
+    eval "$(scripts/infra env)"
+    .venv/bin/python bench/bench_distributed.py [--questions 20000] [--baseline-questions 3000]
+
+Writes bench/results/distributed.json (and prints it). Sampled every 0.5 s: final rows, lag
+per consumer group; at the end, per-stage latency from the stored histories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+
+from qaloop.bus.base import Topics
+from qaloop.bus.kafka import KafkaBus, KafkaSettings
+from qaloop.core import codec
+from qaloop.core.ids import question_id
+from qaloop.core.model import Envelope, EventKind
+from qaloop.core.routing import Decision, GateConfig, judge
+from qaloop.dataset import load_sample
+from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE, GenerationRequest, render_prompt
+from qaloop.llm.simulated import SimulatedConfig, SimulatedProvider
+from qaloop.quality import get_scorer
+from qaloop.services.runner import out
+from qaloop.settings import Settings
+from qaloop.storage.postgres import PostgresRepository
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = ("worker", "judge", "store", "retrier")
+
+
+# ---------------------------------------------------------------------------- shared helpers
+
+
+@contextmanager
+def pg_schema(dsn: str, tag: str) -> Iterator[tuple[str, str]]:
+    schema = f"bench_{tag}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in dsn else "?"
+    try:
+        yield schema, f"{dsn}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def scalar(dsn: str, query: str) -> Any:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(query).fetchone()
+    return None if row is None else row[0]
+
+
+def question_set(n: int, tag: str) -> list[tuple[str, str | None]]:
+    sample = load_sample()
+    return [
+        (
+            f"{sample[i % len(sample)].question} [{tag} {i}]",
+            sample[i % len(sample)].reference_answer,
+        )
+        for i in range(n)
+    ]
+
+
+def envelope_for(question: str, reference: str | None, now: float) -> Envelope:
+    return Envelope(
+        question_id=question_id(question),
+        question=question,
+        reference_answer=reference,
+        trace_id=uuid.uuid4().hex,
+        first_seen=now,
+    ).with_event(EventKind.ACCEPTED, now)
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values]
+    return {
+        "n": len(ms),
+        "mean": round(statistics.fmean(ms), 1) if ms else float("nan"),
+        "p50": round(pct(ms, 50), 1),
+        "p95": round(pct(ms, 95), 1),
+        "p99": round(pct(ms, 99), 1),
+        "max": round(max(ms), 1) if ms else float("nan"),
+    }
+
+
+def child_env(**settings: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QALOOP_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({f"QALOOP_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> list[int | None]:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=60))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(p.wait())
+    return codes
+
+
+def wait_groups_stable(bootstrap: str, groups: dict[str, int], timeout_s: float = 60) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        futures = admin.describe_consumer_groups(list(groups))
+        ready = 0
+        for group, future in futures.items():
+            try:
+                desc = future.result()
+            except Exception:
+                continue
+            assigned = sum(len(m.assignment.topic_partitions) for m in desc.members)
+            if (
+                str(desc.state).endswith("STABLE")
+                and len(desc.members) >= groups[group]
+                and assigned
+            ):
+                ready += 1
+        if ready == len(groups):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"consumer groups not stable after {timeout_s} s: {sorted(groups)}")
+
+
+# ---------------------------------------------------------------------------- qaloop
+
+
+async def load_like_gateway(
+    repo: PostgresRepository, bus: KafkaBus, topics: Topics, qas: list[tuple[str, str | None]]
+) -> float:
+    """Insert + publish, as the gateway does for each new question, 1,000 at a time."""
+    started = time.time()
+    for begin in range(0, len(qas), 1000):
+        now = time.time()
+        chunk = [envelope_for(q, r, now) for q, r in qas[begin : begin + 1000]]
+        await asyncio.to_thread(repo.apply, chunk)
+        await bus.publish_many([out(topics.questions, e) for e in chunk])
+    return time.time() - started
+
+
+def run_qaloop(args: argparse.Namespace, bootstrap: str, pg: str) -> dict[str, Any]:
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    topics = Topics.with_prefix(prefix)
+    qas = question_set(args.questions, prefix)
+    logs = Path(args.logs)
+    logs.mkdir(parents=True, exist_ok=True)
+    with pg_schema(pg, "qaloop") as (schema, db):
+        repo = PostgresRepository(pg, schema=schema, max_size=2)
+        env = child_env(
+            bus="kafka",
+            db=db,
+            kafka_bootstrap=bootstrap,
+            topic_prefix=prefix,
+            kafka_partitions=args.partitions,
+            log_level=args.log_level,
+            sim_latency_ms=0,
+            llm_concurrency=args.concurrency,
+        )
+        if args.profile:  # cProfile each stage process (slower; for finding where time goes)
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+            env["QALOOP_PROFILE_DIR"] = str(Path(args.profile).resolve())
+        bus = KafkaBus(KafkaSettings(bootstrap, partitions=args.partitions), topics)
+        asyncio.run(bus.start())  # topics exist before the consumers subscribe
+        asyncio.run(bus.close())
+        scale = {"worker": args.workers, "judge": args.judges, "store": 1, "retrier": 1}
+        procs = []
+        for service, count in scale.items():
+            for i in range(count):
+                log = (logs / f"{prefix}-{service}-{i}.log").open("wb")
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "qaloop", service],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
+        try:
+            wait_groups_stable(bootstrap, {f"{prefix}.{g}": scale[g] for g in GROUPS})
+            samples: list[dict[str, Any]] = []
+
+            async def main() -> tuple[float, float, float]:
+                await bus.start()
+                t0 = time.time()
+                loader = asyncio.create_task(load_like_gateway(repo, bus, topics, qas))
+                finished_at = None
+                while True:
+                    await asyncio.sleep(0.5)
+                    final = await asyncio.to_thread(
+                        scalar,
+                        db,
+                        "SELECT count(*) FROM questions WHERE state IN ('validated', 'failed')",
+                    )
+                    lags = {}
+                    for g in GROUPS:
+                        subscribed = {
+                            "worker": [topics.questions],
+                            "judge": [topics.generated],
+                            "retrier": [topics.delayed],
+                        }.get(g, topics.all())
+                        lag = await asyncio.to_thread(bus.lag, f"{prefix}.{g}", subscribed)
+                        lags[g] = sum(lag.values())
+                    samples.append({"t": round(time.time() - t0, 2), "final": final, "lag": lags})
+                    if final >= len(qas) and finished_at is None:
+                        finished_at = time.time()
+                    if finished_at is not None and loader.done() and not any(lags.values()):
+                        break
+                    if time.time() - t0 > args.timeout:
+                        raise RuntimeError(f"not drained after {args.timeout} s: {samples[-1]}")
+                load_s = await loader
+                await bus.close()
+                return t0, finished_at, load_s
+
+            t0, finished_at, load_s = asyncio.run(main())
+            elapsed = finished_at - t0
+        finally:
+            codes = stop(procs)
+        with psycopg.connect(db, autocommit=True) as conn:
+            counts = dict(
+                conn.execute("SELECT state, count(*) FROM questions GROUP BY 1").fetchall()
+            )
+            calls = conn.execute(
+                "SELECT count(*) FROM events WHERE kind IN ('generated', 'llm_error')"
+            ).fetchone()[0]
+            latency = stage_latencies(conn)
+        repo.close()
+    return {
+        "questions": len(qas),
+        "workers": args.workers,
+        "judges": args.judges,
+        "partitions": args.partitions,
+        "elapsed_s": round(elapsed, 3),
+        "questions_per_s": round(len(qas) / elapsed, 1),
+        "intake_s": round(load_s, 3),
+        "states": counts,
+        "llm_calls": calls,
+        "max_lag": {g: max(s["lag"][g] for s in samples) for g in GROUPS},
+        "latency_ms": latency,
+        "samples": samples,
+        "exit_codes": codes,
+    }
+
+
+def stage_latencies(conn: psycopg.Connection[Any]) -> dict[str, dict[str, float]]:
+    """From the stored histories: wait + LLM (previous event -> generated), judge (generated ->
+    scored), store (final event -> row written), end to end (accepted -> final row written)."""
+    rows = conn.execute(
+        "SELECT e.question_id, e.seq, e.kind, e.at, q.updated_at FROM events e "
+        "JOIN questions q USING (question_id) ORDER BY e.question_id, e.seq"
+    ).fetchall()
+    worker: list[float] = []
+    judge_s: list[float] = []
+    store: list[float] = []
+    e2e: list[float] = []
+    prev: tuple[str, str, float] | None = None
+    first: dict[str, float] = {}
+    last: dict[str, tuple[float, float]] = {}
+    for qid, _seq, kind, at, updated in rows:
+        if prev is not None and prev[0] == qid:
+            if kind == "generated":
+                worker.append(at - prev[2])
+            elif kind == "scored" and prev[1] == "generated":
+                judge_s.append(at - prev[2])
+        if kind == "accepted":
+            first[qid] = at
+        last[qid] = (at, updated)
+        prev = (qid, kind, at)
+    for qid, (at, updated) in last.items():
+        store.append(max(0.0, updated - at))
+        if qid in first:
+            e2e.append(updated - first[qid])
+    return {
+        "queue_and_llm": summary_ms(worker),
+        "judge": summary_ms(judge_s),
+        "store": summary_ms(store),
+        "end_to_end": summary_ms(e2e),
+    }
+
+
+# ---------------------------------------------------------------------------- baseline
+
+
+BASELINE_DDL = """
+CREATE TABLE IF NOT EXISTS answers (
+    question_id TEXT PRIMARY KEY, question TEXT NOT NULL, state TEXT NOT NULL,
+    answer TEXT, score DOUBLE PRECISION, attempt INTEGER NOT NULL, stored_at DOUBLE PRECISION
+)"""
+
+
+def baseline_consumer(bootstrap: str, group: str, topics: list[str]) -> Any:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe(topics)
+    return consumer
+
+
+def baseline_producer(bootstrap: str) -> Any:
+    from confluent_kafka import Producer
+
+    return Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+
+
+def baseline_role(role: str, bootstrap: str, prefix: str, dsn: str) -> None:
+    """One service of the baseline: one message at a time, flush after every send."""
+    topics = Topics.with_prefix(prefix)
+    settings = Settings()
+    running = True
+
+    def on_term(*_: Any) -> None:
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, on_term)
+    producer = baseline_producer(bootstrap)
+
+    def send(topic: str, envelope: Envelope) -> None:
+        producer.produce(topic, key=envelope.question_id.encode(), value=codec.encode(envelope))
+        producer.flush()  # the original: every send waited for the broker
+
+    if role == "worker":
+        consumer = baseline_consumer(bootstrap, f"{prefix}.worker", [topics.questions])
+        provider = SimulatedProvider(SimulatedConfig(seed=settings.sim_seed))
+        loop = asyncio.new_event_loop()
+        while running:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            env = codec.decode(msg.value())
+            request = GenerationRequest(
+                question_id=env.question_id,
+                question=env.question,
+                attempt=env.attempt,
+                try_no=env.llm_calls + 1,
+                prompt=render_prompt(DEFAULT_PROMPT_TEMPLATE, env.question),
+                reference_answer=env.reference_answer,
+            )
+            generation = loop.run_until_complete(provider.generate(request))
+            now = time.time()
+            generated = env.with_event(EventKind.GENERATED, now, answer=generation.text).evolve(
+                answer=generation.text, llm_calls=env.llm_calls + 1
+            )
+            send(topics.generated, generated)
+    elif role == "judge":
+        consumer = baseline_consumer(bootstrap, f"{prefix}.judge", [topics.generated])
+        scorer = get_scorer(settings.scorer)
+        gate = GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts)
+        while running:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            env = codec.decode(msg.value())
+            score = scorer.score_batch([(env.answer or "", env.reference_answer or "")])[0]
+            decision, routed = judge(env, score, gate, time.time())
+            topic = {
+                Decision.VALIDATE: topics.validated,
+                Decision.REGENERATE: topics.questions,
+                Decision.GIVE_UP: topics.dead_letter,
+            }[decision]
+            send(topic, routed)
+    elif role == "store":
+        consumer = baseline_consumer(
+            bootstrap, f"{prefix}.store", [topics.validated, topics.dead_letter]
+        )
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while running:
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                env = codec.decode(msg.value())
+                conn.execute(  # one autocommitted statement per message
+                    "INSERT INTO answers VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (question_id) DO NOTHING",
+                    (
+                        env.question_id,
+                        env.question,
+                        env.state.value,
+                        env.answer,
+                        env.score,
+                        env.attempt,
+                        time.time(),
+                    ),
+                )
+    else:
+        raise SystemExit(f"unknown baseline role {role}")
+    consumer.close()
+
+
+def run_baseline(args: argparse.Namespace, bootstrap: str, pg: str) -> dict[str, Any]:
+    prefix = f"base{uuid.uuid4().hex[:8]}"
+    topics = Topics.with_prefix(prefix)
+    qas = question_set(args.baseline_questions, prefix)
+    with pg_schema(pg, "base") as (_, db):
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(BASELINE_DDL)
+        bus = KafkaBus(KafkaSettings(bootstrap, partitions=args.partitions), topics)
+        asyncio.run(bus.start())
+        asyncio.run(bus.close())
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--baseline-role",
+                    role,
+                    "--prefix",
+                    prefix,
+                    "--dsn",
+                    db,
+                ],
+                env=child_env(kafka_bootstrap=bootstrap),
+                stdin=subprocess.DEVNULL,
+            )
+            for role in ("worker", "judge", "store")
+        ]
+        try:
+            wait_groups_stable(
+                bootstrap, {f"{prefix}.{g}": 1 for g in ("worker", "judge", "store")}
+            )
+            producer = baseline_producer(bootstrap)
+            t0 = time.time()
+            for q, r in qas:  # the original gateway: one publish + flush per question
+                e = envelope_for(q, r, time.time())
+                producer.produce(
+                    topics.questions, key=e.question_id.encode(), value=codec.encode(e)
+                )
+                producer.flush()
+            intake = time.time() - t0
+            samples = []
+            while True:
+                time.sleep(0.5)
+                done = scalar(db, "SELECT count(*) FROM answers")
+                samples.append({"t": round(time.time() - t0, 2), "final": done})
+                if done >= len(qas):
+                    break
+                if time.time() - t0 > args.timeout:
+                    raise RuntimeError(f"baseline not drained after {args.timeout} s: {done}")
+            elapsed = scalar(db, "SELECT max(stored_at) FROM answers") - t0
+        finally:
+            codes = stop(procs)
+    return {
+        "questions": len(qas),
+        "elapsed_s": round(elapsed, 3),
+        "questions_per_s": round(len(qas) / elapsed, 1),
+        "intake_s": round(intake, 3),
+        "samples": samples,
+        "exit_codes": codes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=20000)
+    parser.add_argument("--baseline-questions", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--judges", type=int, default=1)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--concurrency", type=int, default=256, help="LLM calls in flight")
+    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--profile", help="directory for a cProfile dump per stage process")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "distributed.json"))
+    parser.add_argument("--logs", default="/tmp/qaloop-bench-logs")
+    parser.add_argument("--bootstrap", default=os.environ.get("QALOOP_KAFKA_BOOTSTRAP"))
+    parser.add_argument("--dsn", default=os.environ.get("QALOOP_PG_DSN"))
+    parser.add_argument("--baseline-role", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.bootstrap or not args.dsn:
+        raise SystemExit(
+            'set QALOOP_KAFKA_BOOTSTRAP and QALOOP_PG_DSN: eval "$(scripts/infra env)"'
+        )
+    if args.baseline_role:
+        baseline_role(args.baseline_role, args.bootstrap, args.prefix, args.dsn)
+        return
+    result: dict[str, Any] = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "settings": {
+            "log_level": args.log_level,
+            "llm": "simulated, 0 ms, no errors",
+            "scorer": Settings().scorer,
+            "threshold": Settings().threshold,
+        },
+    }
+    result["qaloop"] = run_qaloop(args, args.bootstrap, args.dsn)
+    print(f"qaloop: {result['qaloop']['questions_per_s']} questions/s", flush=True)
+    if not args.skip_baseline:
+        result["baseline"] = run_baseline(args, args.bootstrap, args.dsn)
+        print(f"baseline: {result['baseline']['questions_per_s']} questions/s", flush=True)
+        result["speedup"] = round(
+            result["qaloop"]["questions_per_s"] / result["baseline"]["questions_per_s"], 1
+        )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    brief = {k: v for k, v in result.items() if k not in ("qaloop", "baseline")}
+    for part in ("qaloop", "baseline"):
+        if part in result:
+            brief[part] = {k: v for k, v in result[part].items() if k != "samples"}
+    print(orjson.dumps(brief, option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    main()
