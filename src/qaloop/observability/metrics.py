@@ -9,8 +9,8 @@ Two kinds of metric:
   call, a judge decision, a storage transaction);
 - values read at scrape time by a collector from counters the code keeps anyway (the
   gateway's request outcomes, the cache's statistics, consumer lag): they cost the hot path
-  nothing. The gateway's request-latency histogram is a `FastHistogram`, a lock-free bucket
-  array observed from the event loop thread only (~0.3 µs instead of ~1.7 µs).
+  nothing. The per-request and per-message histograms are `FastHistogram`s, lock-free bucket
+  arrays observed from the event loop thread only (~0.3 µs instead of ~1.7 µs).
 """
 
 from __future__ import annotations
@@ -37,7 +37,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "FastHistogram", "LagSample", "Metrics"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "FastHistogram",
+    "FastHistogramFamily",
+    "LabelCache",
+    "LagSample",
+    "Metrics",
+]
 
 # No `<name>_created` series: they double the exposition and nothing here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -111,6 +118,56 @@ def _fmt(bound: float) -> str:
     return repr(float(bound))
 
 
+class FastHistogramFamily:
+    """Labelled FastHistograms, for the per-message histograms (queue wait, LLM call, score,
+    time to answer): observed from the event loop thread only; a scrape (any thread) reads
+    them as they are. Children are created on first use and kept."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.doc = doc
+        self.labelnames = list(labelnames)
+        self.buckets = tuple(buckets)
+        self._children: dict[tuple[str, ...], FastHistogram] = {}
+        registry.register(_FunctionCollector(self.collect))  # type: ignore[arg-type]
+
+    def labels(self, *values: str) -> FastHistogram:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            child = self._children[values] = FastHistogram(self.buckets)
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(list(values), child.cumulative(), child.sum)
+        yield family
+
+
+class LabelCache:
+    """`metric.labels(*values)` memoised: prometheus_client's `labels()` takes a lock and
+    validates on every call; a stage calling it per message keeps its children here."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+
 class _FunctionCollector:
     """A collector whose metrics are computed when Prometheus scrapes."""
 
@@ -144,12 +201,12 @@ class Metrics:
             ["provider", "outcome"],
             registry=r,
         )
-        self.llm_seconds = Histogram(
+        self.llm_seconds = FastHistogramFamily(
             "qaloop_llm_call_seconds",
             "Duration of one LLM call (answers and errors)",
             ["provider", "outcome"],
-            buckets=LLM_BUCKETS,
-            registry=r,
+            LLM_BUCKETS,
+            r,
         )
         self.llm_retries = Counter(
             "qaloop_llm_retries",
@@ -171,7 +228,7 @@ class Metrics:
         )
         self.llm_recovered = Counter(
             "qaloop_llm_recovered",
-            "Answers generated after LLM errors (retried or parked since the last answer), by class",
+            "Answers obtained after LLM errors (retried or parked since the last answer), by class",
             ["error_class"],
             registry=r,
         )
@@ -194,12 +251,12 @@ class Metrics:
             ["decision", "attempt"],
             registry=r,
         )
-        self.scores = Histogram(
+        self.scores = FastHistogramFamily(
             "qaloop_judge_score",
             "Quality scores by attempt (sum/count is the mean score)",
             ["attempt"],
-            buckets=SCORE_BUCKETS,
-            registry=r,
+            SCORE_BUCKETS,
+            r,
         )
         self.scoring_seconds = Histogram(
             "qaloop_judge_scoring_seconds",
@@ -224,21 +281,21 @@ class Metrics:
         self.dead_letters = Counter(
             "qaloop_store_dead_letters", "Dead letters recorded by the store", registry=r
         )
-        self.time_to_answer = Histogram(
+        self.time_to_answer = FastHistogramFamily(
             "qaloop_time_to_answer_seconds",
             "From first seen to a final state (validated or failed), as the store records it",
             ["outcome"],
-            buckets=ANSWER_BUCKETS,
-            registry=r,
+            ANSWER_BUCKETS,
+            r,
         )
 
         # --- every consuming stage
-        self.queue_wait = Histogram(
+        self.queue_wait = FastHistogramFamily(
             "qaloop_queue_wait_seconds",
             "Time a message waited in its topic: consume time minus the message timestamp",
             ["stage", "topic"],
-            buckets=QUEUE_WAIT_BUCKETS,
-            registry=r,
+            QUEUE_WAIT_BUCKETS,
+            r,
         )
         self.consumed = Counter(
             "qaloop_stage_consumed", "Messages consumed, by stage", ["stage"], registry=r

@@ -12,7 +12,7 @@ from qaloop.bus.base import Message, OutMessage, Topics
 from qaloop.core.model import Envelope
 from qaloop.core.routing import Decision, GateConfig, judge
 from qaloop.observability.logs import log_event
-from qaloop.observability.metrics import Metrics
+from qaloop.observability.metrics import LabelCache, Metrics
 from qaloop.quality.base import Scorer, score_details
 from qaloop.services.runner import decode_batch, out
 
@@ -81,6 +81,7 @@ class Judge:
         self.unscored = 0
         self.quality: Counter[str] = Counter()  # e.g. "cross_language"
         self.metrics = metrics if metrics is not None else Metrics()
+        self._decided = LabelCache(self.metrics.decisions)
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[OutMessage]:
         good, outputs = decode_batch(messages, self.topics.dead_letter)
@@ -99,7 +100,7 @@ class Judge:
             decision, routed = judge(envelope, score, self.gate, now)
             self.decisions[decision.value] += 1
             attempt = str(envelope.attempt)
-            m.decisions.labels(decision.value, attempt).inc()
+            self._decided(decision.value, attempt).inc()
             if score is not None:
                 m.scores.labels(attempt).observe(score)
             log_event(

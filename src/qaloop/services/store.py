@@ -18,7 +18,7 @@ from qaloop.bus.base import Message, OutMessage, Topics
 from qaloop.core import codec
 from qaloop.core.model import Envelope
 from qaloop.observability.logs import log_event
-from qaloop.observability.metrics import Metrics
+from qaloop.observability.metrics import LabelCache, Metrics
 from qaloop.services.runner import poison
 from qaloop.storage.base import DeadLetter, Repository
 
@@ -47,6 +47,7 @@ class Store:
         self.written = 0
         self.dead_letters = 0
         self.metrics = metrics if metrics is not None else Metrics()
+        self._stored = LabelCache(self.metrics.stored)
 
     def subscriptions(self) -> list[str]:
         t = self.topics
@@ -89,7 +90,7 @@ class Store:
             m.dead_letters.inc(len(letters))
         for envelope in envelopes:
             state = envelope.state.value
-            m.stored.labels(state).inc()
+            self._stored(state).inc()
             if envelope.state.is_final:
                 m.time_to_answer.labels(state).observe(max(0.0, now - envelope.first_seen))
             log_event(log, "stored", envelope, "(state %s)", state, state=state)
