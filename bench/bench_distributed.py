@@ -166,6 +166,45 @@ def wait_groups_stable(bootstrap: str, groups: dict[str, int], timeout_s: float 
     raise RuntimeError(f"consumer groups not stable after {timeout_s} s: {sorted(groups)}")
 
 
+def _proc_cpu_s(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(children: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far: each stage process, the Kafka broker(s), PostgreSQL, this
+    process, and the whole machine (for where the time goes)."""
+    snap = {name: _proc_cpu_s(pid) for name, pid in children.items()}
+    snap["kafka broker"] = 0.0
+    snap["postgresql"] = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            continue
+        if b"kafka.Kafka" in cmd:
+            snap["kafka broker"] += _proc_cpu_s(int(entry))
+        elif cmd.startswith(b"postgres"):
+            snap["postgresql"] += _proc_cpu_s(int(entry))
+    snap["bench (loader, monitor)"] = _proc_cpu_s(os.getpid())
+    with open("/proc/stat") as fh:
+        total = [int(v) for v in fh.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    snap["machine busy"] = (sum(total) - total[3] - total[4]) / tick
+    return snap
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after.get(k, 0.0) - v, 2) for k, v in before.items()}
+
+
 # ---------------------------------------------------------------------------- qaloop
 
 
@@ -208,6 +247,7 @@ def run_qaloop(args: argparse.Namespace, bootstrap: str, pg: str) -> dict[str, A
         asyncio.run(bus.close())
         scale = {"worker": args.workers, "judge": args.judges, "store": 1, "retrier": 1}
         procs = []
+        names: dict[str, int] = {}
         for service, count in scale.items():
             for i in range(count):
                 log = (logs / f"{prefix}-{service}-{i}.log").open("wb")
@@ -220,12 +260,16 @@ def run_qaloop(args: argparse.Namespace, bootstrap: str, pg: str) -> dict[str, A
                         stdin=subprocess.DEVNULL,
                     )
                 )
+                names[service if count == 1 else f"{service}-{i + 1}"] = procs[-1].pid
         try:
             wait_groups_stable(bootstrap, {f"{prefix}.{g}": scale[g] for g in GROUPS})
             samples: list[dict[str, Any]] = []
 
+            cpu: dict[str, dict[str, float]] = {}
+
             async def main() -> tuple[float, float, float]:
                 await bus.start()
+                cpu["before"] = cpu_snapshot(names)
                 t0 = time.time()
                 loader = asyncio.create_task(load_like_gateway(repo, bus, topics, qas))
                 finished_at = None
@@ -248,6 +292,7 @@ def run_qaloop(args: argparse.Namespace, bootstrap: str, pg: str) -> dict[str, A
                     samples.append({"t": round(time.time() - t0, 2), "final": final, "lag": lags})
                     if final >= len(qas) and finished_at is None:
                         finished_at = time.time()
+                        cpu["after"] = cpu_snapshot(names)
                     if finished_at is not None and loader.done() and not any(lags.values()):
                         break
                     if time.time() - t0 > args.timeout:
@@ -280,6 +325,7 @@ def run_qaloop(args: argparse.Namespace, bootstrap: str, pg: str) -> dict[str, A
         "states": counts,
         "llm_calls": calls,
         "max_lag": {g: max(s["lag"][g] for s in samples) for g in GROUPS},
+        "cpu_s": cpu_delta(cpu["before"], cpu["after"]),
         "latency_ms": latency,
         "samples": samples,
         "exit_codes": codes,

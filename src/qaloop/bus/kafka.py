@@ -33,8 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer as RawConsumer
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from qaloop.bus.base import Message, OffsetTracker, OutMessage, Topics
@@ -107,6 +113,7 @@ class KafkaBus:
         self._producer: Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pump_handle: asyncio.TimerHandle | None = None
+        self._admin_client: AdminClient | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -280,41 +287,53 @@ class KafkaBus:
 
     # ------------------------------------------------------------------ observability
 
+    def _admin_cached(self) -> AdminClient:
+        if self._admin_client is None:
+            self._admin_client = self._admin()
+        return self._admin_client
+
     def lag(self, group: str, topics: Iterable[str]) -> dict[str, int]:
-        """Messages not yet committed by `group`, per topic (blocking: call from a thread)."""
-        probe = RawConsumer({**self.consumer_config(group), "client.id": "qaloop-lag-probe"})
-        try:
-            names = list(topics)
-            meta = probe.list_topics(timeout=10).topics
-            parts = [TopicPartition(t, p) for t in names if t in meta for p in meta[t].partitions]
-            committed = probe.committed(parts, timeout=10) if parts else []
-            result = dict.fromkeys(names, 0)
-            for tp in committed:
-                _, high = probe.get_watermark_offsets(tp, timeout=10, cached=False)
-                position = tp.offset if tp.offset >= 0 else 0
-                # A group with no commit starts at the earliest retained offset.
-                if tp.offset < 0:
-                    low, _ = probe.get_watermark_offsets(tp, timeout=10, cached=False)
-                    position = low
-                result[tp.topic] += max(0, high - position)
+        """Messages not yet committed by `group`, per topic (blocking: call from a thread).
+        Two admin requests: the group's committed offsets and the partitions' end offsets."""
+        admin = self._admin_cached()
+        names = list(topics)
+        result = dict.fromkeys(names, 0)
+        meta = admin.list_topics(timeout=10).topics
+        parts = [TopicPartition(t, p) for t in names if t in meta for p in meta[t].partitions]
+        if not parts:
             return result
-        finally:
-            probe.close()
+        request = [ConsumerGroupTopicPartitions(group, parts)]
+        answer = admin.list_consumer_group_offsets(request, request_timeout=10)[group].result()
+        committed = {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions or ()}
+        ends = self._offsets_at(admin, parts, _spec("latest"))
+        # A partition the group never committed is read from its earliest retained offset.
+        missing = [tp for tp in parts if committed.get((tp.topic, tp.partition), -1) < 0]
+        starts = self._offsets_at(admin, missing, _spec("earliest")) if missing else {}
+        for tp in parts:
+            key = (tp.topic, tp.partition)
+            position = committed.get(key, -1)
+            if position < 0:
+                position = starts.get(key, 0)
+            result[tp.topic] += max(0, ends.get(key, 0) - position)
+        return result
+
+    @staticmethod
+    def _offsets_at(
+        admin: AdminClient, parts: list[TopicPartition], spec: Any
+    ) -> dict[tuple[str, int], int]:
+        futures = admin.list_offsets({tp: spec for tp in parts}, request_timeout=10)
+        return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
     def end_offsets(self, topics: Iterable[str]) -> dict[str, int]:
-        """Messages ever written per topic (sum of high watermarks; blocking)."""
-        probe = RawConsumer({**self.consumer_config("qaloop-probe"), "client.id": "probe"})
-        try:
-            names = list(topics)
-            meta = probe.list_topics(timeout=10).topics
-            result = dict.fromkeys(names, 0)
-            for t in names:
-                for p in meta[t].partitions if t in meta else ():
-                    _, high = probe.get_watermark_offsets(TopicPartition(t, p), timeout=10)
-                    result[t] += high
-            return result
-        finally:
-            probe.close()
+        """Messages ever written per topic (sum of end offsets; blocking)."""
+        admin = self._admin_cached()
+        names = list(topics)
+        meta = admin.list_topics(timeout=10).topics
+        parts = [TopicPartition(t, p) for t in names if t in meta for p in meta[t].partitions]
+        result = dict.fromkeys(names, 0)
+        for (topic, _), offset in self._offsets_at(admin, parts, _spec("latest")).items():
+            result[topic] += offset
+        return result
 
 
 class _Tracker(OffsetTracker):
@@ -618,6 +637,11 @@ class KafkaConsumer:
             )
         finally:
             self._thread.stop()
+
+
+def _spec(kind: str) -> Any:
+    """OffsetSpec.latest() / .earliest() (untyped in the binding's stubs)."""
+    return getattr(OffsetSpec, kind)()
 
 
 def _offsets(positions: dict[tuple[str, int], int]) -> list[TopicPartition]:
