@@ -47,7 +47,8 @@ from qaloop.core.model import Envelope, EventKind
 from qaloop.core.routing import Decision, GateConfig, judge
 from qaloop.dataset import load_sample
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE, GenerationRequest, render_prompt
-from qaloop.llm.simulated import SimulatedConfig, SimulatedProvider
+from qaloop.llm.factory import simulated_config
+from qaloop.llm.simulated import SimulatedProvider
 from qaloop.quality import get_scorer
 from qaloop.services.runner import out
 from qaloop.settings import Settings
@@ -221,10 +222,12 @@ async def load_like_gateway(
     return time.time() - started
 
 
-def run_qaloop(args: argparse.Namespace, bootstrap: str, pg: str) -> dict[str, Any]:
+def run_qaloop(
+    args: argparse.Namespace, bootstrap: str, pg: str, n: int, latency_ms: float = 0.0
+) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     topics = Topics.with_prefix(prefix)
-    qas = question_set(args.questions, prefix)
+    qas = question_set(n, prefix)
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
     with pg_schema(pg, "qaloop") as (schema, db):
@@ -236,7 +239,7 @@ def run_qaloop(args: argparse.Namespace, bootstrap: str, pg: str) -> dict[str, A
             topic_prefix=prefix,
             kafka_partitions=args.partitions,
             log_level=args.log_level,
-            sim_latency_ms=0,
+            sim_latency_ms=latency_ms,
             llm_concurrency=args.concurrency,
         )
         if args.profile:  # cProfile each stage process (slower; for finding where time goes)
@@ -418,7 +421,7 @@ def baseline_role(role: str, bootstrap: str, prefix: str, dsn: str) -> None:
 
     if role == "worker":
         consumer = baseline_consumer(bootstrap, f"{prefix}.worker", [topics.questions])
-        provider = SimulatedProvider(SimulatedConfig(seed=settings.sim_seed))
+        provider = SimulatedProvider(simulated_config(settings))  # as the qaloop worker's
         loop = asyncio.new_event_loop()
         while running:
             msg = consumer.poll(0.5)
@@ -484,10 +487,12 @@ def baseline_role(role: str, bootstrap: str, prefix: str, dsn: str) -> None:
     consumer.close()
 
 
-def run_baseline(args: argparse.Namespace, bootstrap: str, pg: str) -> dict[str, Any]:
+def run_baseline(
+    args: argparse.Namespace, bootstrap: str, pg: str, n: int, latency_ms: float = 0.0
+) -> dict[str, Any]:
     prefix = f"base{uuid.uuid4().hex[:8]}"
     topics = Topics.with_prefix(prefix)
-    qas = question_set(args.baseline_questions, prefix)
+    qas = question_set(n, prefix)
     with pg_schema(pg, "base") as (_, db):
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute(BASELINE_DDL)
@@ -506,7 +511,7 @@ def run_baseline(args: argparse.Namespace, bootstrap: str, pg: str) -> dict[str,
                     "--dsn",
                     db,
                 ],
-                env=child_env(kafka_bootstrap=bootstrap),
+                env=child_env(kafka_bootstrap=bootstrap, sim_latency_ms=latency_ms),
                 stdin=subprocess.DEVNULL,
             )
             for role in ("worker", "judge", "store")
@@ -557,6 +562,14 @@ def main() -> None:
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="also compare both with an LLM taking this long per call",
+    )
+    parser.add_argument("--latency-questions", type=int, default=3000)
+    parser.add_argument("--latency-baseline-questions", type=int, default=200)
     parser.add_argument("--profile", help="directory for a cProfile dump per stage process")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "distributed.json"))
     parser.add_argument("--logs", default="/tmp/qaloop-bench-logs")
@@ -586,13 +599,27 @@ def main() -> None:
             "threshold": Settings().threshold,
         },
     }
-    result["qaloop"] = run_qaloop(args, args.bootstrap, args.dsn)
+    result["qaloop"] = run_qaloop(args, args.bootstrap, args.dsn, args.questions)
     print(f"qaloop: {result['qaloop']['questions_per_s']} questions/s", flush=True)
     if not args.skip_baseline:
-        result["baseline"] = run_baseline(args, args.bootstrap, args.dsn)
+        result["baseline"] = run_baseline(args, args.bootstrap, args.dsn, args.baseline_questions)
         print(f"baseline: {result['baseline']['questions_per_s']} questions/s", flush=True)
         result["speedup"] = round(
             result["qaloop"]["questions_per_s"] / result["baseline"]["questions_per_s"], 1
+        )
+    if args.latency_ms > 0:  # the same comparison with an LLM that takes time to answer
+        ms = args.latency_ms
+        q = run_qaloop(args, args.bootstrap, args.dsn, args.latency_questions, ms)
+        b = run_baseline(args, args.bootstrap, args.dsn, args.latency_baseline_questions, ms)
+        result[f"with_llm_latency_{ms:g}ms"] = {
+            "qaloop": q,
+            "baseline": b,
+            "speedup": round(q["questions_per_s"] / b["questions_per_s"], 1),
+        }
+        print(
+            f"{ms:g} ms LLM: qaloop {q['questions_per_s']} q/s, baseline "
+            f"{b['questions_per_s']} q/s",
+            flush=True,
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
@@ -600,6 +627,16 @@ def main() -> None:
     for part in ("qaloop", "baseline"):
         if part in result:
             brief[part] = {k: v for k, v in result[part].items() if k != "samples"}
+    for key, value in result.items():
+        if key.startswith("with_llm_latency"):
+            brief[key] = {
+                part: {
+                    k: v
+                    for k, v in value[part].items()
+                    if k in ("questions_per_s", "elapsed_s", "questions")
+                }
+                for part in ("qaloop", "baseline")
+            }
     print(orjson.dumps(brief, option=orjson.OPT_INDENT_2).decode())
 
 
