@@ -63,6 +63,32 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "1000",
         ],
     },
+    "flink at-least-once, process mode, bundle 100 / 50 ms": {
+        "judge": "flink",
+        "args": [
+            "--delivery",
+            "at-least-once",
+            "--execution-mode",
+            "process",
+            "--bundle-size",
+            "100",
+            "--bundle-time-ms",
+            "50",
+        ],
+    },
+    "flink at-least-once, process mode, bundle 1000 / 1000 ms (PyFlink default)": {
+        "judge": "flink",
+        "args": [
+            "--delivery",
+            "at-least-once",
+            "--execution-mode",
+            "process",
+            "--bundle-size",
+            "1000",
+            "--bundle-time-ms",
+            "1000",
+        ],
+    },
 }
 
 
@@ -317,6 +343,9 @@ def main() -> None:
     p.add_argument("--timeout-s", type=float, default=600.0)
     p.add_argument("--variants", default="all", help="comma-separated indexes into VARIANTS")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "flink.json")
+    p.add_argument(
+        "--merge", action="store_true", help="keep the other variants' results already in --out"
+    )
     args = p.parse_args()
     if not args.bootstrap:
         sys.exit('QALOOP_KAFKA_BOOTSTRAP is not set: eval "$(scripts/infra env)"')
@@ -327,10 +356,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-flink-") as tmp:
         for name in names:
             results.append(run_variant(name, VARIANTS[name], args.bootstrap, args, Path(tmp)))
+    command = " ".join(["bench/bench_flink.py", *sys.argv[1:]])
+    for r in results:
+        r["command"] = command
+        r["machine"] = machine()
+    if args.merge and args.out.exists():
+        done = {r["variant"] for r in results}
+        previous = orjson.loads(args.out.read_bytes())["results"]
+        results = [r for r in previous if r["variant"] not in done] + results
+        results.sort(key=lambda r: list(VARIANTS).index(r["variant"]))
     body = {
         "benchmark": "flink judge vs plain judge",
-        "command": " ".join(["bench/bench_flink.py", *sys.argv[1:]]),
-        "machine": machine(),
         "scorer": "jaccard",
         "results": results,
     }
