@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
+import os
 import platform
 import random
 import subprocess
@@ -88,20 +89,27 @@ def machine() -> dict[str, Any]:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
-    import os
-
     return {
         "cpu": model,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
+        "loadavg_1_5_15_at_start": list(os.getloadavg()),
     }
 
 
 def bench_lexical(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for name in ("jaccard", "multi_metric", "token_f1", "rouge_l", "chrf", "composite"):
+    for name in (
+        "jaccard",
+        "multi_metric",
+        "token_f1",
+        "rouge_l",
+        "chrf",
+        "keyword_recall",
+        "composite",
+    ):
         scorer = get_scorer(name)
         seconds = best_of(3, lambda s=scorer: s.score_batch(pairs))  # type: ignore[misc]
         detailed = best_of(1, lambda s=scorer: s.score_batch_detailed(pairs))  # type: ignore[attr-defined,misc]
@@ -167,8 +175,6 @@ def bench_embedding(pairs: Sequence[tuple[str, str]], batch_sizes: Sequence[int]
 
 
 def shared_answers() -> Path | None:
-    import os
-
     env = os.environ.get("QALOOP_SHARED_DATA")
     base = Path(env) if env else ROOT / ".." / "shared" / "data"
     path = base / "llm_answers.jsonl"
@@ -296,6 +302,7 @@ def main() -> None:
     if not args.no_embedding and "skipped" not in result["embedding"]:
         n = min(args.judge_envelopes, 2000)
         result["judge"].append(bench_judge(pairs, n, "embedding", args.judge_batch))
+    result["loadavg_1_5_15_at_end"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(f"wrote {args.out}")

@@ -23,7 +23,15 @@ from qaloop.quality.calibration import (
 
 log = logging.getLogger(__name__)
 
-CORE_SCORERS = ("jaccard", "multi_metric", "token_f1", "rouge_l", "chrf", "composite")
+CORE_SCORERS = (
+    "jaccard",
+    "multi_metric",
+    "token_f1",
+    "rouge_l",
+    "chrf",
+    "keyword_recall",
+    "composite",
+)
 
 
 def _pct(x: float) -> str:
@@ -141,7 +149,8 @@ def render_markdown(result: CalibrationResult, plots: dict[str, str], source: st
     for name, r in result.scorers.items():
         row = r.candidate_row
         lines.append(
-            f"| {name} | {_num(r.auc)} | {_num(r.mean_same)} | {_num(r.mean_shuffled)} | "
+            f"| {name}{'' if name in CORE_SCORERS else ' (extra)'} | {_num(r.auc)} | "
+            f"{_num(r.mean_same)} | {_num(r.mean_shuffled)} | "
             f"{_num(r.mean_cross)} | {_num(r.mean_und)} | {r.candidate:.2f} | "
             f"{_pct(row.pass_rate)} | {_pct(row.false_pass)} | {_pct(row.pass_rate_cross)} | "
             f"{_pct(row.pass_rate_und)} | "

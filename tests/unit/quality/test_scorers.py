@@ -14,12 +14,13 @@ from qaloop.quality.scorers import (
     ChrFScorer,
     CompositeScorer,
     JaccardScorer,
+    KeywordRecallScorer,
     MultiMetricScorer,
     RougeLScorer,
     TokenF1Scorer,
 )
 
-LEXICAL = ["jaccard", "multi_metric", "token_f1", "rouge_l", "chrf", "composite"]
+LEXICAL = ["jaccard", "multi_metric", "token_f1", "rouge_l", "chrf", "keyword_recall", "composite"]
 CAT_A = "the cat sat on the mat"
 CAT_R = "the cat is on the mat"
 
@@ -96,24 +97,36 @@ def test_composite_is_the_weighted_mean() -> None:
         CompositeScorer({"jaccard": -1.0})
 
 
+def test_keyword_recall_known_values() -> None:
+    s = KeywordRecallScorer()
+    # Reference keywords {paris, capital, france}; the answer has 2 of them.
+    assert s.score("Paris is a capital city", "Paris is the capital of France") == pytest.approx(
+        2 / 3
+    )
+    # Long answers are not punished: recall only.
+    long_answer = "Paris is the capital of France. " + "It has many museums and cafes. " * 20
+    assert s.score(long_answer, "Paris is the capital of France") == 1.0
+    # A reference of stop words only falls back to all its tokens: {it, is} -> 1 of 2.
+    assert s.score("it was", "it is") == pytest.approx(0.5)
+
+
 def test_default_composite_weights() -> None:
     c = get_scorer("composite")
-    a, r = CAT_A, CAT_R
-    expected = 0.5 * ChrFScorer().score(a, r) + 0.25 * (5 / 6) + 0.25 * (5 / 6)
-    assert c.score(a, r) == pytest.approx(expected)
+    # keyword recall: reference keywords {cat, mat} both in the answer -> 1; ROUGE-L 5/6.
+    assert c.score(CAT_A, CAT_R) == pytest.approx(0.5 * 1.0 + 0.5 * 5 / 6)
 
 
 # ------------------------------------------------------------------ Unicode
 
 
-@pytest.mark.parametrize("name", ["jaccard", "token_f1", "rouge_l", "chrf"])
+@pytest.mark.parametrize("name", ["jaccard", "token_f1", "rouge_l", "chrf", "keyword_recall"])
 def test_unicode_identical_texts_score_one(name: str) -> None:
     s = get_scorer(name)
     for text in ["la canción está aquí", "我喜欢猫", "私は猫が好きです", "I love 🍕🍕", "Ёлка"]:
         assert s.score(text, text) == pytest.approx(1.0), text
 
 
-@pytest.mark.parametrize("name", ["jaccard", "token_f1", "rouge_l"])
+@pytest.mark.parametrize("name", ["jaccard", "token_f1", "rouge_l", "keyword_recall"])
 def test_accents_and_emoji_make_different_tokens(name: str) -> None:
     s = get_scorer(name)
     assert s.score("canción", "acción") == 0.0
