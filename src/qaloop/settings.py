@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         description="Prometheus port of a worker/judge/store/retrier process (0 = none; "
         "the gateway serves /metrics on its own port)",
     )
+    metrics_targets: str = Field(
+        "",
+        description="host:port list (comma-separated) of the services' metrics ports that the "
+        "gateway's dashboard reads in distributed mode; a name counts every address it has",
+    )
 
     log_level: str = Field("INFO", description="Logging level")
     log_json: bool = Field(False, description="Log one JSON object per line")

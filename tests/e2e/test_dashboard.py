@@ -170,7 +170,8 @@ def test_dashboard_renders_real_numbers_in_chromium(server: str) -> None:
 @pytest.mark.slow
 def test_distributed_metrics_ports_and_the_gateways_view(tmp_path: Path) -> None:
     """Every consumer process serves its metrics on --metrics-port; the gateway's /metrics and
-    dashboard see every group's Kafka lag, per partition."""
+    dashboard see every group's Kafka lag, per partition, and the dashboard adds the services'
+    counters (QALOOP_METRICS_TARGETS)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from tests.e2e.distributed_stack import Stack, pg_schema, require_servers, wait_final
@@ -185,6 +186,8 @@ def test_distributed_metrics_ports_and_the_gateways_view(tmp_path: Path) -> None
                 stack.env["QALOOP_METRICS_PORT"] = str(ports[service])
                 stack.start(service)
             del stack.env["QALOOP_METRICS_PORT"]
+            targets = ",".join(f"127.0.0.1:{port}" for port in ports.values())
+            stack.env["QALOOP_METRICS_TARGETS"] = targets  # the dashboard reads them
             stack.start("gateway")
             stack.wait_http()
             with httpx.Client(base_url=stack.url, timeout=30) as client:
@@ -221,10 +224,16 @@ def test_distributed_metrics_ports_and_the_gateways_view(tmp_path: Path) -> None
                 }
                 assert len(partitions) > 1  # per partition, not per topic
                 assert total(gateway, "qaloop_gateway_questions_total") == 60
+                time.sleep(1.1)  # a fresh sample, with the services' counters
                 data = client.get("/v1/dashboard-data").json()
                 assert data["mode"] == "distributed"
+                assert data["metrics_sources"] == 5
                 assert set(data["lag"]) == groups
                 assert sum(data["storage"].values()) == 60
+                assert data["totals"]["llm_calls"] >= 60
+                assert data["totals"]["validated"] + data["totals"]["gave_up"] == 60
+                assert data["per_attempt"][0]["attempt"] == 1
+                assert data["per_attempt"][0]["mean_score"] > 0
 
             worker = scrape(f"http://127.0.0.1:{ports['worker']}/metrics")
             assert total(worker, "qaloop_llm_calls_total") >= 60

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from qaloop.gateway import dashboard
 from qaloop.gateway.service import QuestionService
 from qaloop.observability.dashboard import DashboardSampler
+from qaloop.observability.remote import RemoteMetrics, parse_targets
 from qaloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -203,10 +204,12 @@ def create_app(
     stats: Callable[[], dict[str, Any]] | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
+    targets = parse_targets(settings.metrics_targets)
     sampler = DashboardSampler(
         service.metrics,
         service.repo.state_counts,
         mode="embedded" if service.board is not None else "distributed",
+        remote=RemoteMetrics(targets) if targets else None,
     )
     fastapi_kwargs["lifespan"] = dashboard.with_sampler(sampler, fastapi_kwargs.get("lifespan"))
     app = GatewayApp(title="qaloop", version="0.1.0", **fastapi_kwargs)

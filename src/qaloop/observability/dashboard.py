@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qaloop.observability.metrics import Metrics, by_label, total
+from qaloop.observability.remote import RemoteMetrics, Values
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ class Snapshot:
     values: dict[str, float] = field(default_factory=dict)  # single numbers (gauges, totals)
 
 
-def take_snapshot(metrics: Metrics, now: float) -> Snapshot:
+def take_snapshot(metrics: Metrics, now: float, remote: Values | None = None) -> Snapshot:
     v = metrics.values()
+    for name, samples in (remote or {}).items():
+        v.setdefault(name, []).extend(samples)
     decisions: dict[tuple[str, str], float] = {}
     for labels, n in v.get("qaloop_judge_decisions_total", ()):
         key = (labels.get("decision", ""), labels.get("attempt", ""))
@@ -99,12 +102,14 @@ class DashboardSampler:
         state_counts: Callable[[], dict[str, int]] | None = None,
         *,
         mode: str = "embedded",
+        remote: RemoteMetrics | None = None,
         every_s: float = 1.0,
         states_every_s: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
         self.state_counts = state_counts
+        self.remote = remote
         self.mode = mode
         self.every_s = every_s
         self.states_every_s = states_every_s
@@ -124,7 +129,13 @@ class DashboardSampler:
 
     async def sample(self) -> Snapshot:
         now = self.clock()
-        snap = take_snapshot(self.metrics, now)
+        remote = None
+        if self.remote is not None:
+            try:
+                remote = await self.remote.fetch()
+            except Exception:
+                log.warning("could not read the services' metrics", exc_info=True)
+        snap = take_snapshot(self.metrics, now, remote)
         self.history.append(snap)
         if self.state_counts is not None and now - self._states_at >= self.states_every_s:
             self._states_at = now
@@ -136,7 +147,9 @@ class DashboardSampler:
         # app served without its lifespan).
         if not self.history or self.clock() - self.history[-1].t >= self.every_s:
             await self.sample()
-        return dashboard_data(list(self.history), self.states, self.mode)
+        data = dashboard_data(list(self.history), self.states, self.mode)
+        data["metrics_sources"] = 1 + (self.remote.reached if self.remote is not None else 0)
+        return data
 
 
 def _rate(a: float, b: float, dt: float) -> float:

@@ -66,6 +66,9 @@ def test_prometheus_scrapes_every_qaloop_service() -> None:
     env = compose["x-qaloop"]["environment"]
     assert str(dns["port"]) == env["QALOOP_METRICS_PORT"]
     assert env["QALOOP_HOST"] == "0.0.0.0"  # reachable from the Prometheus container
+    # the gateway's dashboard reads the same ports
+    targets = services["gateway"]["environment"]["QALOOP_METRICS_TARGETS"].split(",")
+    assert sorted(targets) == sorted(f"{name}:{dns['port']}" for name in dns["names"])
     mount = "./prometheus.yml:/etc/prometheus/prometheus.yml:ro"
     assert mount in services["prometheus"]["volumes"]
 
