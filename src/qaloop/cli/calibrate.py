@@ -232,6 +232,21 @@ def _examples(title: str, examples: Sequence[Example]) -> list[str]:
     return out
 
 
+def write_scores_csv(result: CalibrationResult, path: Path) -> None:
+    """Every pair's scores, without any text (row = input order of the scored pairs)."""
+    import csv
+
+    names = list(result.scorers)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["row", "group", "source", "answer_lang", "reference_lang", *names])
+        for i, p in enumerate(result.pairs):
+            writer.writerow(
+                [i, p.group, p.source, p.answer_lang, p.reference_lang]
+                + [f"{result.scorers[n].scores[i]:.6f}" for n in names]
+            )
+
+
 # ----------------------------------------------------------------------------- command
 
 
@@ -260,7 +275,7 @@ def build_scorers(names: Sequence[str]) -> tuple[dict[str, Scorer], dict[str, st
     "out_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Directory for report.md, results.json and the PNG plots.",
+    help="Directory for report.md, results.json, scores.csv and the PNG plots.",
 )
 @click.option(
     "--scorers",
@@ -333,6 +348,7 @@ def command(
                 f"(or pass --no-plots) ({exc})"
             ) from exc
     (out_dir / "report.md").write_text(render_markdown(result, plots, answers.name))
+    write_scores_csv(result, out_dir / "scores.csv")
     (out_dir / "results.json").write_bytes(
         orjson.dumps(summary_json(result), option=orjson.OPT_INDENT_2)
     )

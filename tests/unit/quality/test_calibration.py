@@ -170,6 +170,10 @@ def test_cli_writes_report_json_and_plots(tmp_path: Path) -> None:
     assert "# Scorer calibration" in report and "hist_jaccard.png" in report
     for png in ("hist_jaccard.png", "hist_token_f1.png", "hist_chrf.png", "sweep.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert rows[0] == "row,group,source,answer_lang,reference_lang,jaccard,token_f1,chrf"
+    assert rows[1].startswith("0,same,synthetic,en,en,1.000000,1.000000,1.000000")
+    assert len(rows) == 9
     numbers = json.loads((out / "results.json").read_text())
     assert numbers["pairs"] == 8 and numbers["cross_language"] == 2
     sweep = {row["threshold"]: row for row in numbers["scorers"]["jaccard"]["sweep"]}
