@@ -326,6 +326,11 @@ def command(
         click.echo(f"skipping scorer {name}: {why}", err=True)
     if not scorers:
         raise click.ClickException("no scorer could be loaded")
+    for scorer in scorers.values():
+        # Embedding scorers share one model: memoise its encodings for this run.
+        model = getattr(scorer, "model", None)
+        if model is not None and hasattr(model, "text_cache_size"):
+            model.text_cache_size = 4 * len(pairs)
     click.echo(f"{len(pairs)} pairs; scoring with {', '.join(scorers)}", err=True)
     result = calibrate(
         pairs,

@@ -254,6 +254,11 @@ class EmbeddingModel:
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self.tokenizer.no_padding()
         self.quantize = quantize
+        # Optional memo of every encoded text (0 = off). Off in the judge, where answers are
+        # new; `qaloop calibrate` turns it on so that scorers sharing this model (embedding,
+        # composite_embedding) and the shuffled control encode each text once.
+        self.text_cache_size = 0
+        self._text_cache: OrderedDict[str, Any] = OrderedDict()
         self.load_seconds = time.perf_counter() - started
         log.info(
             "embedding model loaded from %s (%s) in %.2f s",
@@ -261,6 +266,21 @@ class EmbeddingModel:
             quantize,
             self.load_seconds,
         )
+
+    def encode_cached(self, texts: Sequence[str], batch_size: int = 32) -> Any:
+        """encode(), through the text memo when text_cache_size > 0."""
+        if self.text_cache_size <= 0:
+            return self.encode(texts, batch_size)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            for text, vector in zip(missing, self.encode(missing, batch_size), strict=True):
+                self._text_cache[text] = vector
+        out = np.stack([self._text_cache[t] for t in texts]) if texts else self.encode([])
+        for t in texts:
+            self._text_cache.move_to_end(t)
+        while len(self._text_cache) > self.text_cache_size:
+            self._text_cache.popitem(last=False)
+        return out
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> Any:
         """Unit-norm embeddings, in the order of `texts`; batches sorted by length so that
@@ -321,7 +341,7 @@ class EmbeddingScorer(BaseScorer):
         self.cache_hits += len(references) - len(missing)
         if missing:
             for text, vector in zip(
-                missing, self.model.encode(missing, self.batch_size), strict=True
+                missing, self.model.encode_cached(missing, self.batch_size), strict=True
             ):
                 self._cache[text] = vector
         vectors = []
@@ -340,7 +360,7 @@ class EmbeddingScorer(BaseScorer):
             return []
         answers = [a for a, _ in pairs]
         references = [r for _, r in pairs]
-        a_vecs = self.model.encode(answers, self.batch_size)
+        a_vecs = self.model.encode_cached(answers, self.batch_size)
         r_vecs = self._references(references)
         scores: list[float] = []
         for (answer, reference), a_vec, r_vec in zip(pairs, a_vecs, r_vecs, strict=True):

@@ -171,6 +171,25 @@ def test_scorer_batches_and_caches_references(tmp_path: Path) -> None:
     assert details[0].score == pytest.approx(scores[0])
 
 
+def test_text_memo_encodes_each_text_once(tmp_path: Path) -> None:
+    _tiny_model(tmp_path)
+    model = EmbeddingModel(model_dir=tmp_path, threads=1)
+    calls: list[int] = []
+    encode = model.encode
+
+    def counting(texts: Any, batch_size: int = 32) -> Any:
+        calls.append(len(texts))
+        return encode(texts, batch_size)
+
+    model.encode = counting  # type: ignore[method-assign]
+    assert model.encode_cached(["the cat", "the dog"]).shape == (2, HIDDEN)  # memo off
+    model.text_cache_size = 10
+    first = model.encode_cached(["the cat", "the dog", "the cat"])
+    again = model.encode_cached(["the dog", "the cat"])
+    assert calls == [2, 2]  # the memo's first fill encodes 2 distinct texts, then none
+    assert np.allclose(first[1], again[0]) and np.allclose(first[0], first[2])
+
+
 def test_missing_model_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         EmbeddingModel(model_dir=tmp_path)
