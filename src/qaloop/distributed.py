@@ -51,7 +51,7 @@ from qaloop.storage.base import Repository, StaleQueries, open_repository
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from qaloop.bus.kafka import KafkaBus
+    from qaloop.bus.kafka import KafkaBus, KafkaConsumer
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ class FailFastBus:
         self.inner = bus
         self.topics = bus.topics
         self.failures = 0
+        self.consumers: list[KafkaConsumer] = []
 
     async def start(self) -> None:
         await self.inner.start()
@@ -139,7 +140,9 @@ class FailFastBus:
             raise
 
     def consumer(self, group: str, topics: Sequence[str]) -> Consumer:
-        return self.inner.consumer(group, topics)
+        consumer = self.inner.consumer(group, topics)
+        self.consumers.append(consumer)
+        return consumer
 
     async def close(self) -> None:
         await self.inner.close()
@@ -370,6 +373,7 @@ async def run_retrier(
         stats,
         stop,
         [_closer(repository)] if repo is None else [],
+        _publish_failed(bus),
     )
 
 
@@ -595,9 +599,18 @@ def _observers(
     return mains
 
 
+UNSTEADY_LIMIT_S = 60.0  # a group member not steady for this long is restarted
+
+
 def _publish_failed(bus: FailFastBus) -> Callable[[], str | None]:
     def check() -> str | None:
-        return f"{bus.failures} publish(es) failed" if bus.failures else None
+        if bus.failures:
+            return f"{bus.failures} publish(es) failed"
+        for consumer in bus.consumers:
+            unsteady = consumer.unsteady_for()
+            if unsteady > UNSTEADY_LIMIT_S:
+                return f"not a steady member of {consumer.group} for {unsteady:.0f} s"
+        return None
 
     return check
 

@@ -25,6 +25,7 @@ BOOTSTRAP = os.environ.get("QALOOP_KAFKA_BOOTSTRAP")
 PG_DSN = os.environ.get("QALOOP_PG_DSN")
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "scripts" / "infra"
+RESTART_EXIT = 75  # a stage that stopped itself for a restart (qaloop.distributed)
 
 
 def require_servers() -> tuple[str, str]:
@@ -76,6 +77,7 @@ class Stack:
     port: int
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     services: dict[str, str] = field(default_factory=dict)
+    revived: list[str] = field(default_factory=list)
 
     @classmethod
     def create(cls, tmp: Path, bootstrap: str, db: str, **settings: Any) -> Stack:
@@ -144,7 +146,15 @@ class Stack:
     def restart(self, name: str) -> None:
         self.start(self.services[name], name)
 
+    def revive(self) -> None:
+        """Do what a supervisor does: restart a service that exited asking for it (75)."""
+        for name, proc in list(self.procs.items()):
+            if proc.poll() == RESTART_EXIT:
+                self.revived.append(name)
+                self.restart(name)
+
     def assert_alive(self) -> None:
+        self.revive()
         dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
         assert not dead, f"services died: {dead}\n{self.tails()}"
 
@@ -243,6 +253,7 @@ def wait_final(dsn: str, expected: int, timeout_s: float, stack: Stack) -> dict[
     deadline = time.monotonic() + timeout_s
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
+        stack.revive()
         counts = {
             s: int(n) for s, n in sql(dsn, "SELECT state, count(*) FROM questions GROUP BY 1")
         }

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import queue
 import threading
@@ -415,7 +416,16 @@ class KafkaConsumer:
         self._dirty = False
         self._last_commit = 0.0
         self._thread = _SerialThread(f"kafka-poll-{group}")
-        self._raw = RawConsumer({**bus.consumer_config(group), "on_commit": self._on_commit})
+        self._created = time.monotonic()
+        self._steady_at: float | None = None  # last time librdkafka reported the group steady
+        self._raw = RawConsumer(
+            {
+                **bus.consumer_config(group),
+                "on_commit": self._on_commit,
+                "statistics.interval.ms": 5000,
+                "stats_cb": self._on_stats,
+            }
+        )
         self._raw.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -458,6 +468,27 @@ class KafkaConsumer:
             self.group,
             _names(partitions),
         )
+
+    # -- group membership watchdog
+
+    def _on_stats(self, raw: str) -> None:
+        """librdkafka statistics (poll thread, every 5 s): remember when the group membership
+        was last steady."""
+        try:
+            cgrp = json.loads(raw).get("cgrp") or {}
+        except ValueError:
+            return
+        if cgrp.get("state") == "up" and cgrp.get("join_state") == "steady":
+            self._steady_at = time.monotonic()
+
+    def unsteady_for(self) -> float:
+        """Seconds since this consumer was last a steady member of its group (since it was
+        created, if never). A consumer that can't rejoin after a broker outage (seen once,
+        mid-join during a broker restart) stays unsteady: its process should be restarted."""
+        if self._closed:
+            return 0.0
+        since = self._steady_at if self._steady_at is not None else self._created
+        return time.monotonic() - since
 
     # -- polling
 
