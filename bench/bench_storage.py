@@ -217,6 +217,43 @@ def machine(dsn: str | None) -> dict[str, Any]:
     return info
 
 
+def ab_rounds(dsn: str, rounds: int, rows: int) -> list[dict[str, Any]]:
+    """COPY vs executemany, interleaved round by round on the same envelopes, so that the load
+    of a shared machine hits both alike; median and best rows/s per cell."""
+    cells: dict[tuple[str, int, str], list[float]] = {}
+    for _ in range(rounds):
+        for kind in ("insert", "lifecycle"):
+            envelopes = workload(kind, rows)
+            for batch in (10, 100, 1000):
+                for mode in ("copy", "executemany"):
+                    store = open_postgres(dsn, mode)
+                    try:
+                        rate = run_one(store, envelopes, batch)["rows_per_s"]
+                    finally:
+                        store.cleanup()
+                    cells.setdefault((kind, batch, mode), []).append(rate)
+    out = []
+    for (kind, batch, mode), rates in cells.items():
+        rates.sort()
+        out.append(
+            {
+                "workload": kind,
+                "batch": batch,
+                "mode": mode,
+                "rows": rows,
+                "rounds": len(rates),
+                "median_rows_per_s": rates[len(rates) // 2],
+                "best_rows_per_s": rates[-1],
+            }
+        )
+        print(
+            f"A/B {kind:9s} batch {batch:5d} {mode:12s} median {rates[len(rates) // 2]:>9,.0f} "
+            f"best {rates[-1]:>9,.0f} rows/s",
+            flush=True,
+        )
+    return out
+
+
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """rows/s per (backend, mode) for both workloads, as a Markdown table."""
     cells: dict[tuple[str, str], dict[str, float]] = {}
@@ -243,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         "--slow-rows", type=int, default=3_000, help="rows for batch 1 and row-by-row runs"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (best is kept)")
+    parser.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds of COPY vs executemany (PostgreSQL; 0 = skip)",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -290,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"({best['rows']} rows, {best['seconds']:.2f} s)",
                     flush=True,
                 )
+    ab = ab_rounds(args.pg_dsn, args.ab_rounds, args.rows // 2) if args.pg_dsn else []
     report = {
         "benchmark": "storage apply() rows/s (issue 3)",
         "command": "python bench/bench_storage.py " + " ".join(argv or sys.argv[1:]),
@@ -299,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "envelope_bytes": envelope_bytes,
         "params": {"rows": args.rows, "slow_rows": args.slow_rows, "repeat": args.repeat},
         "results": results,
+        "ab_copy_vs_executemany": ab,
     }
     out = args.out or RESULTS / f"storage-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
