@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import functools
 import logging
 import signal
@@ -448,6 +449,8 @@ def run_stage_process(service: str, settings: Settings) -> None:
         run_gateway(settings)
         return
     stage = STAGES[service]
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: for a stage that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     async def main() -> None:
         stop = asyncio.Event()

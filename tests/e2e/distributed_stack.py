@@ -153,6 +153,13 @@ class Stack:
                 self.revived.append(name)
                 self.restart(name)
 
+    def dump_stacks(self) -> None:
+        """Every thread's stack of every stage into its log (faulthandler on SIGUSR1)."""
+        for name, proc in self.procs.items():
+            if proc.poll() is None and self.services[name] != "gateway":
+                proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+
     def assert_alive(self) -> None:
         self.revive()
         dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
@@ -261,6 +268,7 @@ def wait_final(dsn: str, expected: int, timeout_s: float, stack: Stack) -> dict[
         if sum(counts.values()) >= expected and final == sum(counts.values()):
             return counts
         time.sleep(0.5)
+    stack.dump_stacks()
     raise AssertionError(f"not all final after {timeout_s} s: {counts}\n{stack.tails()}")
 
 
