@@ -151,13 +151,16 @@ def bench_embedding(pairs: Sequence[tuple[str, str]], batch_sizes: Sequence[int]
             sample = pairs[:n]
             # cold: references not cached (2 texts encoded per pair);
             # warm: every reference cached, as on a regenerated question (1 text per pair).
-            scorer = EmbeddingScorer(model, batch_size=batch, cache_size=10 * n)
-            started = time.perf_counter()
-            scorer.score_batch(sample)
-            cold = time.perf_counter() - started
-            started = time.perf_counter()
-            scorer.score_batch(sample)
-            warm = time.perf_counter() - started
+            # Best of 3 (this machine is shared: the best run is the least disturbed one).
+            cold = warm = float("inf")
+            for _ in range(3):
+                scorer = EmbeddingScorer(model, batch_size=batch, cache_size=10 * n)
+                started = time.perf_counter()
+                scorer.score_batch(sample)
+                cold = min(cold, time.perf_counter() - started)
+                started = time.perf_counter()
+                scorer.score_batch(sample)
+                warm = min(warm, time.perf_counter() - started)
             row = {
                 "batch_size": batch,
                 "pairs": n,
@@ -242,23 +245,36 @@ def envelopes_of(pairs: Sequence[tuple[str, str]], n: int) -> list[Message]:
     return messages
 
 
+RECOMMENDED_THRESHOLDS = {"composite": 0.14, "embedding": 0.15}  # docs/quality.md
+
+
 def bench_judge(pairs: Sequence[tuple[str, str]], n: int, scorer_name: str, batch: int) -> Any:
     settings = Settings()
-    scorer = get_scorer(scorer_name)
-    judge = Judge(scorer, GateConfig(settings.threshold, settings.max_attempts), Topics())
+    threshold = (
+        settings.threshold
+        if scorer_name == settings.scorer
+        else RECOMMENDED_THRESHOLDS.get(scorer_name, settings.threshold)
+    )
     messages = envelopes_of(pairs, n)
 
-    async def run() -> float:
+    async def run(judge: Judge) -> float:
         started = time.perf_counter()
         for begin in range(0, n, batch):
             await judge.handle_batch(messages[begin : begin + batch])
         return time.perf_counter() - started
 
-    seconds = asyncio.run(run())
-    print(f"judge[{scorer_name}, threshold {settings.threshold}]: {n / seconds:.0f} envelopes/s")
+    # Best of 3 runs, a fresh judge each (the embedding scorer's reference cache starts cold).
+    seconds = float("inf")
+    for _ in range(3):
+        judge = Judge(
+            get_scorer(scorer_name), GateConfig(threshold, settings.max_attempts), Topics()
+        )
+        seconds = min(seconds, asyncio.run(run(judge)))
+    print(f"judge[{scorer_name}, threshold {threshold}]: {n / seconds:.0f} envelopes/s")
     return {
         "scorer": scorer_name,
-        "threshold": settings.threshold,
+        "default_scorer": scorer_name == settings.scorer,
+        "threshold": threshold,
         "envelopes": n,
         "batch": batch,
         "seconds": seconds,
@@ -298,7 +314,8 @@ def main() -> None:
     if not args.no_embedding:
         result["quantization"] = quantization_agreement(shared_answers(), args.quant_pairs)
     default = Settings().scorer
-    result["judge"] = [bench_judge(pairs, args.judge_envelopes, default, args.judge_batch)]
+    names = list(dict.fromkeys([default, "composite"]))
+    result["judge"] = [bench_judge(pairs, args.judge_envelopes, n, args.judge_batch) for n in names]
     if not args.no_embedding and "skipped" not in result["embedding"]:
         n = min(args.judge_envelopes, 2000)
         result["judge"].append(bench_judge(pairs, n, "embedding", args.judge_batch))
