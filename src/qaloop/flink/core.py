@@ -398,13 +398,18 @@ JUDGED_ANSWERS_VIEW = (
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete retained checkpoint (`<job id>/chk-<n>` with a `_metadata` file)
-    under `checkpoint_dir`, across the runs (job ids) of this job."""
+    """The newest complete retained checkpoint (`<job id>/chk-<n>` with a `_metadata` file) or
+    savepoint (`savepoints/savepoint-*`, written on a clean stop) under `checkpoint_dir`, across
+    the runs (job ids) of this job."""
     if not checkpoint_dir.is_dir():
         return None
+    metas = [
+        *checkpoint_dir.glob("*/chk-*/_metadata"),
+        *checkpoint_dir.glob("*/savepoint-*/_metadata"),
+    ]
     found = [
         (meta.stat().st_mtime, _chk_number(meta.parent), meta.parent)
-        for meta in checkpoint_dir.glob("*/chk-*/_metadata")
+        for meta in metas
         if meta.is_file()
     ]
     if not found:

@@ -23,8 +23,10 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import site
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,8 @@ from qaloop.flink.core import (
 
 log = logging.getLogger(__name__)
 
+STOP_TIMEOUT_S = 20.0  # within `qaloop up`'s 30 s grace
+
 _BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 JUDGED_TYPE = Types.ROW_NAMED(
     ["topic", "k", "v", "headers", "question_id", "attempt", "score", "decision"],
@@ -70,16 +74,17 @@ JUDGED_TYPE = Types.ROW_NAMED(
 class JudgeMap(MapFunction):  # type: ignore[misc]
     """Runs in the Python worker: builds the scorer once, then one record in, one out."""
 
-    def __init__(self, cfg: FlinkJobConfig, log_level: str) -> None:
+    def __init__(self, cfg: FlinkJobConfig, log_level: str, log_file: str | None) -> None:
         self.cfg = cfg
         self.log_level = log_level
+        self.log_file = log_file
         self.gate: GateFunction | None = None
         self.counters: dict[str, Any] = {}
 
     def open(self, runtime_context: RuntimeContext) -> None:
         from qaloop.quality import get_scorer
 
-        _setup_logging(self.log_level)
+        _setup_udf_logging(self.log_level, self.log_file)
         self.gate = GateFunction(get_scorer(self.cfg.scorer), self.cfg.gate, self.cfg.topics)
         group = runtime_context.get_metrics_group().add_group("qaloop")
         self.counters = {
@@ -97,11 +102,29 @@ class JudgeMap(MapFunction):  # type: ignore[misc]
 
 
 def _setup_logging(level: str) -> None:
+    """Also re-applied after the job is built: importing Apache Beam (PyFlink does, lazily)
+    lowers the root logger to WARNING."""
     root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _setup_udf_logging(level: str, log_file: str | None) -> None:
+    """The UDF's log lines (one per question, with its id) go to a file: in thread mode the
+    interpreter is embedded in the JVM, and writing to its stderr blocked the task (and with
+    it the whole job) once a pipe buffer filled up."""
+    root = logging.getLogger()
+    handler: logging.Handler = logging.NullHandler()
+    if log_file:
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError:
+            pass  # e.g. a TaskManager without that directory: no UDF log
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
 
@@ -180,7 +203,10 @@ def build(cfg: FlinkJobConfig, *, log_level: str = "INFO") -> StreamExecutionEnv
 
     records = t_env.to_data_stream(t_env.sql_query(SOURCE_QUERY))
     judged = (
-        records.map(JudgeMap(cfg, log_level), output_type=JUDGED_TYPE)
+        records.map(
+            JudgeMap(cfg, log_level, str((cfg.log_dir / "judge.log").resolve())),
+            output_type=JUDGED_TYPE,
+        )
         .name("judge: decode, score, route")
         .uid("qaloop-judge-map")
     )
@@ -202,6 +228,7 @@ def run(cfg: FlinkJobConfig, *, log_level: str = "INFO", create_topics: bool = T
         ensure_topics(cfg)
     started = time.monotonic()
     env = build(cfg, log_level=log_level)
+    _setup_logging(log_level)
     log.info(
         "flink judge: built in %.1f s; %s, checkpoints every %d ms in %s, bundle %d / %d ms, "
         "%s mode, group %s",
@@ -214,7 +241,61 @@ def run(cfg: FlinkJobConfig, *, log_level: str = "INFO", create_topics: bool = T
         cfg.execution_mode,
         cfg.group_id,
     )
-    env.execute(f"qaloop-judge[{cfg.topic_prefix}]")
+    name = f"qaloop-judge[{cfg.topic_prefix}]"
+    target = env._j_stream_execution_environment.getConfiguration().toMap().get("execution.target")
+    if target not in (None, "local"):
+        env.execute(name)  # submitted with `flink run`: the cluster owns the job's life
+        return
+    run_local(env, name, cfg)
+
+
+def run_local(env: StreamExecutionEnvironment, name: str, cfg: FlinkJobConfig) -> None:
+    """The mini-cluster lives in this process's JVM. SIGTERM / SIGINT stop the job with a
+    savepoint: the last interval's transactions commit (read_committed consumers aren't left
+    waiting for open transactions to time out) and the next start resumes from it."""
+    client = env.execute_async(name)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _: Any) -> None:
+        if not stop.is_set():
+            log.info("%s: stopping the job with a savepoint", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    result = client.get_job_execution_result()
+    while not stop.wait(0.5):
+        if result.done():
+            result.result()  # raises if the job failed
+            return
+    savepoints = (cfg.checkpoint_dir / "savepoints").resolve()
+    outcome: dict[str, Any] = {}
+
+    def stop_with_savepoint() -> None:
+        try:
+            # PyFlink 2.2's JobClient.stop_with_savepoint calls a 2-argument Java method that
+            # Flink 2.x no longer has: call the 3-argument one (with the format) directly.
+            from pyflink.java_gateway import get_gateway
+
+            fmt = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.DEFAULT
+            j_future = client._j_job_client.stopWithSavepoint(False, savepoints.as_uri(), fmt)
+            outcome["path"] = j_future.get()
+        except Exception as exc:  # py4j wraps the Java error
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=stop_with_savepoint, daemon=True)
+    worker.start()
+    worker.join(STOP_TIMEOUT_S)
+    if "path" in outcome:
+        log.info("stopped; savepoint %s", outcome["path"])
+        return
+    log.warning(
+        "no savepoint within %.0f s (%s): cancelling; the next start resumes from the last "
+        "checkpoint",
+        STOP_TIMEOUT_S,
+        outcome.get("error", "timeout"),
+    )
+    client.cancel()
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[FlinkJobConfig, str]:

@@ -125,6 +125,16 @@ class Collector:
         finally:
             consumer.close()
 
+    def terminate(self, timeout_s: float = 60) -> int:
+        """SIGTERM to the driver only, as `qaloop up` does: a clean stop with a savepoint."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout_s)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _group_alive(self.proc.pid):
+            time.sleep(0.1)
+        return code
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -215,6 +225,16 @@ class FlinkJob:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and _group_alive(self.proc.pid):
             time.sleep(0.1)
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        """SIGTERM to the driver only, as `qaloop up` does: a clean stop with a savepoint."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout_s)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _group_alive(self.proc.pid):
+            time.sleep(0.1)
+        return code
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -1,7 +1,7 @@
 """The Flink judge against the real broker: one job per module (a job takes 15-30 s to start),
 started as `qaloop flink-job` from this venv (re-executed in .venv-flink).
 
-Order matters: the SIGKILL test runs last and restarts the same job from its checkpoint."""
+Order matters: the SIGKILL and SIGTERM tests run last and restart the same job."""
 
 from __future__ import annotations
 
@@ -251,3 +251,24 @@ def test_sigkill_mid_stream_then_restart_from_checkpoint_exactly_once(job: Flink
         assert out.history[-1].kind.value in ("scored", "gave_up")
     assert len(records) >= n
     assert _wait_metric_totals(job) == job.fed, "metrics counted an answer twice or missed it"
+
+
+def test_sigterm_stops_with_a_savepoint_and_the_restart_resumes_from_it(job: FlinkJob) -> None:
+    """`qaloop up` stops a child with SIGTERM: the job stops with a savepoint (the open
+    transactions commit, so nothing waits for them to time out) and resumes from it."""
+    collector = _collector(job)
+    first = job.feed([envelope(new_id(), 1, good=True) for _ in range(100)])
+    collector.wait_keys(first, timeout_s=60)
+    assert job.terminate() == 0, job.tail()
+    log = job.log_path.read_text(errors="replace")
+    assert "stopped; savepoint" in log, job.tail()
+    savepoints = list((job.workdir / "state").glob("*/checkpoints/savepoints/*/_metadata"))
+    assert savepoints
+    second = job.feed([envelope(new_id(), 2, good=False) for _ in range(100)])
+    job.start()
+    collector.wait_keys(second, timeout_s=120)
+    assert "savepoint-" in job.log_path.read_text(errors="replace").split("restoring from")[-1]
+    time.sleep(2)
+    got = _by_key(collector.for_keys({*first, *second}), _outputs(job))
+    assert {k: len(v) for k, v in got.items()} == dict.fromkeys({*first, *second}, 1)
+    assert all(r.topic == job.topics.questions for k in second for r in got[k])

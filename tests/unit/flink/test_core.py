@@ -245,6 +245,10 @@ def test_latest_checkpoint_across_runs(tmp_path: Path) -> None:
     newest = _checkpoint(tmp_path, "job-b", 3, age_s=5)
     (tmp_path / "job-b" / "chk-4").mkdir()  # in progress: no _metadata yet
     assert latest_checkpoint(tmp_path) == newest
+    savepoint = tmp_path / "savepoints" / "savepoint-abc"
+    savepoint.mkdir(parents=True)
+    (savepoint / "_metadata").write_bytes(b"x")  # a clean stop, newest
+    assert latest_checkpoint(tmp_path) == savepoint
 
 
 def test_resume_path(tmp_path: Path) -> None:
