@@ -66,6 +66,8 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkJob]:
         )
         yield job
     finally:
+        if job.proc is not None and job.proc.poll() is None:
+            job.terminate()  # a clean stop (savepoint): no open transactions left behind
         job.stop()
         collector_ = getattr(job, "collector", None)
         if collector_ is not None:
