@@ -327,7 +327,9 @@ class EmbeddingScorer(BaseScorer):
         model: EmbeddingModel | None = None,
         batch_size: int = 32,
         cache_size: int = 4096,
+        name: str = "embedding",
     ) -> None:
+        self.name = name
         self.model = model or shared_model()
         self.batch_size = batch_size
         self.cache_size = cache_size

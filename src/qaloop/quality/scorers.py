@@ -262,6 +262,12 @@ def _embedding() -> Scorer:
     return EmbeddingScorer()
 
 
+def _embedding_int8() -> Scorer:
+    from qaloop.quality.embedding import EmbeddingScorer, shared_model
+
+    return EmbeddingScorer(shared_model("int8"), name="embedding_int8")
+
+
 register("jaccard", JaccardScorer)
 register("multi_metric", MultiMetricScorer)
 register("token_f1", TokenF1Scorer)
@@ -270,4 +276,5 @@ register("chrf", ChrFScorer)
 register("keyword_recall", KeywordRecallScorer)
 register("composite", lambda: CompositeScorer(DEFAULT_COMPOSITE, "composite"))
 register("embedding", _embedding)
+register("embedding_int8", _embedding_int8)
 register("composite_embedding", lambda: CompositeScorer(EMBEDDING_COMPOSITE, "composite_embedding"))

@@ -253,3 +253,13 @@ def test_int8_per_channel_stays_close_to_fp32(minilm: EmbeddingModel) -> None:
     a, b = minilm.encode(texts), int8.encode(texts)
     cosines = (a * b).sum(axis=1)
     assert cosines.min() >= 0.97
+
+
+def test_registry_builds_both_embedding_scorers() -> None:
+    _real_model_dir()
+    from qaloop.quality import get_scorer
+
+    fp32, int8 = get_scorer("embedding"), get_scorer("embedding_int8")
+    assert (fp32.name, int8.name) == ("embedding", "embedding_int8")
+    pair = [("The capital city of France is Paris.", "Paris is the capital of France.")]
+    assert fp32.score_batch(pair)[0] == pytest.approx(int8.score_batch(pair)[0], abs=0.05)

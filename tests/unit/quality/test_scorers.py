@@ -26,7 +26,9 @@ CAT_R = "the cat is on the mat"
 
 
 def test_registry_lists_every_scorer() -> None:
-    assert set(LEXICAL) | {"embedding", "composite_embedding"} <= set(scorer_names())
+    assert set(LEXICAL) | {"embedding", "embedding_int8", "composite_embedding"} <= set(
+        scorer_names()
+    )
     with pytest.raises(ValueError, match="unknown scorer"):
         get_scorer("bleu")
 
