@@ -23,7 +23,9 @@ import contextlib
 import faulthandler
 import functools
 import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -165,6 +167,53 @@ async def _watch(
             return
 
 
+LIVENESS_S = 60.0  # an event loop that makes no progress this long: the process restarts
+STOP_GRACE_S = 45.0  # a stop (signal or watchdog) that takes longer: the process restarts
+
+
+class _Liveness:
+    """Last-resort watchdogs for a stage process. The event loop beats every 2 s. A Python
+    thread exits the process (75, for a restart) if the loop stalls for LIVENESS_S or a stop
+    takes longer than STOP_GRACE_S; faulthandler's C thread, which needs no GIL, dumps every
+    stack and exits (1) 30 s after that if even Python threads can't run. Uncommitted work
+    is redelivered to the restarted process: exiting hard loses nothing."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.beat = time.monotonic()
+        self.stopping_since: float | None = None
+        self.done = threading.Event()
+
+    async def run(self) -> None:
+        thread = threading.Thread(target=self._watch, name=f"{self.name}-liveness", daemon=True)
+        thread.start()
+        try:
+            while True:
+                self.beat = time.monotonic()
+                faulthandler.dump_traceback_later(LIVENESS_S + STOP_GRACE_S + 30, exit=True)
+                await asyncio.sleep(2.0)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+            self.done.set()
+
+    def _watch(self) -> None:
+        while not self.done.wait(1.0):
+            now = time.monotonic()
+            stalled = now - self.beat
+            stopping = now - self.stopping_since if self.stopping_since is not None else 0.0
+            if stalled > LIVENESS_S or stopping > STOP_GRACE_S:
+                what = (
+                    f"event loop stalled {stalled:.0f} s"
+                    if stalled > LIVENESS_S
+                    else (f"stop still running after {stopping:.0f} s")
+                )
+                log.error(
+                    "%s: %s: exiting for a restart; every thread's stack follows", self.name, what
+                )
+                faulthandler.dump_traceback(all_threads=True)
+                os._exit(RestartRequired.exit_code)
+
+
 async def _run_stage(
     name: str,
     bus: Bus,
@@ -178,6 +227,8 @@ async def _run_stage(
     their consumers), then the producer (flush), then the rest. If `unhealthy` says so, the
     stage stops the same way and raises RestartRequired."""
     log.info("%s: running (group %s)", name, stats().get("group"))
+    liveness = _Liveness(name)
+    beating = asyncio.create_task(liveness.run(), name=f"{name}-liveness")
     why: list[str] = []
     tasks = [asyncio.create_task(main(stop), name=f"{name}-{i}") for i, main in enumerate(mains)]
     tasks.append(asyncio.create_task(_log_stats(name, stats, stop), name=f"{name}-stats"))
@@ -190,6 +241,7 @@ async def _run_stage(
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stopper and t.exception() is not None]
         stop.set()
+        liveness.stopping_since = time.monotonic()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for task, result in zip(tasks, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
@@ -203,6 +255,9 @@ async def _run_stage(
         await bus.close()
         for close in closers:
             await close()
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
         log.info("%s: stopped; %s", name, stats())
 
 
