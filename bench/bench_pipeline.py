@@ -55,10 +55,16 @@ async def run(n: int, latency_ms: float, concurrency: int, db: str) -> dict[str,
         e["at"] for e in pipeline.repo.export_events() if e["kind"] in ("generated", "llm_error")
     )
     pipeline.repo.close()
-    # Steady state: the rate between the 10th and the 80th percentile of call completions,
-    # away from the ramp-up and from the tail where only a few regenerations are left.
+    # Steady state, away from the ramp-up and the tail of late regenerations: calls completed
+    # in a whole number of seconds between the 10th and 80th percentile of completions. With a
+    # fixed latency the calls complete in waves one latency apart, so the window starts
+    # half-way between two waves and spans whole waves: no wave is counted twice or cut.
     lo, hi = calls[len(calls) // 10], calls[len(calls) * 8 // 10]
-    steady = (len(calls) * 7 // 10) / (hi - lo) if hi > lo else 0.0
+    seconds = int(hi - lo)
+    steady = 0.0
+    if seconds >= 1:
+        start = calls[0] + round(lo - calls[0]) + 0.5
+        steady = sum(1 for t in calls if start <= t < start + seconds) / seconds
     finished = counts.get("validated", 0) + counts.get("failed", 0)
     return {
         "questions": n,
@@ -77,7 +83,7 @@ async def run(n: int, latency_ms: float, concurrency: int, db: str) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--questions", type=int, default=20000)
-    parser.add_argument("--llm-questions", type=int, default=2000)
+    parser.add_argument("--llm-questions", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=200)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="qaloop-bench-"))

@@ -41,13 +41,13 @@ from qaloop.llm.factory import make_provider
 from qaloop.observability.lag import KafkaLag
 from qaloop.observability.metrics import Metrics
 from qaloop.observability.server import serve_metrics
-from qaloop.pipeline import retry_policy
+from qaloop.pipeline import retry_policy, worker_config
 from qaloop.quality import get_scorer
 from qaloop.services.judge import Judge
 from qaloop.services.retrier import Retrier
 from qaloop.services.runner import BatchRunner, ConcurrentRunner, out
 from qaloop.services.store import Store
-from qaloop.services.worker import Worker, WorkerConfig
+from qaloop.services.worker import Worker
 from qaloop.settings import Settings
 from qaloop.storage.base import Repository, StaleQueries, open_repository
 
@@ -275,11 +275,7 @@ async def run_worker(
     worker = Worker(
         llm,
         topics,
-        WorkerConfig(
-            concurrency=settings.llm_concurrency,
-            request_timeout_s=settings.llm_timeout_s,
-            seed=settings.sim_seed,
-        ),
+        worker_config(settings),
         retry_policy(settings),
         metrics=metrics,
     )

@@ -49,6 +49,16 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        concurrency=settings.llm_concurrency,
+        # the provider's own timeout + the longest rate-limit wait (qaloop.llm.protection)
+        request_timeout_s=settings.llm_timeout_s + settings.llm_max_queue_wait_s + 5.0,
+        prompt_template=settings.prompt_template,
+        seed=settings.sim_seed,
+    )
+
+
 def resume_message(envelope: Envelope, topics: Topics) -> OutMessage:
     """Where an unfinished question goes back to after a restart."""
     if envelope.state is QuestionState.SCORING and envelope.answer is not None:
@@ -86,13 +96,7 @@ class EmbeddedPipeline:
         self.worker = Worker(
             self.provider,
             self.topics,
-            WorkerConfig(
-                concurrency=settings.llm_concurrency,
-                # the provider's own timeout + the longest rate-limit wait (qaloop.llm.protection)
-                request_timeout_s=settings.llm_timeout_s + settings.llm_max_queue_wait_s + 5.0,
-                prompt_template=settings.prompt_template,
-                seed=settings.sim_seed,
-            ),
+            worker_config(settings),
             retry_policy(settings),
             clock=clock,
             on_start=self.board.started,

@@ -133,7 +133,10 @@ class QuestionService:
             new = [e for (e, _), (inserted, _) in zip(batch, results, strict=True) if inserted]
             if new:
                 # Stored before published, published before the 202: never lost.
-                self.in_flight.update(e.question_id for e in new)
+                if self.board is not None:
+                    # Embedded only: there the store tells us when a question is final. A
+                    # distributed gateway never hears it, so the set would only grow.
+                    self.in_flight.update(e.question_id for e in new)
                 await self.bus.publish_many([out(self.topics.questions, e) for e in new])
                 for e in new:
                     log_event(log, "accepted", e, "(trace %s)", e.trace_id, state="queued")

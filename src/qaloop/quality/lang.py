@@ -105,6 +105,11 @@ def _script(char: str) -> str | None:
 
 def _script_counts(text: str) -> Counter[str]:
     counts: Counter[str] = Counter()
+    if text.isascii():  # the common case, at C speed: every ASCII letter is Latin
+        letters = sum(1 for char in text if char.isalpha())
+        if letters:
+            counts["latin"] = letters
+        return counts
     for char in text:
         if char.isalpha():
             script = _script(char)
