@@ -64,12 +64,26 @@ def write_plots(result: CalibrationResult, out_dir: Path) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
         same = [r.scores[i] for i in result.same_idx]
         cross = [r.scores[i] for i in result.cross_idx]
-        ax.hist(same, bins=bins, alpha=0.6, label=f"same language (n={len(same)})")
+
+        # Each group in % of its own size, so groups of different sizes compare.
+        def pct(values: list[float]) -> list[float]:
+            return [100.0 / len(values)] * len(values)
+
+        ax.hist(
+            same, bins=bins, weights=pct(same), alpha=0.6, label=f"same language (n={len(same)})"
+        )
         if cross:
-            ax.hist(cross, bins=bins, alpha=0.5, label=f"cross-language (n={len(cross)})")
+            ax.hist(
+                cross,
+                bins=bins,
+                weights=pct(cross),
+                alpha=0.5,
+                label=f"cross-language (n={len(cross)})",
+            )
         if r.shuffled:
             ax.hist(
                 r.shuffled,
+                weights=pct(r.shuffled),
                 bins=bins,
                 histtype="step",
                 linewidth=1.5,
@@ -84,7 +98,7 @@ def write_plots(result: CalibrationResult, out_dir: Path) -> dict[str, str]:
         )
         ax.set_title(f"{name}: score distribution (AUC true vs shuffled {_num(r.auc)})")
         ax.set_xlabel("score (0–1, unitless)")
-        ax.set_ylabel("answers (count)")
+        ax.set_ylabel("share of the group's answers (%)")
         ax.set_xlim(0, 1)
         ax.legend(fontsize=8)
         fig.tight_layout()
