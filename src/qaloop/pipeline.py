@@ -217,6 +217,7 @@ class EmbeddedPipeline:
                 "llm_dead_lettered": dict(w.dead_lettered),
                 "judge_decisions": dict(self.judge.decisions),
                 "judge_unscored": self.judge.unscored,
+                "judge_quality": dict(self.judge.quality),
                 "resumed_at_start": self.resumed,
                 "in_flight": len(self.service.in_flight),
             },

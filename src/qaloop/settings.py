@@ -36,8 +36,10 @@ class Settings(BaseSettings):
     cache_ttl_s: float = Field(0.0, ge=0, description="Cache TTL in seconds; 0 = never expires")
 
     # Quality gate
-    scorer: str = Field("jaccard", description="Scorer name (qaloop calibrate lists them)")
-    threshold: float = Field(0.5, ge=0, le=1, description="Validation threshold on the score")
+    scorer: str = Field(
+        "composite", description="Scorer name (docs/quality.md: chosen by qaloop calibrate)"
+    )
+    threshold: float = Field(0.14, ge=0, le=1, description="Validation threshold on the score")
     max_attempts: int = Field(3, ge=1, description="Generation attempts before giving up")
 
     # LLM

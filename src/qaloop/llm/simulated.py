@@ -40,6 +40,9 @@ class SimulatedConfig:
     permanent_rate: float = 0.0
     quality_alpha: float = 4.0  # answer quality ~ Beta(alpha, beta): fraction of reference kept
     quality_beta: float = 1.5
+    # Share of answers that miss the point (keep ~5 % of the reference): real LLM answers are
+    # bimodal like this (docs/quality.md), and these are what the quality gate must catch.
+    off_topic_rate: float = 0.2
 
 
 class SimulatedProvider:
@@ -89,7 +92,10 @@ class SimulatedProvider:
         reference = request.reference_answer
         if not reference or not reference.split():
             return f"A concise answer to: {request.question.strip()}"
-        quality = rng.betavariate(self.config.quality_alpha, self.config.quality_beta)
+        if rng.random() < self.config.off_topic_rate:
+            quality = rng.betavariate(1.0, 19.0)
+        else:
+            quality = rng.betavariate(self.config.quality_alpha, self.config.quality_beta)
         words = reference.split()[:200]
         out = [w if rng.random() < quality else rng.choice(_FILLER) for w in words]
         return " ".join(out)
