@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from qaloop.core.model import Envelope, EventKind, QuestionState
+from qaloop.core.model import Envelope, Event, EventKind, QuestionState
 
 
 class Decision(enum.StrEnum):
@@ -55,14 +55,26 @@ def judge(
     )
     if score is not None and (best_score is None or score > best_score):
         best_answer, best_score, best_attempt = envelope.answer, score, envelope.attempt
-    scored = envelope.with_event(
-        EventKind.SCORED, now, score=score, decision=decision.value
-    ).evolve(score=score, best_answer=best_answer, best_score=best_score, best_attempt=best_attempt)
+    history = (
+        *envelope.history,
+        Event(
+            len(envelope.history),
+            EventKind.SCORED,
+            envelope.attempt,
+            now,
+            score=score,
+            decision=decision.value,
+        ),
+    )
+    best = {"best_answer": best_answer, "best_score": best_score, "best_attempt": best_attempt}
+    # One copy of the envelope per decision: this runs for every answer.
     match decision:
         case Decision.VALIDATE:
-            return decision, scored.evolve(state=QuestionState.VALIDATED)
+            return decision, envelope.evolve(
+                state=QuestionState.VALIDATED, score=score, history=history, **best
+            )
         case Decision.REGENERATE:
-            return decision, scored.evolve(
+            return decision, envelope.evolve(
                 state=QuestionState.QUEUED,
                 attempt=envelope.attempt + 1,
                 answer=None,
@@ -70,13 +82,23 @@ def judge(
                 tries_in_attempt=0,
                 error_class=None,
                 error_detail=None,
+                history=history,
+                **best,
             )
         case Decision.GIVE_UP:
             # Keep the best answer seen across attempts, not merely the last one.
-            gave_up = scored.with_event(EventKind.GAVE_UP, now, detail="score below threshold")
-            return decision, gave_up.evolve(
+            gave_up = Event(
+                len(history),
+                EventKind.GAVE_UP,
+                envelope.attempt,
+                now,
+                detail="score below threshold",
+            )
+            return decision, envelope.evolve(
                 state=QuestionState.FAILED,
                 answer=best_answer,
                 score=best_score,
                 error_detail=f"score below {gate.threshold} after {envelope.attempt} attempts",
+                history=(*history, gave_up),
+                **best,
             )

@@ -58,7 +58,10 @@ class Store:
         letters: list[DeadLetter] = []
         outputs: list[OutMessage] = []
         now = self.clock()
-        for message in messages:
+        superseded = self._superseded(messages)
+        for index, message in enumerate(messages):
+            if index in superseded:
+                continue
             if message.topic == self.topics.dead_letter:
                 letter, envelope = self._dead_letter(message, now)
                 letters.append(letter)
@@ -94,6 +97,32 @@ class Store:
             if envelope.state.is_final:
                 m.time_to_answer.labels(state).observe(max(0.0, now - envelope.first_seen))
             log_event(log, "stored", envelope, "(state %s)", state, state=state)
+
+    def _superseded(self, messages: Sequence[Message]) -> set[int]:
+        """Mirrored-topic messages that a more advanced message of the same question in this
+        batch makes redundant: its envelope carries their history too, and storage keeps only
+        the most advanced state anyway. Decided from the key and headers, without decoding —
+        when a backlog drains, most of a batch is such messages."""
+        t = self.topics
+        rank = {t.questions: 1, t.delayed: 1, t.generated: 3}
+        best: dict[str, tuple[int, int]] = {}  # question id -> (progress, index)
+        mirrored: list[tuple[str, int, int]] = []
+        for index, message in enumerate(messages):
+            key = message.key
+            attempt = message.headers.get("qaloop-attempt", "")
+            if not key or not attempt.isdigit():
+                continue  # no usable metadata: decode it like any other
+            if message.topic in rank:
+                progress = int(attempt) * 10 + rank[message.topic]
+                mirrored.append((key, progress, index))
+            elif message.topic in (t.validated, t.dead_letter):
+                progress = 1_000_000
+            else:
+                continue
+            seen = best.get(key)
+            if seen is None or progress > seen[0]:
+                best[key] = (progress, index)
+        return {index for key, progress, index in mirrored if best[key][1] != index}
 
     def _write(self, envelopes: list[Envelope], letters: list[DeadLetter]) -> None:
         self.repo.apply(envelopes)

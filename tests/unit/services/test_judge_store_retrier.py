@@ -167,3 +167,33 @@ async def test_retrier_releases_in_due_order_without_blocking() -> None:
     stop.set()
     await task
     assert bus.lag("retrier", TOPICS.delayed) == 0
+
+
+async def test_store_skips_mirrored_messages_a_later_one_supersedes() -> None:
+    from qaloop.services.runner import out
+
+    repo = SQLiteRepository()
+    store = Store(repo, TOPICS)
+    queued = Envelope("c1" * 16, "q", "r", "t", 0.0).with_event(EventKind.ACCEPTED, 0.0)
+    scoring = queued.evolve(state=QuestionState.SCORING, answer="a").with_event(
+        EventKind.GENERATED, 1.0, answer="a"
+    )
+    final = scoring.evolve(state=QuestionState.VALIDATED, score=0.9).with_event(
+        EventKind.SCORED, 2.0, score=0.9
+    )
+    other = Envelope("c2" * 16, "q2", "r", "t", 0.0).with_event(EventKind.ACCEPTED, 0.0)
+    outs = [
+        out(TOPICS.questions, queued),
+        out(TOPICS.generated, scoring),
+        out(TOPICS.questions, other),
+        out(TOPICS.validated, final),
+    ]
+    # a corrupt mirrored message of the first question is superseded: never even decoded
+    corrupt = Message(TOPICS.generated, 0, 9, "c1" * 16, b"{", {"qaloop-attempt": "1"})
+    batch = [Message(o.topic, 0, i, o.key, o.value, o.headers) for i, o in enumerate(outs)]
+    assert store._superseded([*batch, corrupt]) == {0, 1, 4}
+    assert await store.handle_batch([*batch, corrupt]) == []
+    record = repo.get("c1" * 16)
+    assert record is not None and record.state is QuestionState.VALIDATED
+    assert [e.kind for e in repo.events("c1" * 16)] == ["accepted", "generated", "scored"]
+    assert repo.state_counts() == {"validated": 1, "queued": 1}
