@@ -38,8 +38,19 @@ def normalize(text: str) -> str:
     return _SPACE.sub(" ", text.casefold()).strip()
 
 
+_ASCII_WORD = re.compile(r"\w+")
+
+
 def tokens(text: str) -> list[str]:
     """Unicode-aware word tokens of `text` (see the module docstring)."""
+    if text.isascii():
+        # Same tokens, several times faster: ASCII has no CJK or emoji, NFC changes nothing,
+        # and casefold is lower (tests/unit/quality: the two paths agree on any ASCII text).
+        return _ASCII_WORD.findall(text.replace("\\n", " ").lower())
+    return _slow_tokens(text)
+
+
+def _slow_tokens(text: str) -> list[str]:
     return _TOKEN.findall(normalize(text))
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qaloop.quality.lang import UNDETERMINED, cross_language, detect_language
 from qaloop.quality.text import normalize, tokens
@@ -66,3 +68,11 @@ def test_cross_language_needs_both_sides_determined() -> None:
     assert cross_language(es, en)
     assert not cross_language(en, en)
     assert not cross_language("Sí.", en)  # answer undetermined: not flagged
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=200))
+def test_ascii_fast_path_gives_the_same_tokens(text: str) -> None:
+    from qaloop.quality.text import _slow_tokens
+
+    assert tokens(text) == _slow_tokens(text)
+    assert tokens(text + "\\nX") == _slow_tokens(text + "\\nX")
