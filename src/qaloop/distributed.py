@@ -34,14 +34,13 @@ from typing import TYPE_CHECKING, Any
 from qaloop.bus.base import Bus, Consumer, OutMessage, Topics
 from qaloop.core.cache import Cache, make_cache
 from qaloop.core.model import Envelope, EventKind, QuestionState
-from qaloop.core.routing import GateConfig
 from qaloop.gateway.service import CachedAnswer, QuestionService
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
 from qaloop.observability.lag import KafkaLag
 from qaloop.observability.metrics import Metrics
 from qaloop.observability.server import serve_metrics
-from qaloop.pipeline import retry_policy, worker_config
+from qaloop.pipeline import gate_config, retry_policy, worker_config
 from qaloop.quality import get_scorer
 from qaloop.services.judge import Judge
 from qaloop.services.retrier import Retrier
@@ -292,17 +291,7 @@ async def run_worker(
     observers = _observers(settings, metrics, bus, group, [topics.questions])
 
     def stats() -> dict[str, Any]:
-        w = worker.stats
-        return {
-            "group": group,
-            **_runner_stats(runner),
-            "llm_calls": w.llm_calls,
-            "answers": w.answers,
-            "llm_errors": dict(w.errors),
-            "retried_in_process": dict(w.retried_now),
-            "parked": dict(w.parked),
-            "llm_dead_lettered": dict(w.dead_lettered),
-        }
+        return {"group": group, **_runner_stats(runner), **worker.stats.as_dict()}
 
     await _run_stage(
         "worker", bus, [runner.run, *observers], stats, stop, [llm.aclose], _publish_failed(bus)
@@ -316,7 +305,7 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
     metrics = Metrics()
     judge = Judge(
         get_scorer(settings.scorer),
-        GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts),
+        gate_config(settings),
         topics,
         metrics=metrics,
     )

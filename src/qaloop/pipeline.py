@@ -49,6 +49,10 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
+def gate_config(settings: Settings) -> GateConfig:
+    return GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts)
+
+
 def worker_config(settings: Settings) -> WorkerConfig:
     return WorkerConfig(
         concurrency=settings.llm_concurrency,
@@ -104,7 +108,7 @@ class EmbeddedPipeline:
         )
         self.judge = Judge(
             get_scorer(settings.scorer),
-            GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts),
+            gate_config(settings),
             self.topics,
             clock=clock,
             metrics=m,
@@ -202,19 +206,12 @@ class EmbeddedPipeline:
         await self.bus.close()
 
     def stats(self) -> dict[str, Any]:
-        w = self.worker.stats
         return {
             **self.service.stats(),
             "pipeline": {
-                "llm_calls": w.llm_calls,
-                "answers": w.answers,
-                "llm_errors": dict(w.errors),
-                "retried_in_process": dict(w.retried_now),
-                "parked": dict(w.parked),
-                "recovered": dict(w.recovered),
+                **self.worker.stats.as_dict(),
                 "resumed_from_park": self.retrier.resumed if self.retrier else 0,
                 "held_parked": self.retrier.held if self.retrier else 0,
-                "llm_dead_lettered": dict(w.dead_lettered),
                 "judge_decisions": dict(self.judge.decisions),
                 "judge_unscored": self.judge.unscored,
                 "judge_quality": dict(self.judge.quality),

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from qaloop.bus.base import OutMessage, Topics
 from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState
@@ -52,6 +53,18 @@ class WorkerStats:
         self.dead_lettered: Counter[str] = Counter()
         # Answers obtained after errors of a class (in-process retries or parks in between).
         self.recovered: Counter[str] = Counter()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as reported by /v1/stats (embedded) and a worker service's stats."""
+        return {
+            "llm_calls": self.llm_calls,
+            "answers": self.answers,
+            "llm_errors": dict(self.errors),
+            "retried_in_process": dict(self.retried_now),
+            "parked": dict(self.parked),
+            "recovered": dict(self.recovered),
+            "llm_dead_lettered": dict(self.dead_lettered),
+        }
 
 
 class Worker:
