@@ -9,7 +9,6 @@ makes every count repeatable run to run; only the timings vary.
 from __future__ import annotations
 
 import asyncio
-import statistics
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -19,6 +18,7 @@ from typing import Any
 
 from qaloop.dataset import QA
 from qaloop.pipeline import EmbeddedPipeline
+from qaloop.report import tables
 from qaloop.settings import Settings
 from qaloop.traffic_model import popularity
 
@@ -103,40 +103,18 @@ async def run_demo(
     return result
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def summarise(result: DemoResult) -> dict[str, Any]:
+    """The demo's summary, from the same table functions as `qaloop report`."""
     sources = Counter(o.source for o in result.outcomes)
     by_state: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for q in result.questions:
         by_state[q["state"]].append(q)
     validated_by_attempt = Counter(q["attempt"] for q in by_state["validated"])
-    scores_by_attempt: dict[int, list[float]] = defaultdict(list)
-    errors: Counter[str] = Counter()
-    error_questions: dict[str, set[str]] = defaultdict(set)
-    recovered: dict[str, set[str]] = defaultdict(set)
-    last_error_at: dict[tuple[str, str], float] = {}
-    for e in result.events:
-        kind = e["kind"]
-        if kind == "scored" and e.get("score") is not None:
-            scores_by_attempt[e["attempt"]].append(e["score"])
-        elif kind == "llm_error":
-            cls = e["error_class"]
-            errors[cls] += 1
-            error_questions[cls].add(e["question_id"])
-            last_error_at[(cls, e["question_id"])] = e["at"]
-        elif kind == "generated":
-            for (cls, qid), at in last_error_at.items():
-                if qid == e["question_id"] and at <= e["at"]:
-                    recovered[cls].add(qid)
+    histories = tables.group_events(result.events)
+    retries = tables.retries(histories)
+    feedback = tables.feedback(histories)
     hits = [o.latency_s for o in result.outcomes if o.source in ("cache", "storage")]
     queued = [o.latency_s for o in result.outcomes if o.source in ("queued", "joined")]
-    llm_calls = result.stats["pipeline"]["llm_calls"]
     failed = by_state["failed"]
     return {
         "offered": result.offered,
@@ -146,25 +124,21 @@ def summarise(result: DemoResult) -> dict[str, Any]:
         "joined_in_flight": sources["joined"],
         "answered_failed": sources["failed"],
         "unique_questions": len(result.questions),
-        "llm_calls": llm_calls,
+        "llm_calls": result.stats["pipeline"]["llm_calls"],
         "validated_by_attempt": dict(sorted(validated_by_attempt.items())),
         "gave_up_low_score": sum(1 for q in failed if q["error_class"] is None),
         "gave_up_errors": sum(1 for q in failed if q["error_class"] is not None),
         "errors": {
-            cls: {
-                "calls": errors[cls],
-                "questions": len(error_questions[cls]),
-                "recovered": len(recovered[cls]),
-            }
-            for cls in sorted(errors)
+            r.error_class: {"calls": r.errors, "questions": r.questions, "recovered": r.recovered}
+            for r in sorted(retries.rows, key=lambda r: r.error_class)
         },
         "mean_score_by_attempt": {
-            a: round(statistics.fmean(v), 3) for a, v in sorted(scores_by_attempt.items())
+            a.attempt: round(a.mean_score, 3) for a in feedback.attempts if a.mean_score is not None
         },
-        "hit_p50_ms": _ms(_pct(hits, 0.5)),
-        "hit_p95_ms": _ms(_pct(hits, 0.95)),
-        "queued_p50_ms": _ms(_pct(queued, 0.5)),
-        "queued_p95_ms": _ms(_pct(queued, 0.95)),
+        "hit_p50_ms": _ms(tables.percentile(hits, 50)),
+        "hit_p95_ms": _ms(tables.percentile(hits, 95)),
+        "queued_p50_ms": _ms(tables.percentile(queued, 50)),
+        "queued_p95_ms": _ms(tables.percentile(queued, 95)),
         "wall_s": round(result.wall_s, 2),
     }
 
