@@ -169,6 +169,17 @@ def _document_ask(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def bad_request_response(exc: BadRequest) -> Response:
+    return error_response(exc.status, exc.code, exc.message)
+
+
+def unexpected_error_response() -> Response:
+    """Not the client's fault: say so without leaking internals; the log has the trace.
+    Call from inside the `except` block, so the trace is logged."""
+    log.exception("unexpected error while serving a request")
+    return error_response(503, "unavailable", "the service could not handle the request")
+
+
 class GatewayApp(FastAPI):
     """FastAPI, plus a fast lane for the hot path: `POST /v1/questions` goes straight to its
     handler, past the middleware stack and router. Measured: FastAPI's stack (router,
@@ -187,12 +198,9 @@ class GatewayApp(FastAPI):
             try:
                 response = await self.hot_handler(Request(scope, receive))
             except BadRequest as exc:
-                response = error_response(exc.status, exc.code, exc.message)
+                response = bad_request_response(exc)
             except Exception:
-                log.exception("unexpected error while serving a request")
-                response = error_response(
-                    503, "unavailable", "the service could not handle the request"
-                )
+                response = unexpected_error_response()
             await response(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
@@ -216,7 +224,7 @@ def create_app(
 
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, exc: BadRequest) -> Response:
-        return error_response(exc.status, exc.code, exc.message)
+        return bad_request_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -229,9 +237,7 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
-        # Not the client's fault: say so without leaking internals; the log has the trace.
-        log.exception("unexpected error while serving a request")
-        return error_response(503, "unavailable", "the service could not handle the request")
+        return unexpected_error_response()
 
     seconds, rejected = service.metrics.request_seconds, service.metrics.rejected
 
