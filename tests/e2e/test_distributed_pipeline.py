@@ -88,6 +88,22 @@ def write_poison(bootstrap: str, prefix: str) -> list[str]:
     return targets
 
 
+def wait_dead_letters(dsn: str, sources: list[str], timeout_s: float) -> dict[str, list[str]]:
+    """Dead-letter reasons by source topic, once each source has its two poison letters (or at
+    timeout: the assertions that follow then say what is missing)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        by_source: dict[str, list[str]] = {}
+        for source, reason in sql(dsn, "SELECT source_topic, reason FROM dead_letters"):
+            by_source.setdefault(source, []).append(reason)
+        poison_letters = [
+            [r for r in by_source.get(s, []) if "permanent" not in r] for s in sources
+        ]
+        if all(len(letters) >= 2 for letters in poison_letters) or time.monotonic() > deadline:
+            return by_source
+        time.sleep(0.2)
+
+
 async def faults(stack: Stack, traffic: Traffic, dsn: str) -> list[str]:
     """SIGKILL the worker, the judge and the store, one at a time, while traffic flows."""
     done = []
@@ -142,11 +158,10 @@ def test_http_to_postgres_through_kills_and_poison(tmp_path: Path) -> None:
             )
             assert {"overload", "quota_minute", "permanent"} <= set(classes), classes
 
-            # Poison in every topic: dead-lettered with the reason, by source topic.
-            letters = sql(db, "SELECT source_topic, reason FROM dead_letters")
-            by_source: dict[str, list[str]] = {}
-            for source, reason in letters:
-                by_source.setdefault(source, []).append(reason)
+            # Poison in every topic: dead-lettered with the reason, by source topic. The letters
+            # reach PostgreSQL a hop later than the questions (stage -> dead-letter topic ->
+            # store), and a consumer-group rebalance can delay that hop: wait for them.
+            by_source = wait_dead_letters(db, [*poisoned, f"{stack.prefix}.dead-letter"], 60)
             for topic in poisoned:
                 reasons = by_source.get(topic, [])
                 assert any("JSON" in r or "UTF-8" in r for r in reasons), (topic, by_source)

@@ -77,6 +77,7 @@ class Retrier:
         try:
             envelope = codec.decode(message.value)
         except codec.InvalidMessage as exc:
+            log.warning("retrier: dead-lettering %s@%s: %s", message.topic, message.offset, exc)
             self.metrics.poison.labels("retrier").inc()
             await self.bus.publish_many([poison(self.topics.dead_letter, message, str(exc))])
             await self.consumer.commit([message])
