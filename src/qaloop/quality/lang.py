@@ -103,18 +103,28 @@ def _script(char: str) -> str | None:
     return None
 
 
+# Every byte that is not an ASCII letter, for counting ASCII letters with bytes.translate.
+_NOT_ASCII_LETTER = bytes(b for b in range(256) if not chr(b).isascii() or not chr(b).isalpha())
+_ASCII = re.compile(r"[\x00-\x7f]+")
+
+
+def _ascii_letters(text: str) -> int:
+    """ASCII letters in `text`, counted at C speed (a per-character Python loop cost the judge
+    ~200 µs per answer)."""
+    return len(text.encode("utf-8", "surrogatepass").translate(None, _NOT_ASCII_LETTER))
+
+
 def _script_counts(text: str) -> Counter[str]:
     counts: Counter[str] = Counter()
-    if text.isascii():  # the common case, at C speed: every ASCII letter is Latin
-        letters = sum(1 for char in text if char.isalpha())
-        if letters:
-            counts["latin"] = letters
-        return counts
-    for char in text:
-        if char.isalpha():
-            script = _script(char)
-            if script is not None:
-                counts[script] += 1
+    latin = _ascii_letters(text)  # every ASCII letter is Latin
+    if not text.isascii():  # only the rest needs a Unicode name lookup
+        for char in _ASCII.sub("", text):
+            if char.isalpha():
+                script = _script(char)
+                if script is not None:
+                    counts[script] += 1
+    if latin:
+        counts["latin"] += latin
     return counts
 
 
