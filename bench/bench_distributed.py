@@ -74,6 +74,15 @@ def pg_schema(dsn: str, tag: str) -> Iterator[tuple[str, str]]:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+def drop_topics(bootstrap: str, topics: Topics) -> None:
+    """Delete a run's topics: thousands of leftover partitions cost the broker CPU in later runs."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_topics(topics.all(), operation_timeout=30).values():
+        future.result()
+
+
 def scalar(dsn: str, query: str) -> Any:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(query).fetchone()
@@ -206,6 +215,10 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     return {k: round(after.get(k, 0.0) - v, 2) for k, v in before.items()}
 
 
+def per_question_ms(cpu_s: dict[str, float], questions: int) -> dict[str, float]:
+    return {k: round(v * 1000 / questions, 3) for k, v in cpu_s.items()}
+
+
 # ---------------------------------------------------------------------------- qaloop
 
 
@@ -241,6 +254,8 @@ def run_qaloop(
             log_level=args.log_level,
             sim_latency_ms=latency_ms,
             llm_concurrency=args.concurrency,
+            kafka_producer_config=args.producer_config,
+            kafka_consumer_config=args.consumer_config,
         )
         if args.profile:  # cProfile each stage process (slower; for finding where time goes)
             Path(args.profile).mkdir(parents=True, exist_ok=True)
@@ -308,6 +323,7 @@ def run_qaloop(
             elapsed = finished_at - t0
         finally:
             codes = stop(procs)
+            drop_topics(bootstrap, topics)
         with psycopg.connect(db, autocommit=True) as conn:
             counts = dict(
                 conn.execute("SELECT state, count(*) FROM questions GROUP BY 1").fetchall()
@@ -329,6 +345,7 @@ def run_qaloop(
         "llm_calls": calls,
         "max_lag": {g: max(s["lag"][g] for s in samples) for g in GROUPS},
         "cpu_s": cpu_delta(cpu["before"], cpu["after"]),
+        "cpu_ms_per_question": per_question_ms(cpu_delta(cpu["before"], cpu["after"]), len(qas)),
         "latency_ms": latency,
         "samples": samples,
         "exit_codes": codes,
@@ -521,6 +538,10 @@ def run_baseline(
                 bootstrap, {f"{prefix}.{g}": 1 for g in ("worker", "judge", "store")}
             )
             producer = baseline_producer(bootstrap)
+            names = {
+                role: p.pid for role, p in zip(("worker", "judge", "store"), procs, strict=True)
+            }
+            cpu_before = cpu_snapshot(names)
             t0 = time.time()
             for q, r in qas:  # the original gateway: one publish + flush per question
                 e = envelope_for(q, r, time.time())
@@ -535,17 +556,21 @@ def run_baseline(
                 done = scalar(db, "SELECT count(*) FROM answers")
                 samples.append({"t": round(time.time() - t0, 2), "final": done})
                 if done >= len(qas):
+                    cpu_after = cpu_snapshot(names)
                     break
                 if time.time() - t0 > args.timeout:
                     raise RuntimeError(f"baseline not drained after {args.timeout} s: {done}")
             elapsed = scalar(db, "SELECT max(stored_at) FROM answers") - t0
         finally:
             codes = stop(procs)
+            drop_topics(bootstrap, topics)
     return {
         "questions": len(qas),
         "elapsed_s": round(elapsed, 3),
         "questions_per_s": round(len(qas) / elapsed, 1),
         "intake_s": round(intake, 3),
+        "cpu_s": cpu_delta(cpu_before, cpu_after),
+        "cpu_ms_per_question": per_question_ms(cpu_delta(cpu_before, cpu_after), len(qas)),
         "samples": samples,
         "exit_codes": codes,
     }
@@ -571,6 +596,12 @@ def main() -> None:
     parser.add_argument("--latency-questions", type=int, default=3000)
     parser.add_argument("--latency-baseline-questions", type=int, default=200)
     parser.add_argument("--profile", help="directory for a cProfile dump per stage process")
+    parser.add_argument(
+        "--producer-config", default="{}", help="extra librdkafka producer settings (JSON)"
+    )
+    parser.add_argument(
+        "--consumer-config", default="{}", help="extra librdkafka consumer settings (JSON)"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "distributed.json"))
     parser.add_argument("--logs", default="/tmp/qaloop-bench-logs")
     parser.add_argument("--bootstrap", default=os.environ.get("QALOOP_KAFKA_BOOTSTRAP"))

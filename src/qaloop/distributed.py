@@ -83,6 +83,8 @@ def make_bus(settings: Settings, topics: Topics | None = None) -> KafkaBus:
             partitions=settings.kafka_partitions,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             client_id=f"qaloop-{settings.topic_prefix}",
+            producer=dict(settings.kafka_producer_config),
+            consumer=dict(settings.kafka_consumer_config),
         ),
         topics or topics_for(settings),
     )

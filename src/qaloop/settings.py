@@ -26,6 +26,14 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(
         10000, ge=6000, description="How long a dead consumer keeps its partitions"
     )
+    kafka_producer_config: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra librdkafka producer settings (JSON object), over qaloop's own",
+    )
+    kafka_consumer_config: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra librdkafka consumer settings (JSON object), over qaloop's own",
+    )
     stale_after_s: float = Field(
         60.0, gt=0, description="Re-publish questions queued this long with no progress"
     )
