@@ -7,8 +7,9 @@ default scorer on generated envelopes.
 
 Inputs are synthetic and seeded: English-like answer/reference pairs of 40-80 words that
 share about a third of their words. Each lexical number is the best of 3 runs over the same
-pairs. When the shared data is there (../shared/data or QALOOP_SHARED_DATA), the int8 vs fp32
-agreement is measured on its first 1,000 same-language pairs (numbers only are written).
+pairs, each with the token and language caches cleared (cold); the judge gets one distinct
+pair per envelope. When the shared data is there (../shared/data or QALOOP_SHARED_DATA), the
+int8 vs fp32 agreement is measured on its first 1,000 same-language pairs (numbers only).
 Writes bench/results/scorers.json.
 """
 
@@ -33,6 +34,7 @@ from qaloop.core import codec
 from qaloop.core.model import Envelope, QuestionState
 from qaloop.core.routing import GateConfig
 from qaloop.quality import get_scorer
+from qaloop.quality.scorers import clear_caches
 from qaloop.services.judge import Judge
 from qaloop.settings import Settings
 
@@ -68,6 +70,7 @@ def pairs_of(n: int, seed: int = 7) -> list[tuple[str, str]]:
 def best_of(runs: int, fn: Callable[[], Any]) -> float:
     best = float("inf")
     for _ in range(runs):
+        clear_caches()  # every run scores cold: no text tokenised or language-detected before
         started = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - started)
@@ -269,6 +272,7 @@ def bench_judge(pairs: Sequence[tuple[str, str]], n: int, scorer_name: str, batc
         judge = Judge(
             get_scorer(scorer_name), GateConfig(threshold, settings.max_attempts), Topics()
         )
+        clear_caches()
         seconds = min(seconds, asyncio.run(run(judge)))
     print(f"judge[{scorer_name}, threshold {threshold}]: {n / seconds:.0f} envelopes/s")
     return {
@@ -315,7 +319,11 @@ def main() -> None:
         result["quantization"] = quantization_agreement(shared_answers(), args.quant_pairs)
     default = Settings().scorer
     names = list(dict.fromkeys([default, "composite"]))
-    result["judge"] = [bench_judge(pairs, args.judge_envelopes, n, args.judge_batch) for n in names]
+    # One distinct pair per envelope: repeated texts would hit the scorers' caches.
+    judge_pairs = pairs_of(args.judge_envelopes, seed=11)
+    result["judge"] = [
+        bench_judge(judge_pairs, args.judge_envelopes, n, args.judge_batch) for n in names
+    ]
     if not args.no_embedding and "skipped" not in result["embedding"]:
         n = min(args.judge_envelopes, 2000)
         result["judge"].append(bench_judge(pairs, n, "embedding", args.judge_batch))

@@ -391,7 +391,9 @@ class ProtectedProvider:
             if self.timeout_s is None:
                 generation = await self.inner.generate(request)
             else:
-                generation = await asyncio.wait_for(self.inner.generate(request), self.timeout_s)
+                # asyncio.timeout, not wait_for: wait_for wraps the call in one more task
+                async with asyncio.timeout(self.timeout_s):
+                    generation = await self.inner.generate(request)
         except TimeoutError as exc:
             self.stats.timeouts += 1
             error = ServerError(f"the provider did not answer within {self.timeout_s} s")

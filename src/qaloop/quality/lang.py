@@ -70,6 +70,7 @@ for _stop in _STOPWORDS.values():
         _WEIGHT[_w] = _WEIGHT.get(_w, 0.0) + 1.0
 _WEIGHT = {w: 1.0 / n for w, n in _WEIGHT.items()}
 
+_MAYBE_URL = re.compile(r"https?://|www\.|\.(?:com|net|org|edu|gov)\b", re.IGNORECASE)
 _URL = re.compile(r"(?:https?://|www\.)\S+|\S+\.(?:com|net|org|edu|gov)\b\S*", re.IGNORECASE)
 
 # Letters and marks that belong to one language of the list (each occurrence, up to 3, votes).
@@ -131,7 +132,9 @@ def _script_counts(text: str) -> Counter[str]:
 @lru_cache(maxsize=16384)
 def detect_language(text: str) -> str:
     """ISO 639-1-like code of the dominant language of `text`, or "und" when unsure."""
-    text = _URL.sub(" ", text[:5000])
+    text = text[:5000]
+    if _MAYBE_URL.search(text):  # the full pattern backtracks at every word: only when needed
+        text = _URL.sub(" ", text)
     scripts = _script_counts(text)
     total = sum(scripts.values())
     if total == 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 from rapidfuzz.distance import LCSseq
 
@@ -39,8 +40,17 @@ STOPWORDS = _words(
 )
 
 
-def tokens(text: str) -> list[str]:
-    return _tokens(text[:MAX_CHARS])
+@lru_cache(maxsize=4096)
+def tokens(text: str) -> tuple[str, ...]:
+    """Cached: a composite scorer tokenises each text once per part, and a regenerated
+    question's reference comes back with every attempt."""
+    return tuple(_tokens(text[:MAX_CHARS]))
+
+
+def clear_caches() -> None:
+    """Forget cached tokens and languages (benchmarks measure cold scoring with it)."""
+    tokens.cache_clear()
+    detect_language.cache_clear()
 
 
 def _empty_rule(a_empty: bool, r_empty: bool) -> float | None:

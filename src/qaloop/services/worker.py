@@ -117,9 +117,8 @@ class Worker:
             call_started = time.perf_counter()
             self.stats.llm_calls += 1
             try:
-                generation = await asyncio.wait_for(
-                    self.provider.generate(request), self.config.request_timeout_s
-                )
+                async with asyncio.timeout(self.config.request_timeout_s):  # no extra task
+                    generation = await self.provider.generate(request)
             except (LLMError, TimeoutError) as raw_error:
                 error = (
                     raw_error
