@@ -10,7 +10,9 @@ from the first insert until every question is final in PostgreSQL and no group h
 Baseline (like the original system): three processes -- worker, judge, store -- that consume one
 message at a time with auto-commit, flush the producer after every send, and insert each
 final row with its own autocommitted statement; the loader publishes each question with a
-flush. Same topics layout, same simulated LLM, same scorer and gate.
+flush. Same topics layout, same simulated LLM, same scorer and gate. Built twice: with
+confluent-kafka (our own client: the conservative baseline the speed-up is computed against)
+and with kafka-python (the client the original system used: `speedup_vs_kafka_python`).
 
     eval "$(scripts/infra env)"
     .venv/bin/python bench/bench_distributed.py [--questions 20000] [--baseline-questions 3000]
@@ -44,11 +46,12 @@ from qaloop.bus.kafka import KafkaBus, KafkaSettings
 from qaloop.core import codec
 from qaloop.core.ids import question_id
 from qaloop.core.model import Envelope, EventKind
-from qaloop.core.routing import Decision, GateConfig, judge
+from qaloop.core.routing import Decision, judge
 from qaloop.dataset import load_sample
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE, GenerationRequest, render_prompt
 from qaloop.llm.factory import simulated_config
 from qaloop.llm.simulated import SimulatedProvider
+from qaloop.pipeline import gate_config
 from qaloop.quality import get_scorer
 from qaloop.services.runner import out
 from qaloop.settings import Settings
@@ -398,28 +401,97 @@ CREATE TABLE IF NOT EXISTS answers (
 )"""
 
 
-def baseline_consumer(bootstrap: str, group: str, topics: list[str]) -> Any:
-    from confluent_kafka import Consumer
+class OriginalClient:
+    """The Kafka calls the original services made: take one message (auto-commit), and send
+    one message then wait for the broker (flush). Two implementations: confluent-kafka (our
+    client, the conservative baseline) and kafka-python (the original's own client)."""
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "enable.auto.commit": True,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe(topics)
-    return consumer
+    def next_value(self, timeout_s: float) -> bytes | None: ...
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
-def baseline_producer(bootstrap: str) -> Any:
-    from confluent_kafka import Producer
+class ConfluentOriginal(OriginalClient):
+    def __init__(self, bootstrap: str, group: str | None, topics: list[str]) -> None:
+        from confluent_kafka import Consumer, Producer
 
-    return Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+        self.consumer = None
+        if group is not None:
+            self.consumer = Consumer(
+                {
+                    "bootstrap.servers": bootstrap,
+                    "group.id": group,
+                    "enable.auto.commit": True,
+                    "auto.offset.reset": "earliest",
+                }
+            )
+            self.consumer.subscribe(topics)
+
+    def next_value(self, timeout_s: float) -> bytes | None:
+        assert self.consumer is not None
+        msg = self.consumer.poll(timeout_s)
+        if msg is None or msg.error():
+            return None
+        value: bytes | None = msg.value()
+        return value
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        self.producer.produce(topic, key=key, value=value)
+        self.producer.flush()  # the original: every send waited for the broker
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
 
 
-def baseline_role(role: str, bootstrap: str, prefix: str, dsn: str) -> None:
+class KafkaPythonOriginal(OriginalClient):
+    """kafka-python, as the original services used it: iterate the consumer, flush each send."""
+
+    def __init__(self, bootstrap: str, group: str | None, topics: list[str]) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        self.consumer = None
+        if group is not None:
+            self.consumer = KafkaConsumer(
+                *topics,
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                enable_auto_commit=True,
+                auto_offset_reset="earliest",
+                consumer_timeout_ms=500,  # the iterator stops when idle: lets SIGTERM be seen
+            )
+            self._records: Iterator[Any] = iter(self.consumer)
+
+    def next_value(self, timeout_s: float) -> bytes | None:
+        assert self.consumer is not None
+        try:
+            value: bytes | None = next(self._records).value
+            return value
+        except StopIteration:
+            self._records = iter(self.consumer)
+            return None
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        self.producer.send(topic, key=key, value=value)
+        self.producer.flush()
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+        self.producer.close()
+
+
+BASELINE_CLIENTS: dict[str, type[OriginalClient]] = {
+    "confluent-kafka": ConfluentOriginal,
+    "kafka-python": KafkaPythonOriginal,
+}
+
+
+def baseline_role(role: str, bootstrap: str, prefix: str, dsn: str, client_name: str) -> None:
     """One service of the baseline: one message at a time, flush after every send."""
     topics = Topics.with_prefix(prefix)
     settings = Settings()
@@ -430,21 +502,26 @@ def baseline_role(role: str, bootstrap: str, prefix: str, dsn: str) -> None:
         running = False
 
     signal.signal(signal.SIGTERM, on_term)
-    producer = baseline_producer(bootstrap)
+    subscribed = {
+        "worker": [topics.questions],
+        "judge": [topics.generated],
+        "store": [topics.validated, topics.dead_letter],
+    }
+    if role not in subscribed:
+        raise SystemExit(f"unknown baseline role {role}")
+    client = BASELINE_CLIENTS[client_name](bootstrap, f"{prefix}.{role}", subscribed[role])
 
     def send(topic: str, envelope: Envelope) -> None:
-        producer.produce(topic, key=envelope.question_id.encode(), value=codec.encode(envelope))
-        producer.flush()  # the original: every send waited for the broker
+        client.send(topic, envelope.question_id.encode(), codec.encode(envelope))
 
     if role == "worker":
-        consumer = baseline_consumer(bootstrap, f"{prefix}.worker", [topics.questions])
         provider = SimulatedProvider(simulated_config(settings))  # as the qaloop worker's
         loop = asyncio.new_event_loop()
         while running:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
+            value = client.next_value(0.5)
+            if value is None:
                 continue
-            env = codec.decode(msg.value())
+            env = codec.decode(value)
             request = GenerationRequest(
                 question_id=env.question_id,
                 question=env.question,
@@ -460,14 +537,13 @@ def baseline_role(role: str, bootstrap: str, prefix: str, dsn: str) -> None:
             )
             send(topics.generated, generated)
     elif role == "judge":
-        consumer = baseline_consumer(bootstrap, f"{prefix}.judge", [topics.generated])
         scorer = get_scorer(settings.scorer)
-        gate = GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts)
+        gate = gate_config(settings)
         while running:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
+            value = client.next_value(0.5)
+            if value is None:
                 continue
-            env = codec.decode(msg.value())
+            env = codec.decode(value)
             score = scorer.score_batch([(env.answer or "", env.reference_answer or "")])[0]
             decision, routed = judge(env, score, gate, time.time())
             topic = {
@@ -476,16 +552,13 @@ def baseline_role(role: str, bootstrap: str, prefix: str, dsn: str) -> None:
                 Decision.GIVE_UP: topics.dead_letter,
             }[decision]
             send(topic, routed)
-    elif role == "store":
-        consumer = baseline_consumer(
-            bootstrap, f"{prefix}.store", [topics.validated, topics.dead_letter]
-        )
+    else:
         with psycopg.connect(dsn, autocommit=True) as conn:
             while running:
-                msg = consumer.poll(0.5)
-                if msg is None or msg.error():
+                value = client.next_value(0.5)
+                if value is None:
                     continue
-                env = codec.decode(msg.value())
+                env = codec.decode(value)
                 conn.execute(  # one autocommitted statement per message
                     "INSERT INTO answers VALUES (%s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (question_id) DO NOTHING",
@@ -499,13 +572,16 @@ def baseline_role(role: str, bootstrap: str, prefix: str, dsn: str) -> None:
                         time.time(),
                     ),
                 )
-    else:
-        raise SystemExit(f"unknown baseline role {role}")
-    consumer.close()
+    client.close()
 
 
 def run_baseline(
-    args: argparse.Namespace, bootstrap: str, pg: str, n: int, latency_ms: float = 0.0
+    args: argparse.Namespace,
+    bootstrap: str,
+    pg: str,
+    n: int,
+    latency_ms: float = 0.0,
+    client_name: str = "confluent-kafka",
 ) -> dict[str, Any]:
     prefix = f"base{uuid.uuid4().hex[:8]}"
     topics = Topics.with_prefix(prefix)
@@ -527,6 +603,8 @@ def run_baseline(
                     prefix,
                     "--dsn",
                     db,
+                    "--baseline-client",
+                    client_name,
                 ],
                 env=child_env(kafka_bootstrap=bootstrap, sim_latency_ms=latency_ms),
                 stdin=subprocess.DEVNULL,
@@ -537,7 +615,7 @@ def run_baseline(
             wait_groups_stable(
                 bootstrap, {f"{prefix}.{g}": 1 for g in ("worker", "judge", "store")}
             )
-            producer = baseline_producer(bootstrap)
+            loader = BASELINE_CLIENTS[client_name](bootstrap, None, [])
             names = {
                 role: p.pid for role, p in zip(("worker", "judge", "store"), procs, strict=True)
             }
@@ -545,10 +623,7 @@ def run_baseline(
             t0 = time.time()
             for q, r in qas:  # the original gateway: one publish + flush per question
                 e = envelope_for(q, r, time.time())
-                producer.produce(
-                    topics.questions, key=e.question_id.encode(), value=codec.encode(e)
-                )
-                producer.flush()
+                loader.send(topics.questions, e.question_id.encode(), codec.encode(e))
             intake = time.time() - t0
             samples = []
             while True:
@@ -565,6 +640,7 @@ def run_baseline(
             codes = stop(procs)
             drop_topics(bootstrap, topics)
     return {
+        "client": client_name,
         "questions": len(qas),
         "elapsed_s": round(elapsed, 3),
         "questions_per_s": round(len(qas) / elapsed, 1),
@@ -606,7 +682,14 @@ def main() -> None:
     parser.add_argument("--logs", default="/tmp/qaloop-bench-logs")
     parser.add_argument("--bootstrap", default=os.environ.get("QALOOP_KAFKA_BOOTSTRAP"))
     parser.add_argument("--dsn", default=os.environ.get("QALOOP_PG_DSN"))
+    parser.add_argument(
+        "--baseline-clients",
+        default="confluent-kafka,kafka-python",
+        help="Kafka clients to build the baseline with, comma-separated (the first is the "
+        "one the speed-up is computed against)",
+    )
     parser.add_argument("--baseline-role", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-client", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.bootstrap or not args.dsn:
@@ -614,7 +697,9 @@ def main() -> None:
             'set QALOOP_KAFKA_BOOTSTRAP and QALOOP_PG_DSN: eval "$(scripts/infra env)"'
         )
     if args.baseline_role:
-        baseline_role(args.baseline_role, args.bootstrap, args.prefix, args.dsn)
+        baseline_role(
+            args.baseline_role, args.bootstrap, args.prefix, args.dsn, args.baseline_client
+        )
         return
     result: dict[str, Any] = {
         "command": "python " + " ".join(sys.argv),
@@ -632,16 +717,23 @@ def main() -> None:
     }
     result["qaloop"] = run_qaloop(args, args.bootstrap, args.dsn, args.questions)
     print(f"qaloop: {result['qaloop']['questions_per_s']} questions/s", flush=True)
+    clients = [c for c in args.baseline_clients.split(",") if c]
     if not args.skip_baseline:
-        result["baseline"] = run_baseline(args, args.bootstrap, args.dsn, args.baseline_questions)
-        print(f"baseline: {result['baseline']['questions_per_s']} questions/s", flush=True)
-        result["speedup"] = round(
-            result["qaloop"]["questions_per_s"] / result["baseline"]["questions_per_s"], 1
-        )
+        for i, client in enumerate(clients):
+            key = "baseline" if i == 0 else f"baseline_{client.replace('-', '_')}"
+            base = run_baseline(
+                args, args.bootstrap, args.dsn, args.baseline_questions, client_name=client
+            )
+            result[key] = base
+            speedup = round(result["qaloop"]["questions_per_s"] / base["questions_per_s"], 1)
+            result["speedup" if i == 0 else f"speedup_vs_{client.replace('-', '_')}"] = speedup
+            print(f"baseline ({client}): {base['questions_per_s']} questions/s", flush=True)
     if args.latency_ms > 0:  # the same comparison with an LLM that takes time to answer
         ms = args.latency_ms
         q = run_qaloop(args, args.bootstrap, args.dsn, args.latency_questions, ms)
-        b = run_baseline(args, args.bootstrap, args.dsn, args.latency_baseline_questions, ms)
+        b = run_baseline(
+            args, args.bootstrap, args.dsn, args.latency_baseline_questions, ms, clients[0]
+        )
         result[f"with_llm_latency_{ms:g}ms"] = {
             "qaloop": q,
             "baseline": b,
@@ -654,10 +746,10 @@ def main() -> None:
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    brief = {k: v for k, v in result.items() if k not in ("qaloop", "baseline")}
-    for part in ("qaloop", "baseline"):
-        if part in result:
-            brief[part] = {k: v for k, v in result[part].items() if k != "samples"}
+    parts = [k for k in result if k == "qaloop" or k.startswith("baseline")]
+    brief = {k: v for k, v in result.items() if k not in parts}
+    for part in parts:
+        brief[part] = {k: v for k, v in result[part].items() if k != "samples"}
     for key, value in result.items():
         if key.startswith("with_llm_latency"):
             brief[key] = {
