@@ -76,3 +76,32 @@ def test_ascii_fast_path_gives_the_same_tokens(text: str) -> None:
 
     assert tokens(text) == _slow_tokens(text)
     assert tokens(text + "\\nX") == _slow_tokens(text + "\\nX")
+
+
+def _script_counts_by_name(text: str) -> dict[str, int]:
+    """The reference: every letter's script from its Unicode name, one character at a time."""
+    from qaloop.quality.lang import _script
+
+    counts: dict[str, int] = {}
+    for char in text:
+        if char.isalpha():
+            script = _script(char)
+            if script is not None:
+                counts[script] = counts.get(script, 0) + 1
+    return counts
+
+
+@given(st.text(max_size=300))
+def test_script_counts_match_a_per_character_lookup(text: str) -> None:
+    from qaloop.quality.lang import _script_counts
+
+    assert dict(_script_counts(text)) == _script_counts_by_name(text)
+
+
+@given(st.text(max_size=120), st.sampled_from(["www.example.org", "https://x.io/a?b=1", "a.com"]))
+def test_urls_are_ignored_wherever_they_appear(text: str, url: str) -> None:
+    """The cheap pre-check must never skip the URL stripping: with or without a URL added, a
+    URL-free text is detected the same."""
+    if "." in text or "//" in text or "www" in text.lower():
+        return  # the text may hold a URL of its own
+    assert detect_language(f"{text} {url}") == detect_language(text)
