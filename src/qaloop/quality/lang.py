@@ -129,10 +129,20 @@ def _script_counts(text: str) -> Counter[str]:
     return counts
 
 
-@lru_cache(maxsize=16384)
+def clear_language_cache() -> None:
+    _detect_language.cache_clear()
+
+
+LANG_CHARS = 5_000  # enough to tell the language; bounds the work and the cache's keys
+
+
 def detect_language(text: str) -> str:
     """ISO 639-1-like code of the dominant language of `text`, or "und" when unsure."""
-    text = text[:5000]
+    return _detect_language(text[:LANG_CHARS])
+
+
+@lru_cache(maxsize=4096)  # keys of <= 5,000 characters: ~20 MB at most for ASCII text
+def _detect_language(text: str) -> str:
     if _MAYBE_URL.search(text):  # the full pattern backtracks at every word: only when needed
         text = _URL.sub(" ", text)
     scripts = _script_counts(text)

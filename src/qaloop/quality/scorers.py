@@ -18,7 +18,7 @@ from functools import lru_cache
 from rapidfuzz.distance import LCSseq
 
 from qaloop.quality.base import ScoreDetail, Scorer, get_scorer, register
-from qaloop.quality.lang import UNDETERMINED, detect_language
+from qaloop.quality.lang import UNDETERMINED, clear_language_cache, detect_language
 from qaloop.quality.text import normalize
 from qaloop.quality.text import tokens as _tokens
 
@@ -40,17 +40,27 @@ STOPWORDS = _words(
 )
 
 
-@lru_cache(maxsize=4096)
 def tokens(text: str) -> tuple[str, ...]:
-    """Cached: a composite scorer tokenises each text once per part, and a regenerated
-    question's reference comes back with every attempt."""
-    return tuple(_tokens(text[:MAX_CHARS]))
+    """Cached for texts of ordinary size: a composite scorer tokenises each text of a batch
+    once per part (the cache holds two judge batches of pairs). Long texts skip the cache, so
+    it stays within ~100 MB even when every answer is long."""
+    if len(text) > _CACHED_CHARS:
+        return tuple(_tokens(text[:MAX_CHARS]))
+    return _cached_tokens(text)
+
+
+_CACHED_CHARS = 4_000
+
+
+@lru_cache(maxsize=2048)
+def _cached_tokens(text: str) -> tuple[str, ...]:
+    return tuple(_tokens(text))
 
 
 def clear_caches() -> None:
     """Forget cached tokens and languages (benchmarks measure cold scoring with it)."""
-    tokens.cache_clear()
-    detect_language.cache_clear()
+    _cached_tokens.cache_clear()
+    clear_language_cache()
 
 
 def _empty_rule(a_empty: bool, r_empty: bool) -> float | None:
