@@ -527,6 +527,48 @@ def test_concurrent_overlapping_batches_leave_no_duplicates(backend: Backend) ->
     assert reader.unfinished() == []
 
 
+def test_hit_counts_and_batch_upserts_of_the_same_rows_do_not_deadlock(backend: Backend) -> None:
+    """Hit-count flushes (gateway) and batch upserts (store) touch the same rows at once; both
+    must lock them in one order. Updated rows move in the heap, so a statement that locks in
+    heap order soon disagrees with one that locks in id order."""
+    ids = [f"h{i:03d}" for i in range(150)]
+    lives = {qid: _lifecycle(qid) for qid in ids}
+    setup = backend.open()
+    setup.accept_many([lives[qid][0] for qid in ids])
+    repos = [backend.open(), backend.open()]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+    rounds = 30
+
+    def hits(repo: Repository) -> None:
+        try:
+            barrier.wait()
+            for _ in range(rounds):
+                repo.add_hits({qid: 1 for qid in ids})
+        except BaseException as exc:
+            errors.append(exc)
+
+    def upserts(repo: Repository) -> None:
+        try:
+            barrier.wait()
+            for r in range(rounds):
+                # the same envelopes again and again: each upsert is a no-op update target
+                repo.apply([lives[qid][1 + r % 5] for qid in ids])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=hits, args=(repos[0],)),
+        threading.Thread(target=upserts, args=(repos[1],)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert {q["hit_count"] for q in setup.export_questions()} == {rounds}
+
+
 def test_progress_key_orders_a_life() -> None:
     """The envelopes the tests use really move forward (guards the fixtures above)."""
     keys = [progress_key(e.state, e.attempt) for e in _lifecycle("x")]

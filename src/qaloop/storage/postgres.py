@@ -422,6 +422,14 @@ class PostgresRepository:
             return
         ids = sorted(hits)
         with self._tx() as conn:
+            # Lock the rows in id order first, as every other multi-row write here does: an
+            # UPDATE ... FROM locks them in whatever order its join produces (heap order), and
+            # against a concurrent batch upsert that order deadlocks (seen in CI).
+            conn.execute(
+                "SELECT 1 FROM questions WHERE question_id = ANY(%s) "
+                "ORDER BY question_id FOR UPDATE",
+                (ids,),
+            )
             conn.execute(
                 "UPDATE questions SET hit_count = questions.hit_count + h.n "
                 "FROM unnest(%s::text[], %s::bigint[]) AS h(question_id, n) "
