@@ -584,3 +584,35 @@ def test_an_unreachable_postgres_fails_fast_without_showing_the_password() -> No
         PostgresRepository("postgresql://qaloop:s3cret@127.0.0.1:1/qaloop", connect_timeout=0.5)
     assert "127.0.0.1:1/qaloop" in str(info.value)
     assert "s3cret" not in str(info.value)
+
+
+def test_postgres_writes_are_retried_after_a_deadlock_abort_but_not_forever() -> None:
+    pytest.importorskip("psycopg_pool")
+    import psycopg
+
+    from qaloop.storage.postgres import _retry_transient
+
+    calls: list[int] = []
+
+    @_retry_transient
+    def flaky(fail_times: int) -> str:
+        calls.append(1)
+        if len(calls) <= fail_times:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return "written"
+
+    assert flaky(2) == "written" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(psycopg.errors.DeadlockDetected):
+        flaky(3)
+    assert len(calls) == 3
+    calls.clear()
+
+    @_retry_transient
+    def broken() -> None:  # anything else is not retried: it may have been committed
+        calls.append(1)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    with pytest.raises(psycopg.OperationalError):
+        broken()
+    assert len(calls) == 1

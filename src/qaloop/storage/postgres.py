@@ -31,13 +31,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import random
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -198,6 +199,33 @@ def batch_rows(
     return questions, [_clean_event_row(events[key]) for key in sorted(events)]
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# Errors after which PostgreSQL has rolled the whole transaction back: running it again is
+# safe for every write here (they are idempotent, or nothing of them was applied).
+_TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+def _retry_transient(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a write transaction again (up to 3 tries in all) when PostgreSQL aborted it as a
+    deadlock victim or a serialization failure, instead of failing a whole batch."""
+
+    def retrying(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        for attempt in range(1, 4):
+            try:
+                return method(*args, **kwargs)
+            except _TRANSIENT as exc:
+                if attempt == 3:
+                    raise
+                log.warning("%s: %s, trying again", method.__name__, type(exc).__name__)
+                time.sleep(random.uniform(0.005, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
+    retrying.__name__ = method.__name__
+    retrying.__doc__ = method.__doc__
+    return retrying
+
+
 class PostgresRepository:
     """The Repository protocol over PostgreSQL. Thread-safe: every call borrows a pooled
     connection for one transaction."""
@@ -316,6 +344,7 @@ class PostgresRepository:
     def accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
         return self.accept_many([envelope])[0]
 
+    @_retry_transient
     def accept_many(self, envelopes: Sequence[Envelope]) -> list[tuple[bool, QuestionRecord]]:
         """Set-based: the inserts are pipelined (sorted by id, so concurrent group commits lock
         in one order), the stored rows come back in one SELECT. Of several envelopes of one
@@ -372,6 +401,7 @@ class PostgresRepository:
             ).fetchone()
         return None if row is None else record_from_row(row)
 
+    @_retry_transient
     def apply(self, envelopes: Sequence[Envelope]) -> None:
         if not envelopes:
             return
@@ -417,6 +447,7 @@ class PostgresRepository:
                         copy.write_row(row)
                 cur.execute(_MERGE_EVENTS)
 
+    @_retry_transient
     def add_hits(self, hits: Mapping[str, int]) -> None:
         if not hits:
             return
@@ -469,6 +500,7 @@ class PostgresRepository:
 
     # -- dead letters -----------------------------------------------------------------------
 
+    @_retry_transient
     def record_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
