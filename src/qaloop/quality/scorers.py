@@ -40,6 +40,9 @@ STOPWORDS = _words(
 )
 
 
+_CACHED_CHARS = 4_000
+
+
 def tokens(text: str) -> tuple[str, ...]:
     """Cached for texts of ordinary size: a composite scorer tokenises each text of a batch
     once per part (the cache holds two judge batches of pairs). Long texts skip the cache, so
@@ -47,9 +50,6 @@ def tokens(text: str) -> tuple[str, ...]:
     if len(text) > _CACHED_CHARS:
         return tuple(_tokens(text[:MAX_CHARS]))
     return _cached_tokens(text)
-
-
-_CACHED_CHARS = 4_000
 
 
 @lru_cache(maxsize=2048)

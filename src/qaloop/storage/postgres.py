@@ -29,6 +29,7 @@ stored envelope, a BYTEA, keeps the original bytes).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import random
@@ -47,6 +48,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from qaloop.core import codec
 from qaloop.core.model import Envelope, Event, QuestionRecord
+from qaloop.core.retry import full_jitter_backoff
 from qaloop.storage.base import DeadLetter, dedupe_batch
 from qaloop.storage.sqlite import (
     EVENT_COLUMNS,
@@ -204,25 +206,24 @@ _R = TypeVar("_R")
 # Errors after which PostgreSQL has rolled the whole transaction back: running it again is
 # safe for every write here (they are idempotent, or nothing of them was applied).
 _TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_TRANSIENT_TRIES = 3
+_jitter = random.Random()
 
 
 def _retry_transient(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run a write transaction again (up to 3 tries in all) when PostgreSQL aborted it as a
     deadlock victim or a serialization failure, instead of failing a whole batch."""
 
+    @functools.wraps(method)
     def retrying(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        for attempt in range(1, 4):
+        for try_no in range(1, _TRANSIENT_TRIES):
             try:
                 return method(*args, **kwargs)
             except _TRANSIENT as exc:
-                if attempt == 3:
-                    raise
                 log.warning("%s: %s, trying again", method.__name__, type(exc).__name__)
-                time.sleep(random.uniform(0.005, 0.05) * attempt)
-        raise AssertionError("unreachable")
+                time.sleep(full_jitter_backoff(try_no, 0.01, 0.1, _jitter))
+        return method(*args, **kwargs)  # the last try: its error goes to the caller
 
-    retrying.__name__ = method.__name__
-    retrying.__doc__ = method.__doc__
     return retrying
 
 
