@@ -35,12 +35,13 @@ from qaloop.bus.base import Bus, Consumer, OutMessage, Topics
 from qaloop.core.cache import Cache, make_cache
 from qaloop.core.model import Envelope, EventKind, QuestionState
 from qaloop.gateway.service import CachedAnswer, QuestionService
+from qaloop.llm.accounting import meter_from_settings
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
 from qaloop.observability.lag import KafkaLag
 from qaloop.observability.metrics import Metrics
 from qaloop.observability.server import serve_metrics
-from qaloop.pipeline import gate_config, retry_policy, worker_config
+from qaloop.pipeline import cost_stats, gate_config, retry_policy, worker_config
 from qaloop.quality import get_scorer
 from qaloop.services.judge import Judge
 from qaloop.services.retrier import Retrier
@@ -279,6 +280,7 @@ async def run_worker(
         worker_config(settings),
         retry_policy(settings),
         metrics=metrics,
+        meter=meter_from_settings(settings, metrics),
     )
     group = group_for(settings, "worker")
     runner = ConcurrentRunner(
@@ -293,7 +295,8 @@ async def run_worker(
     observers = _observers(settings, metrics, bus, group, [topics.questions])
 
     def stats() -> dict[str, Any]:
-        return {"group": group, **_runner_stats(runner), **worker.stats.as_dict()}
+        cost = worker.meter.as_dict() if worker.meter is not None else {}
+        return {"group": group, **_runner_stats(runner), **worker.stats.as_dict(), "cost": cost}
 
     await _run_stage(
         "worker", bus, [runner.run, *observers], stats, stop, [llm.aclose], _publish_failed(bus)
@@ -420,6 +423,20 @@ async def run_retrier(
     )
 
 
+async def _refresh_cost(
+    repo: Repository, into: dict[str, Any], stop: asyncio.Event, every_s: float = 5.0
+) -> None:
+    """Keep `into` at the stored spend (qaloop.pipeline.cost_stats), read in a thread so the
+    gateway's event loop never waits on the query."""
+    while not stop.is_set():
+        try:
+            into.update(await asyncio.to_thread(cost_stats, repo))
+        except Exception as exc:  # stats only: log and try again later
+            log.warning("gateway: could not read spend: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
 def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> FastAPI:
     """QuestionService over Kafka and the shared repository, behind the HTTP app."""
     from qaloop.gateway.http import create_app
@@ -434,6 +451,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
     # The dashboard's flow and Prometheus see every stage's backlog from here.
     lag = KafkaLag(bus, _stage_groups(settings, topics))
     service.metrics.watch_lag(lag)
+    spend: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -441,6 +459,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         await bus.start()
         flusher = asyncio.create_task(service.run_hit_flusher(stop))
         lag_probe = asyncio.create_task(lag.run(stop))
+        spend_probe = asyncio.create_task(_refresh_cost(repository, spend, stop))
         log.info(
             "gateway: serving on %s:%d (bus kafka %s)",
             settings.host,
@@ -453,6 +472,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
             stop.set()
             await flusher
             await lag_probe
+            await spend_probe
             await service.flush_hits()
             await bus.close()
             if repo is None:
@@ -463,6 +483,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         # Accepted here is not final here: the store of another process finishes questions.
         body = service.stats()
         body["mode"] = "distributed"
+        body["cost"] = spend  # stored spend of every worker, refreshed off the event loop
         return body
 
     return create_app(service, settings, stats=stats, lifespan=lifespan)

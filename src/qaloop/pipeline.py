@@ -21,6 +21,7 @@ from qaloop.core.model import Envelope, QuestionState
 from qaloop.core.retry import RetryPolicy
 from qaloop.core.routing import GateConfig
 from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
+from qaloop.llm.accounting import meter_from_settings, summarise
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
 from qaloop.observability.lag import MemoryLag
@@ -89,6 +90,7 @@ class EmbeddedPipeline:
         self.topics = Topics.with_prefix(settings.topic_prefix)
         self.bus: Bus = bus or MemoryBus(self.topics)
         self.repo = repo or open_repository(settings.db)
+        self.meter = meter_from_settings(settings, m)  # a bad price table stops us here
         self.provider = provider or make_provider(settings)
         self.board = StatusBoard()
         self.cache: Cache[str, CachedAnswer] = make_cache(
@@ -105,6 +107,7 @@ class EmbeddedPipeline:
             clock=clock,
             on_start=self.board.started,
             metrics=m,
+            meter=self.meter,
         )
         self.judge = Judge(
             get_scorer(settings.scorer),
@@ -206,6 +209,7 @@ class EmbeddedPipeline:
         await self.bus.close()
 
     def stats(self) -> dict[str, Any]:
+        counts = self.repo.state_counts()
         return {
             **self.service.stats(),
             "pipeline": {
@@ -218,5 +222,15 @@ class EmbeddedPipeline:
                 "resumed_at_start": self.resumed,
                 "in_flight": len(self.service.in_flight),
             },
-            "storage": self.repo.state_counts(),
+            "storage": counts,
+            "cost": cost_stats(self.repo, counts),
         }
+
+
+def cost_stats(repo: Repository, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """Stored spend (every process's calls) for /v1/stats: docs/spend.md."""
+    counts = counts if counts is not None else repo.state_counts()
+    totals = repo.usage_totals()
+    return summarise(
+        totals["groups"], questions=totals["questions"], validated=counts.get("validated", 0)
+    )

@@ -112,6 +112,15 @@ class Settings(BaseSettings):
         0, ge=0, description="LLM calls allowed per question, retries included (0 = no cap)"
     )
 
+    # Spend (docs/spend.md)
+    price_table: str | None = Field(
+        None, description="TOML price table (USD per 1M tokens); default: the shipped one"
+    )
+    price_as: str = Field(
+        "gemini/gemini-2.5-flash-lite",
+        description="provider/model whose prices simulated and replayed calls are charged at",
+    )
+
     # Retry policy
     overload_tries: int = Field(4, ge=1, description="In-process tries on 503/5xx before parking")
     backoff_base_s: float = Field(0.25, ge=0, description="Backoff base (full jitter)")

@@ -71,6 +71,52 @@ class EventKind(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What one LLM call consumed and cost (qaloop.llm.pricing computes it).
+
+    `purpose` keys the accounting: "generate" (the worker's answers) or "judge" (an LLM judge
+    through the same provider layer). `estimated` is true when the provider reported no usage
+    and the tokens were estimated from the text: such a call is never counted as free."""
+
+    purpose: str
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    estimated: bool = False
+    lane: str = "interactive"  # or "batch" (provider batch APIs, half price)
+    cost_usd: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "purpose": self.purpose,
+            "provider": self.provider,
+            "model": self.model,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
+            "estimated": self.estimated,
+            "lane": self.lane,
+            "cost_usd": self.cost_usd,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Usage:
+        return cls(
+            str(data["purpose"]),
+            str(data["provider"]),
+            str(data["model"]),
+            int(data["input_tokens"]),
+            int(data["output_tokens"]),
+            int(data.get("cached_tokens", 0)),
+            bool(data.get("estimated", False)),
+            str(data.get("lane", "interactive")),
+            float(data.get("cost_usd", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One line of a question's history. (attempt, seq) is unique per question."""
 
@@ -85,6 +131,7 @@ class Event:
     detail: str | None = None
     decision: str | None = None
     wait_s: float | None = None
+    usage: Usage | None = None  # an LLM call's tokens and cost (generated events, judge calls)
 
     def to_dict(self) -> dict[str, Any]:
         # Written out (not dataclasses.asdict): this runs for every event of every message.
@@ -98,6 +145,8 @@ class Event:
             value = getattr(self, key)
             if value is not None:
                 data[key] = value.value if key == "error_class" else value
+        if self.usage is not None:
+            data["usage"] = self.usage.to_dict()
         return data
 
     @classmethod
@@ -105,6 +154,7 @@ class Event:
         get = data.get
         ec = get("error_class")
         score, latency_ms, wait_s = get("score"), get("latency_ms"), get("wait_s")
+        usage = get("usage")
         return cls(
             int(data["seq"]),
             _EVENT_KINDS[data["kind"]],
@@ -117,6 +167,7 @@ class Event:
             get("detail"),
             get("decision"),
             None if wait_s is None else float(wait_s),
+            None if usage is None else Usage.from_dict(usage),
         )
 
 

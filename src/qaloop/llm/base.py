@@ -74,8 +74,10 @@ class Generation:
     text: str
     latency_ms: float
     model: str = ""
-    input_tokens: int | None = None
+    input_tokens: int | None = None  # None: the provider reported no usage (cost estimated)
     output_tokens: int | None = None
+    cached_tokens: int | None = None  # part of input_tokens served from the provider's cache
+    provider: str = ""  # who answered, when a fallback chain may have moved the call
 
 
 class Provider(Protocol):

@@ -18,6 +18,21 @@ def simulated_config(settings: Settings) -> SimulatedConfig:
     )
 
 
+def default_model(provider: str) -> str:
+    """The model a provider calls when `llm_model` is unset (simulated/replay: their name)."""
+    if provider == "gemini":
+        return "gemini-2.5-flash-lite"
+    if provider == "openai":
+        return "gpt-4o-mini"
+    return provider
+
+
+def configured_deployments(settings: Settings) -> list[tuple[str, str]]:
+    """Every provider/model these settings may call, primary first (the price table must
+    list each one)."""
+    return [(settings.llm, settings.llm_model or default_model(settings.llm))]
+
+
 def make_raw_provider(settings: Settings) -> Provider:
     """The provider alone, without the shared protection (tests, benchmarks)."""
     if settings.llm == "simulated":

@@ -233,6 +233,26 @@ class Metrics:
             registry=r,
         )
 
+        # --- spend (qaloop.llm.accounting)
+        self.llm_cost = Counter(
+            "qaloop_llm_cost_usd",
+            "Spend on LLM calls in USD (price table x usage), by purpose, provider, model, lane",
+            ["purpose", "provider", "model", "lane"],
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            "qaloop_llm_tokens",
+            "Tokens of LLM calls by purpose and kind (input, output, cached part of input)",
+            ["purpose", "kind"],
+            registry=r,
+        )
+        self.llm_usage_estimated = Counter(
+            "qaloop_llm_usage_estimated",
+            "LLM calls whose provider reported no usage (tokens estimated, still charged)",
+            ["purpose", "provider"],
+            registry=r,
+        )
+
         # --- retrier
         self.resumed = Counter(
             "qaloop_retrier_resumed", "Parked questions put back on the questions topic", registry=r

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from qaloop.bus.base import OutMessage, Topics
-from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState
+from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState, Usage
 from qaloop.core.retry import GiveUp, Park, RetryNow, RetryPolicy, on_llm_error
+from qaloop.llm.accounting import GENERATE, Meter
 from qaloop.llm.base import (
     DEFAULT_PROMPT_TEMPLATE,
+    Generation,
     GenerationRequest,
     LLMError,
     Provider,
@@ -78,8 +80,10 @@ class Worker:
         clock: Callable[[], float] = time.time,
         on_start: Callable[[Envelope], None] | None = None,
         metrics: Metrics | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.provider = provider
+        self.meter = meter
         self.topics = topics
         self.config = config
         self.retry = retry
@@ -235,6 +239,7 @@ class Worker:
                 answer=generation.text,
                 latency_ms=generation.latency_ms,
                 detail=_usage(generation.input_tokens, generation.output_tokens),
+                usage=self._account(generation, request),
             ).evolve(
                 state=QuestionState.SCORING,
                 answer=generation.text,
@@ -254,6 +259,21 @@ class Worker:
                 state="scoring",
             )
             return [out(self.topics.generated, generated)]
+
+    # -- spend (docs/spend.md): kept apart from the retry logic above
+
+    def _account(self, generation: Generation, request: GenerationRequest) -> Usage | None:
+        """Price the call from its usage metadata (estimated, and marked so, when absent)."""
+        if self.meter is None:
+            return None
+        inner = getattr(self.provider, "inner", self.provider)
+        return self.meter.usage(
+            generation,
+            request.prompt,
+            generation.provider or self._provider_name,
+            purpose=GENERATE,
+            configured_model=getattr(inner, "model", None),
+        )
 
 
 def _usage(input_tokens: int | None, output_tokens: int | None) -> str | None:
