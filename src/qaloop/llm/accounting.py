@@ -63,10 +63,11 @@ class Meter:
         *,
         price_as: str = DEFAULT_PRICE_AS,
         metrics: Any | None = None,
+        check_price_as: bool = True,
     ) -> None:
         self.table = table
         self.price_as = parse_deployment(price_as)
-        if table.find(*self.price_as) is None:
+        if check_price_as:
             table.require([self.price_as])
         self.metrics = metrics
         self.totals: dict[tuple[str, str, str, str], UsageTotals] = {}
@@ -228,5 +229,7 @@ def meter_from_settings(settings: Any, metrics: Any | None = None) -> Meter:
     from qaloop.llm.factory import configured_deployments
 
     table = PriceTable.load(settings.price_table)
-    table.require([d for d in configured_deployments(settings) if d[0] not in UNPRICED_PROVIDERS])
-    return Meter(table, price_as=settings.price_as, metrics=metrics)
+    deployments = configured_deployments(settings)
+    table.require([d for d in deployments if d[0] not in UNPRICED_PROVIDERS])
+    unpriced = any(d[0] in UNPRICED_PROVIDERS for d in deployments)
+    return Meter(table, price_as=settings.price_as, metrics=metrics, check_price_as=unpriced)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qaloop.report import cost as C
 from qaloop.report import tables as T
 from qaloop.report.data import ReportData
 from qaloop.report.tables import Cell, Table
@@ -138,6 +139,7 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
     loop = T.feedback(by_question)
     score = T.scores(data.events, threshold)
     dead = T.dead_letters(data.dead_letters)
+    spend = C.cost(data.usage, data.questions)
 
     plots.latency_cdf(latency, out_dir / "latency_cdf.png")
     plots.throughput(series, out_dir / "throughput.png", tp_source)
@@ -178,6 +180,12 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
                 "Every dead-letter record, by reason.",
                 [dead.table()],
                 ["dead_letters.png"],
+            ),
+            Section(
+                "Spend",
+                "What the LLM calls cost: tokens from each response's usage metadata (estimated "
+                "when the provider gave none) times the price table (docs/spend.md).",
+                [spend.summary_table(), spend.models_table(), spend.lanes_table()],
             ),
         ],
     )
