@@ -38,6 +38,7 @@ from qaloop.gateway.service import CachedAnswer, QuestionService
 from qaloop.llm.accounting import meter_from_settings
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
+from qaloop.llm.fallback import attach_metrics, fallback_stats
 from qaloop.observability.lag import KafkaLag
 from qaloop.observability.metrics import Metrics
 from qaloop.observability.server import serve_metrics
@@ -274,6 +275,7 @@ async def run_worker(
     await bus.start()
     llm = provider or make_provider(settings)
     metrics = Metrics()
+    attach_metrics(llm, metrics)
     worker = Worker(
         llm,
         topics,
@@ -296,7 +298,13 @@ async def run_worker(
 
     def stats() -> dict[str, Any]:
         cost = worker.meter.as_dict() if worker.meter is not None else {}
-        return {"group": group, **_runner_stats(runner), **worker.stats.as_dict(), "cost": cost}
+        return {
+            "group": group,
+            **_runner_stats(runner),
+            **worker.stats.as_dict(),
+            "cost": cost,
+            "fallbacks": fallback_stats(llm),
+        }
 
     await _run_stage(
         "worker", bus, [runner.run, *observers], stats, stop, [llm.aclose], _publish_failed(bus)

@@ -24,6 +24,7 @@ from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
 from qaloop.llm.accounting import meter_from_settings, summarise
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
+from qaloop.llm.fallback import attach_metrics, fallback_stats
 from qaloop.observability.lag import MemoryLag
 from qaloop.observability.metrics import Metrics
 from qaloop.quality import get_scorer
@@ -92,6 +93,7 @@ class EmbeddedPipeline:
         self.repo = repo or open_repository(settings.db)
         self.meter = meter_from_settings(settings, m)  # a bad price table stops us here
         self.provider = provider or make_provider(settings)
+        attach_metrics(self.provider, m)
         self.board = StatusBoard()
         self.cache: Cache[str, CachedAnswer] = make_cache(
             settings.cache_policy, settings.cache_size, settings.cache_ttl_s or None
@@ -224,6 +226,7 @@ class EmbeddedPipeline:
             },
             "storage": counts,
             "cost": cost_stats(self.repo, counts),
+            "fallbacks": fallback_stats(self.provider),
         }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
@@ -113,6 +113,14 @@ class Settings(BaseSettings):
     )
 
     # Spend (docs/spend.md)
+    llm_fallbacks: str = Field(
+        "",
+        description="Deployments tried after the primary (provider/model[@base_url], comma "
+        "separated, or a JSON list): on a daily quota, an open circuit, a model error",
+    )
+    llm_escalation: str = Field(
+        "", description="provider/model per attempt (1, 2, ...), each the primary or a fallback"
+    )
     price_table: str | None = Field(
         None, description="TOML price table (USD per 1M tokens); default: the shipped one"
     )
@@ -155,6 +163,22 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Logging level")
     log_json: bool = Field(False, description="Log one JSON object per line")
+
+    @field_validator("llm_fallbacks")
+    @classmethod
+    def _check_fallbacks(cls, value: str) -> str:
+        from qaloop.llm.deployments import parse
+
+        parse(value)  # DeploymentError (a ValueError): a clear message at start
+        return value
+
+    @field_validator("llm_escalation")
+    @classmethod
+    def _check_escalation(cls, value: str) -> str:
+        from qaloop.llm.deployments import parse_keys
+
+        parse_keys(value)
+        return value
 
     def api_key(self) -> str | None:
         if self.llm_api_key is not None:

@@ -56,6 +56,9 @@ class FakeConfig:
     hang_s: float = 30.0  # how long a "timeout" request sleeps
     retry_delay_s: int = 2
     api_key: str | None = None  # when set, requests must carry it
+    # a directive for every request without one of its own: two servers then stand for two
+    # deployments that behave differently on the same prompt (fallback tests)
+    force: str | None = None
 
 
 @dataclass
@@ -227,7 +230,7 @@ class FakeLLMServer:
             self.stats.seen[prompt] += 1
             calls = self.stats.seen[prompt]
         if match is None:
-            return None
+            return self.config.force
         kind, times = match.group(1), match.group(2)
         if times is not None and calls > int(times):
             return None

@@ -253,6 +253,13 @@ class Metrics:
             registry=r,
         )
 
+        self.llm_fallbacks = Counter(
+            "qaloop_llm_fallbacks",
+            "Calls moved to the next deployment of the fallback chain, by deployment and reason",
+            ["deployment", "reason"],
+            registry=r,
+        )
+
         # --- retrier
         self.resumed = Counter(
             "qaloop_retrier_resumed", "Parked questions put back on the questions topic", registry=r

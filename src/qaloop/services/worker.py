@@ -272,7 +272,7 @@ class Worker:
             request.prompt,
             generation.provider or self._provider_name,
             purpose=GENERATE,
-            configured_model=getattr(inner, "model", None),
+            configured_model=generation.requested_model or getattr(inner, "model", None),
         )
 
 
