@@ -37,6 +37,7 @@ from qaloop.core.model import Envelope, EventKind, QuestionState
 from qaloop.gateway.service import CachedAnswer, QuestionService
 from qaloop.llm.accounting import meter_from_settings
 from qaloop.llm.base import Provider
+from qaloop.llm.budget import budget_from_settings
 from qaloop.llm.factory import make_provider
 from qaloop.llm.fallback import attach_metrics, fallback_stats
 from qaloop.observability.lag import KafkaLag
@@ -276,6 +277,7 @@ async def run_worker(
     llm = provider or make_provider(settings)
     metrics = Metrics()
     attach_metrics(llm, metrics)
+    budget = budget_from_settings(settings, metrics)
     worker = Worker(
         llm,
         topics,
@@ -283,6 +285,7 @@ async def run_worker(
         retry_policy(settings),
         metrics=metrics,
         meter=meter_from_settings(settings, metrics),
+        budget=budget,
     )
     group = group_for(settings, "worker")
     runner = ConcurrentRunner(
@@ -307,7 +310,13 @@ async def run_worker(
         }
 
     await _run_stage(
-        "worker", bus, [runner.run, *observers], stats, stop, [llm.aclose], _publish_failed(bus)
+        "worker",
+        bus,
+        [runner.run, *observers],
+        stats,
+        stop,
+        [llm.aclose, *([budget.aclose] if budget is not None else [])],
+        _publish_failed(bus),
     )
 
 

@@ -23,6 +23,7 @@ from qaloop.core.routing import GateConfig
 from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
 from qaloop.llm.accounting import meter_from_settings, summarise
 from qaloop.llm.base import Provider
+from qaloop.llm.budget import budget_from_settings
 from qaloop.llm.factory import make_provider
 from qaloop.llm.fallback import attach_metrics, fallback_stats
 from qaloop.observability.lag import MemoryLag
@@ -92,6 +93,7 @@ class EmbeddedPipeline:
         self.bus: Bus = bus or MemoryBus(self.topics)
         self.repo = repo or open_repository(settings.db)
         self.meter = meter_from_settings(settings, m)  # a bad price table stops us here
+        self.budget = budget_from_settings(settings, m)
         self.provider = provider or make_provider(settings)
         attach_metrics(self.provider, m)
         self.board = StatusBoard()
@@ -110,6 +112,7 @@ class EmbeddedPipeline:
             on_start=self.board.started,
             metrics=m,
             meter=self.meter,
+            budget=self.budget,
         )
         self.judge = Judge(
             get_scorer(settings.scorer),
@@ -208,6 +211,8 @@ class EmbeddedPipeline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.flush_hits()
         await self.provider.aclose()
+        if self.budget is not None:
+            await self.budget.aclose()
         await self.bus.close()
 
     def stats(self) -> dict[str, Any]:

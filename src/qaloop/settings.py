@@ -129,6 +129,30 @@ class Settings(BaseSettings):
         description="provider/model whose prices simulated and replayed calls are charged at",
     )
 
+    budget_usd: float = Field(
+        0.0, ge=0, description="Global spend budget per period, USD (0 = none)"
+    )
+    budget_key_usd: float = Field(
+        0.0, ge=0, description="Spend budget per API key per period, USD (0 = none)"
+    )
+    budget_period: Literal["hour", "day", "month"] = Field(
+        "day", description="Budget period (UTC hour, day or calendar month)"
+    )
+    budget_soft_fraction: float = Field(
+        0.8, gt=0, le=1, description="Share of a budget that logs a warning and counts a metric"
+    )
+    budget_action: Literal["park", "reject"] = Field(
+        "park",
+        description="At the hard limit: park questions (reason budget), or also answer 429 "
+        "to new questions",
+    )
+    budget_backend: Literal["local", "postgres"] = Field(
+        "local", description="Spend counters: per process, or shared in PostgreSQL"
+    )
+    budget_dsn: str | None = Field(
+        None, description="PostgreSQL DSN of the shared spend ledger (default: db if postgresql://)"
+    )
+
     # Retry policy
     overload_tries: int = Field(4, ge=1, description="In-process tries on 503/5xx before parking")
     backoff_base_s: float = Field(0.25, ge=0, description="Backoff base (full jitter)")

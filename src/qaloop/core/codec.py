@@ -113,4 +113,5 @@ def _from_dict(data: dict[str, Any]) -> Envelope:
         tries_in_attempt=int(data.get("tries_in_attempt", 0)),
         history=tuple(Event.from_dict(e) for e in history_raw),
         schema_version=SCHEMA_VERSION,
+        caller=_str(data, "caller", optional=True),
     )

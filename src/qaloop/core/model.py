@@ -58,6 +58,7 @@ class ErrorClass(enum.StrEnum):
     QUOTA_DAY = "quota_day"  # 429 per-day or zero quota: park until reset, don't spin
     PERMANENT = "permanent"  # 400-class, safety block, unknown question: dead letter at once
     BUDGET = "budget"  # the question's retry budget (tries or time) is spent
+    SPEND = "spend"  # a spend budget is reached (docs/spend.md): park until the period ends
 
 
 class EventKind(enum.StrEnum):
@@ -209,6 +210,7 @@ class Envelope:
     tries_in_attempt: int = 0  # LLM calls spent on the current attempt (retries included)
     history: tuple[Event, ...] = field(default_factory=tuple)
     schema_version: int = SCHEMA_VERSION
+    caller: str | None = None  # the API key's name that asked (per-key spend budgets)
 
     def with_event(self, kind: EventKind, at: float, **fields: Any) -> Envelope:
         event = Event(seq=len(self.history), kind=kind, attempt=self.attempt, at=at, **fields)
@@ -246,6 +248,7 @@ class Envelope:
             "llm_calls": self.llm_calls,
             "tries_in_attempt": self.tries_in_attempt,
             "history": [e.to_dict() for e in self.history],
+            **({"caller": self.caller} if self.caller is not None else {}),
         }
 
 

@@ -260,6 +260,25 @@ class Metrics:
             registry=r,
         )
 
+        self.budget_spent = Gauge(
+            "qaloop_budget_spent_usd",
+            "Spend counted against a budget this period, as last charged here (scope: global, key)",
+            ["scope"],
+            registry=r,
+        )
+        self.budget_soft = Counter(
+            "qaloop_budget_soft_exceeded",
+            "Times a spend budget's soft limit was crossed (once per scope and period)",
+            ["scope"],
+            registry=r,
+        )
+        self.budget_stops = Counter(
+            "qaloop_budget_stops",
+            "LLM calls (or new questions) stopped because a spend budget is reached",
+            ["scope"],
+            registry=r,
+        )
+
         # --- retrier
         self.resumed = Counter(
             "qaloop_retrier_resumed", "Parked questions put back on the questions topic", registry=r

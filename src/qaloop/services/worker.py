@@ -30,6 +30,7 @@ from qaloop.llm.base import (
     ServerError,
     render_prompt,
 )
+from qaloop.llm.budget import Budget, BudgetStop
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
 from qaloop.services.runner import out
@@ -81,9 +82,11 @@ class Worker:
         on_start: Callable[[Envelope], None] | None = None,
         metrics: Metrics | None = None,
         meter: Meter | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.provider = provider
         self.meter = meter
+        self.budget = budget
         self.topics = topics
         self.config = config
         self.retry = retry
@@ -108,6 +111,9 @@ class Worker:
         log_event(log, "generating", env, state="generating")
         m = self.metrics
         while True:
+            stop = await self._spend_stop(env)
+            if stop is not None:
+                return [out(self.topics.delayed, self._park_for_spend(env, stop))]
             try_no = env.tries_in_attempt + 1
             request = GenerationRequest(
                 question_id=env.question_id,
@@ -233,13 +239,15 @@ class Worker:
             for recovered in errors_since_last_answer(env):
                 self.stats.recovered[recovered] += 1
                 m.llm_recovered.labels(recovered).inc()
+            usage = self._account(generation, request)
+            await self._charge_spend(env, usage)
             generated = env.with_event(
                 EventKind.GENERATED,
                 now,
                 answer=generation.text,
                 latency_ms=generation.latency_ms,
                 detail=_usage(generation.input_tokens, generation.output_tokens),
-                usage=self._account(generation, request),
+                usage=usage,
             ).evolve(
                 state=QuestionState.SCORING,
                 answer=generation.text,
@@ -274,6 +282,50 @@ class Worker:
             purpose=GENERATE,
             configured_model=generation.requested_model or getattr(inner, "model", None),
         )
+
+    async def _spend_stop(self, env: Envelope) -> BudgetStop | None:
+        """The spend budget reached for this question's caller (or everyone), if any. A ledger
+        that can't be read stops too (fails closed): park briefly rather than spend unseen."""
+        if self.budget is None:
+            return None
+        try:
+            return await self.budget.check(env.caller)
+        except LLMError as exc:
+            log_event(log, "budget_unavailable", env, "%s", exc.detail, level=logging.WARNING)
+            return BudgetStop("ledger", 0.0, 0.0, self.retry.backoff_cap_s)
+
+    def _park_for_spend(self, env: Envelope, stop: BudgetStop) -> Envelope:
+        """Park until the budget's period ends: our own stop, no LLM call was made."""
+        now = self.clock()
+        cls = ErrorClass.SPEND
+        due_at = now + stop.retry_after_s
+        self.stats.parked[cls.value] += 1
+        self.metrics.llm_parked.labels(cls.value).inc()
+        message = stop.message if stop.scope != "ledger" else "budget: spend ledger unavailable"
+        log_event(
+            log,
+            "parked",
+            env,
+            "until %.3f (%s)",
+            due_at,
+            message,
+            error_class=cls.value,
+            due_at=due_at,
+            state="queued",
+        )
+        return env.with_event(
+            EventKind.PARKED, now, error_class=cls, wait_s=due_at - now, detail=message
+        ).evolve(
+            state=QuestionState.QUEUED,
+            due_at=due_at,
+            error_class=cls,
+            error_detail=message,
+            tries_in_attempt=0,
+        )
+
+    async def _charge_spend(self, env: Envelope, usage: Usage | None) -> None:
+        if self.budget is not None and usage is not None:
+            await self.budget.charge(env.caller, usage.cost_usd)
 
 
 def _usage(input_tokens: int | None, output_tokens: int | None) -> str | None:
