@@ -43,7 +43,14 @@ from qaloop.llm.fallback import attach_metrics, fallback_stats
 from qaloop.observability.lag import KafkaLag
 from qaloop.observability.metrics import Metrics
 from qaloop.observability.server import serve_metrics
-from qaloop.pipeline import cost_stats, gate_config, retry_policy, worker_config
+from qaloop.pipeline import (
+    batch_lane_for,
+    cost_stats,
+    gate_config,
+    priority_slots,
+    retry_policy,
+    worker_config,
+)
 from qaloop.quality import get_scorer
 from qaloop.services.judge import Judge
 from qaloop.services.retrier import Retrier
@@ -286,7 +293,10 @@ async def run_worker(
         metrics=metrics,
         meter=meter_from_settings(settings, metrics),
         budget=budget,
+        priority=priority_slots(settings),
     )
+    lane = batch_lane_for(settings, topics, bus, worker.meter)
+    worker.batch_lane = lane
     group = group_for(settings, "worker")
     runner = ConcurrentRunner(
         "worker",
@@ -307,15 +317,20 @@ async def run_worker(
             **worker.stats.as_dict(),
             "cost": cost,
             "fallbacks": fallback_stats(llm),
+            "batch_lane": lane.stats.as_dict() if lane is not None else {},
         }
 
     await _run_stage(
         "worker",
         bus,
-        [runner.run, *observers],
+        [runner.run, *observers, *([lane.run] if lane is not None else [])],
         stats,
         stop,
-        [llm.aclose, *([budget.aclose] if budget is not None else [])],
+        [
+            llm.aclose,
+            *([budget.aclose] if budget is not None else []),
+            *([lane.aclose] if lane is not None else []),
+        ],
         _publish_failed(bus),
     )
 

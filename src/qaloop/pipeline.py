@@ -21,15 +21,18 @@ from qaloop.core.model import Envelope, QuestionState
 from qaloop.core.retry import RetryPolicy
 from qaloop.core.routing import GateConfig
 from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
-from qaloop.llm.accounting import meter_from_settings, summarise
-from qaloop.llm.base import Provider
+from qaloop.llm.accounting import Meter, meter_from_settings, summarise
+from qaloop.llm.base import Provider, render_prompt
+from qaloop.llm.batch import make_batch_client
 from qaloop.llm.budget import budget_from_settings
 from qaloop.llm.factory import make_provider
 from qaloop.llm.fallback import attach_metrics, fallback_stats
 from qaloop.observability.lag import MemoryLag
 from qaloop.observability.metrics import Metrics
 from qaloop.quality import get_scorer
+from qaloop.services.batch_lane import BatchLane, BatchLaneConfig
 from qaloop.services.judge import Judge
+from qaloop.services.priority import PrioritySlots
 from qaloop.services.retrier import Retrier
 from qaloop.services.runner import BatchRunner, ConcurrentRunner, out
 from qaloop.services.store import Store
@@ -66,6 +69,32 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
+def batch_lane_for(
+    settings: Settings, topics: Topics, bus: Bus, meter: Meter | None
+) -> BatchLane | None:
+    """The batch lane (docs/spend.md) when `batch_lane` is on."""
+    if not settings.batch_lane:
+        return None
+    template = settings.prompt_template
+    return BatchLane(
+        make_batch_client(settings),
+        topics,
+        bus.publish_many,
+        prompt=lambda question: render_prompt(template, question),
+        meter=meter,
+        config=BatchLaneConfig(
+            max_size=settings.batch_max_size,
+            max_wait_s=settings.batch_max_wait_s,
+            poll_every_s=settings.batch_poll_s,
+        ),
+    )
+
+
+def priority_slots(settings: Settings) -> PrioritySlots:
+    """Interactive calls first when they compete with batch-priority ones for call slots."""
+    return PrioritySlots(settings.llm_max_in_flight or settings.llm_concurrency)
+
+
 def resume_message(envelope: Envelope, topics: Topics) -> OutMessage:
     """Where an unfinished question goes back to after a restart."""
     if envelope.state is QuestionState.SCORING and envelope.answer is not None:
@@ -96,6 +125,7 @@ class EmbeddedPipeline:
         self.budget = budget_from_settings(settings, m)
         self.provider = provider or make_provider(settings)
         attach_metrics(self.provider, m)
+        self.batch_lane = batch_lane_for(settings, self.topics, self.bus, self.meter)
         self.board = StatusBoard()
         self.cache: Cache[str, CachedAnswer] = make_cache(
             settings.cache_policy, settings.cache_size, settings.cache_ttl_s or None
@@ -113,6 +143,8 @@ class EmbeddedPipeline:
             metrics=m,
             meter=self.meter,
             budget=self.budget,
+            batch_lane=self.batch_lane,
+            priority=priority_slots(settings),
         )
         self.judge = Judge(
             get_scorer(settings.scorer),
@@ -177,6 +209,7 @@ class EmbeddedPipeline:
             ("store", store.run(self._stop)),
             ("retrier", self.retrier.run(self._stop)),
             ("hits", self.service.run_hit_flusher(self._stop)),
+            *([("batch", self.batch_lane.run(self._stop))] if self.batch_lane else []),
         ):
             self._tasks.append(asyncio.create_task(coro, name=name))
 
@@ -211,6 +244,8 @@ class EmbeddedPipeline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.flush_hits()
         await self.provider.aclose()
+        if self.batch_lane is not None:
+            await self.batch_lane.aclose()
         if self.budget is not None:
             await self.budget.aclose()
         await self.bus.close()
@@ -232,6 +267,7 @@ class EmbeddedPipeline:
             "storage": counts,
             "cost": cost_stats(self.repo, counts),
             "fallbacks": fallback_stats(self.provider),
+            "batch_lane": self.batch_lane.stats.as_dict() if self.batch_lane else {},
         }
 
 

@@ -153,6 +153,15 @@ class Settings(BaseSettings):
         None, description="PostgreSQL DSN of the shared spend ledger (default: db if postgresql://)"
     )
 
+    batch_lane: bool = Field(
+        False, description="Send batch-priority questions to the provider's batch API (half price)"
+    )
+    batch_max_size: int = Field(100, ge=1, description="Questions per batch job")
+    batch_max_wait_s: float = Field(
+        60.0, ge=0, description="Longest wait of a batch question before its job is submitted"
+    )
+    batch_poll_s: float = Field(30.0, gt=0, description="How often a batch job's status is read")
+
     # Retry policy
     overload_tries: int = Field(4, ge=1, description="In-process tries on 503/5xx before parking")
     backoff_base_s: float = Field(0.25, ge=0, description="Backoff base (full jitter)")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 SCHEMA_VERSION = 1
+LANES = ("interactive", "batch")  # a question's priority (docs/spend.md: the batch lane)
 
 
 class QuestionState(enum.StrEnum):
@@ -69,6 +70,7 @@ class EventKind(enum.StrEnum):
     RESUMED = "resumed"  # a parked question is due again
     SCORED = "scored"  # the judge scored an answer and decided
     GAVE_UP = "gave_up"
+    BATCHED = "batched"  # handed to a provider batch job (the batch lane)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,7 @@ class Envelope:
     history: tuple[Event, ...] = field(default_factory=tuple)
     schema_version: int = SCHEMA_VERSION
     caller: str | None = None  # the API key's name that asked (per-key spend budgets)
+    lane: str = "interactive"  # or "batch": may wait for a provider batch job (docs/spend.md)
 
     def with_event(self, kind: EventKind, at: float, **fields: Any) -> Envelope:
         event = Event(seq=len(self.history), kind=kind, attempt=self.attempt, at=at, **fields)
@@ -249,6 +252,7 @@ class Envelope:
             "tries_in_attempt": self.tries_in_attempt,
             "history": [e.to_dict() for e in self.history],
             **({"caller": self.caller} if self.caller is not None else {}),
+            **({"lane": self.lane} if self.lane != "interactive" else {}),
         }
 
 

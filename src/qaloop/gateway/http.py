@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from qaloop.core.model import LANES
 from qaloop.gateway import dashboard
 from qaloop.gateway.service import QuestionService
 from qaloop.observability.dashboard import DashboardSampler
@@ -125,6 +126,16 @@ def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str |
                 f"{settings.max_reference_chars}",
             )
     return question, reference
+
+
+def parse_priority(data: dict[str, Any]) -> str:
+    """`"priority": "interactive"` (default) or `"batch"`: may wait for a batch job."""
+    priority = data.get("priority", "interactive")
+    if priority not in LANES:
+        raise BadRequest(
+            422, "invalid_field", f"field 'priority' must be one of {list(LANES)}, got {priority!r}"
+        )
+    return str(priority)
 
 
 def parse_wait(raw: str | None, settings: Settings) -> float:
@@ -246,10 +257,11 @@ def create_app(
         try:
             data = await read_json_body(request, settings.max_body_bytes)
             question, reference = parse_question(data, settings)
+            lane = parse_priority(data)
         except BadRequest as exc:
             rejected.labels(exc.code).inc()
             raise
-        status, body = await service.ask(question, reference)
+        status, body = await service.ask(question, reference, lane=lane)
         seconds.observe(time.perf_counter() - started)  # a plain bucket array: ~0.3 us
         return json_response(status, body)
 

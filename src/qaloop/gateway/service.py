@@ -85,7 +85,9 @@ class QuestionService:
         in_flight = (lambda: len(self.in_flight)) if board is not None else None
         self.metrics.watch_gateway(self.counters, cache, in_flight)
 
-    async def ask(self, question: str, reference: str | None) -> tuple[int, dict[str, Any]]:
+    async def ask(
+        self, question: str, reference: str | None, *, lane: str = "interactive"
+    ) -> tuple[int, dict[str, Any]]:
         qid = question_id(question)
         self.counters["asked"] += 1
         cached = self.cache.get(qid)
@@ -100,6 +102,7 @@ class QuestionService:
             reference_answer=reference,
             trace_id=uuid.uuid4().hex,
             first_seen=now,
+            lane=lane,
         ).with_event(EventKind.ACCEPTED, now)
         inserted, record = await self._accept(envelope)
         if inserted:

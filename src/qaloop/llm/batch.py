@@ -294,3 +294,67 @@ class GeminiBatchClient:
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
+
+
+# --------------------------------------------------------------------------- simulated
+
+
+class SimulatedBatchClient:
+    """A batch job over any Provider (the simulated one in the demo and tests): the job ends
+    after `polls` status reads, each request answered by `provider.generate`."""
+
+    def __init__(self, provider: Any, *, model: str = "simulated", polls: int = 1) -> None:
+        self.provider = provider
+        self.name = str(getattr(provider, "name", "simulated"))
+        self.model = model
+        self.polls = polls
+        self._jobs: dict[str, tuple[list[BatchItem], int]] = {}
+
+    async def submit(self, items: Sequence[BatchItem]) -> str:
+        job_id = f"sim-{len(self._jobs) + 1}"
+        self._jobs[job_id] = (list(items), 0)
+        return job_id
+
+    async def poll(self, job_id: str) -> BatchPoll:
+        items, reads = self._jobs[job_id]
+        if reads < self.polls:
+            self._jobs[job_id] = (items, reads + 1)
+            return BatchPoll(BatchState.RUNNING)
+        del self._jobs[job_id]
+        results: dict[str, Generation | LLMError] = {}
+        for item in items:
+            try:
+                results[item.key] = await self.provider.generate(item.request)
+            except LLMError as exc:
+                results[item.key] = exc
+        return BatchPoll(BatchState.DONE, results, detail="simulated batch done")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def make_batch_client(settings: Any) -> BatchClient:
+    """The batch client of the configured provider (settings: qaloop.settings.Settings)."""
+    if settings.llm == "openai":
+        from qaloop.llm.openai_compat import DEFAULT_BASE_URL, DEFAULT_MODEL
+
+        return OpenAIBatchClient(
+            base_url=settings.llm_base_url or DEFAULT_BASE_URL,
+            model=settings.llm_model or DEFAULT_MODEL,
+            api_key=settings.api_key(),
+            timeout_s=settings.llm_timeout_s,
+            max_output_tokens=settings.llm_max_output_tokens,
+        )
+    if settings.llm == "gemini":
+        from qaloop.llm.gemini import DEFAULT_MODEL as GEMINI_MODEL
+
+        return GeminiBatchClient(
+            settings.api_key() or "",
+            model=settings.llm_model or GEMINI_MODEL,
+            base_url=settings.llm_base_url,
+            timeout_s=settings.llm_timeout_s,
+            max_output_tokens=settings.llm_max_output_tokens,
+        )
+    from qaloop.llm.factory import make_raw_provider
+
+    return SimulatedBatchClient(make_raw_provider(settings), model=settings.llm)

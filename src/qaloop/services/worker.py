@@ -33,6 +33,8 @@ from qaloop.llm.base import (
 from qaloop.llm.budget import Budget, BudgetStop
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
+from qaloop.services.batch_lane import BatchLane
+from qaloop.services.priority import PrioritySlots
 from qaloop.services.runner import out
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,14 @@ class Worker:
         metrics: Metrics | None = None,
         meter: Meter | None = None,
         budget: Budget | None = None,
+        batch_lane: BatchLane | None = None,
+        priority: PrioritySlots | None = None,
     ) -> None:
         self.provider = provider
         self.meter = meter
         self.budget = budget
+        self.batch_lane = batch_lane
+        self.priority = priority
         self.topics = topics
         self.config = config
         self.retry = retry
@@ -107,6 +113,9 @@ class Worker:
     async def handle(self, envelope: Envelope) -> list[OutMessage]:
         if self.on_start is not None:
             self.on_start(envelope)
+        taken = self._to_batch_lane(envelope)
+        if taken is not None:
+            return taken
         env = envelope.evolve(state=QuestionState.GENERATING)
         log_event(log, "generating", env, state="generating")
         m = self.metrics
@@ -128,7 +137,7 @@ class Worker:
             self.stats.llm_calls += 1
             try:
                 async with asyncio.timeout(self.config.request_timeout_s):  # no extra task
-                    generation = await self.provider.generate(request)
+                    generation = await self._call(env, request)
             except (LLMError, TimeoutError) as raw_error:
                 error = (
                     raw_error
@@ -282,6 +291,20 @@ class Worker:
             purpose=GENERATE,
             configured_model=generation.requested_model or getattr(inner, "model", None),
         )
+
+    def _to_batch_lane(self, env: Envelope) -> list[OutMessage] | None:
+        """A batch-priority question goes to the batch lane when there is one (None: answer
+        it here, e.g. the lane lost its job)."""
+        if self.batch_lane is None or env.lane != "batch":
+            return None
+        return self.batch_lane.take(env)
+
+    async def _call(self, env: Envelope, request: GenerationRequest) -> Generation:
+        """The provider call; with priority lanes, interactive questions get slots first."""
+        if self.priority is None:
+            return await self.provider.generate(request)
+        async with self.priority.slot(env.lane):
+            return await self.provider.generate(request)
 
     async def _spend_stop(self, env: Envelope) -> BudgetStop | None:
         """The spend budget reached for this question's caller (or everyone), if any. A ledger
