@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from qaloop.bus.base import Bus, Consumer, OutMessage, Topics
 from qaloop.core.cache import Cache, make_cache
 from qaloop.core.model import Envelope, EventKind, QuestionState
+from qaloop.core.paraphrase import ParaphraseIndex
 from qaloop.gateway.service import CachedAnswer, QuestionService
 from qaloop.llm.accounting import meter_from_settings
 from qaloop.llm.base import Provider
@@ -480,6 +481,10 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         settings.cache_policy, settings.cache_size, settings.cache_ttl_s or None
     )
     service = QuestionService(repository, bus, topics, cache)
+    if settings.paraphrase_cache:  # fed by the answers this gateway serves from storage
+        service.paraphrases = ParaphraseIndex(
+            settings.paraphrase_threshold, capacity=settings.cache_size * 10
+        )
     # The dashboard's flow and Prometheus see every stage's backlog from here.
     lag = KafkaLag(bus, _stage_groups(settings, topics))
     service.metrics.watch_lag(lag)

@@ -18,6 +18,7 @@ from qaloop.bus.base import Bus, OutMessage, Topics
 from qaloop.bus.memory import MemoryBus
 from qaloop.core.cache import Cache, make_cache
 from qaloop.core.model import Envelope, QuestionState
+from qaloop.core.paraphrase import ParaphraseIndex
 from qaloop.core.retry import RetryPolicy
 from qaloop.core.routing import GateConfig
 from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
@@ -133,6 +134,10 @@ class EmbeddedPipeline:
         self.service = QuestionService(
             self.repo, self.bus, self.topics, self.cache, board=self.board, clock=clock, metrics=m
         )
+        if settings.paraphrase_cache:
+            self.service.paraphrases = ParaphraseIndex(
+                settings.paraphrase_threshold, capacity=settings.cache_size * 10
+            )
         self.worker = Worker(
             self.provider,
             self.topics,

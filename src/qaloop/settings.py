@@ -162,6 +162,13 @@ class Settings(BaseSettings):
     )
     batch_poll_s: float = Field(30.0, gt=0, description="How often a batch job's status is read")
 
+    paraphrase_cache: bool = Field(
+        False, description="Serve a validated answer to a question that means the same"
+    )
+    paraphrase_threshold: float = Field(
+        0.7, gt=0, le=1, description="Paraphrase similarity needed (calibrated: docs/spend.md)"
+    )
+
     # Retry policy
     overload_tries: int = Field(4, ge=1, description="In-process tries on 503/5xx before parking")
     backoff_base_s: float = Field(0.25, ge=0, description="Backoff base (full jitter)")

@@ -138,6 +138,14 @@ def parse_priority(data: dict[str, Any]) -> str:
     return str(priority)
 
 
+def parse_paraphrase(data: dict[str, Any]) -> bool:
+    """`"paraphrase": false` opts out of the paraphrase cache for this request."""
+    value = data.get("paraphrase", True)
+    if not isinstance(value, bool):
+        raise BadRequest(422, "invalid_field", "field 'paraphrase' must be true or false")
+    return value
+
+
 def parse_wait(raw: str | None, settings: Settings) -> float:
     if raw is None or raw == "":
         return 0.0
@@ -258,10 +266,11 @@ def create_app(
             data = await read_json_body(request, settings.max_body_bytes)
             question, reference = parse_question(data, settings)
             lane = parse_priority(data)
+            paraphrase = parse_paraphrase(data)
         except BadRequest as exc:
             rejected.labels(exc.code).inc()
             raise
-        status, body = await service.ask(question, reference, lane=lane)
+        status, body = await service.ask(question, reference, lane=lane, paraphrase=paraphrase)
         seconds.observe(time.perf_counter() - started)  # a plain bucket array: ~0.3 us
         return json_response(status, body)
 

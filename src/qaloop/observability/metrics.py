@@ -63,6 +63,7 @@ GATEWAY_OUTCOMES = {
     "answered_failed": "failed",
     "accepted": "accepted",
     "coalesced": "joined",
+    "answered_paraphrase": "paraphrase",
 }
 
 
