@@ -223,6 +223,15 @@ def summarise(
     }
 
 
+def cost_stats(repo: Any, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """Stored spend (every process's calls) for /v1/stats, from a Repository."""
+    counts = counts if counts is not None else repo.state_counts()
+    totals = repo.usage_totals()
+    return summarise(
+        totals["groups"], questions=totals["questions"], validated=counts.get("validated", 0)
+    )
+
+
 def meter_from_settings(settings: Any, metrics: Any | None = None) -> Meter:
     """The price table of `settings.price_table` (or the shipped one), checked against every
     model the settings will call: a PriceTableError here stops the process at start."""

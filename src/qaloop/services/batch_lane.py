@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 
 from qaloop.bus.base import OutMessage, Topics
 from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState, Usage
+from qaloop.core.wire import out
 from qaloop.llm.accounting import BATCH, GENERATE, Meter
 from qaloop.llm.base import Generation, GenerationRequest, LLMError, PermanentError
 from qaloop.llm.batch import BatchClient, BatchExpired, BatchItem, BatchState
 from qaloop.observability.logs import log_event
-from qaloop.services.runner import out
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from typing import Any
 from qaloop.bus.base import OutMessage, Topics
 from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState, Usage
 from qaloop.core.retry import GiveUp, Park, RetryNow, RetryPolicy, on_llm_error
+from qaloop.core.wire import out
 from qaloop.llm.accounting import GENERATE, Meter
 from qaloop.llm.base import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -35,7 +36,6 @@ from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
 from qaloop.services.batch_lane import BatchLane
 from qaloop.services.priority import PrioritySlots
-from qaloop.services.runner import out
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from qaloop.core import codec
 from qaloop.core.model import Envelope, Event, QuestionRecord
 from qaloop.core.retry import full_jitter_backoff
-from qaloop.storage import usage as U
 from qaloop.storage.base import DeadLetter, dedupe_batch
 from qaloop.storage.sqlite import (
     EVENT_COLUMNS,
@@ -57,6 +56,15 @@ from qaloop.storage.sqlite import (
     event_rows,
     question_row,
     record_from_row,
+)
+from qaloop.storage.usage import (
+    EXPORT_QUERY,
+    QUESTIONS_QUERY,
+    TOTALS_QUERY,
+    USAGE_COLUMNS,
+    export_from_rows,
+    totals_from_rows,
+    usage_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -92,7 +100,7 @@ WHERE excluded.progress > questions.progress
 """
 
 _USAGE_INSERT = (
-    f"INSERT INTO llm_usage ({U.USAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) "
+    f"INSERT INTO llm_usage ({USAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) "
     "ON CONFLICT (question_id, seq) DO NOTHING"
 )
 _VALUES_16 = ", ".join(["%s"] * 16)
@@ -412,7 +420,7 @@ class PostgresRepository:
         if not envelopes:
             return
         questions, events = batch_rows(envelopes, time.time())
-        usage = [_clean_row(r) for r in U.usage_rows(envelopes)]
+        usage = [_clean_row(r) for r in usage_rows(envelopes)]
         with self._tx() as conn:
             mode = self.write_mode
             if mode == "copy" or (mode == "auto" and len(questions) >= COPY_THRESHOLD):
@@ -487,7 +495,7 @@ class PostgresRepository:
         return [codec.decode(bytes(r[0])) for r in rows]
 
     def stale(self, older_than_s: float, limit: int = 1000) -> list[Envelope]:
-        """StaleQueries: accepted more than `older_than_s` ago and nothing recorded since (still
+        """Repository.stale: accepted more than `older_than_s` ago and nothing recorded since (still
         queued, no event after `accepted`), oldest first."""
         cutoff = time.time() - older_than_s
         with self._tx() as conn:
@@ -587,14 +595,14 @@ class PostgresRepository:
 
     def usage_totals(self) -> dict[str, Any]:
         with self._tx() as conn:
-            rows = conn.execute(U.TOTALS_QUERY).fetchall()
-            questions = conn.execute(U.QUESTIONS_QUERY).fetchone()
-        return U.totals_from_rows(rows, questions[0] if questions else 0)
+            rows = conn.execute(TOTALS_QUERY).fetchall()
+            questions = conn.execute(QUESTIONS_QUERY).fetchone()
+        return totals_from_rows(rows, questions[0] if questions else 0)
 
     def export_usage(self) -> list[dict[str, Any]]:
         with self._tx() as conn:
-            rows = conn.execute(U.EXPORT_QUERY).fetchall()
-        return U.export_from_rows(rows)
+            rows = conn.execute(EXPORT_QUERY).fetchall()
+        return export_from_rows(rows)
 
     def close(self) -> None:
         self._pool.close()

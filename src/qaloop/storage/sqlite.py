@@ -19,8 +19,17 @@ from qaloop.core.model import (
     QuestionState,
     progress_key,
 )
-from qaloop.storage import usage as U
 from qaloop.storage.base import DeadLetter, dedupe_batch
+from qaloop.storage.usage import (
+    EXPORT_QUERY,
+    QUESTIONS_QUERY,
+    SQLITE_DDL,
+    TOTALS_QUERY,
+    USAGE_COLUMNS,
+    export_from_rows,
+    totals_from_rows,
+    usage_rows,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS questions (
@@ -96,9 +105,7 @@ INSERT OR IGNORE INTO events (question_id, seq, attempt, kind, at, answer, score
 """
 
 
-_USAGE_INSERT = (
-    f"INSERT OR IGNORE INTO llm_usage ({U.USAGE_COLUMNS}) VALUES ({', '.join('?' * 13)})"
-)
+_USAGE_INSERT = f"INSERT OR IGNORE INTO llm_usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 13)})"
 
 
 def question_row(envelope: Envelope, now: float) -> tuple[Any, ...]:
@@ -232,7 +239,7 @@ class SQLiteRepository:
 
     def migrate(self) -> None:
         with self._lock:
-            self._conn.executescript(SCHEMA + U.SQLITE_DDL)
+            self._conn.executescript(SCHEMA + SQLITE_DDL)
 
     def accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
         return self.accept_many([envelope])[0]
@@ -295,7 +302,7 @@ class SQLiteRepository:
         for envelope in envelopes:
             for row in event_rows(envelope):
                 events.setdefault((row[0], row[1]), row)
-        usage = U.usage_rows(envelopes)
+        usage = usage_rows(envelopes)
         with self._lock:
             self._conn.execute("BEGIN")
             try:
@@ -393,14 +400,14 @@ class SQLiteRepository:
 
     def usage_totals(self) -> dict[str, Any]:
         with self._lock:
-            rows = self._conn.execute(U.TOTALS_QUERY).fetchall()
-            questions = self._conn.execute(U.QUESTIONS_QUERY).fetchone()[0]
-        return U.totals_from_rows(rows, questions)
+            rows = self._conn.execute(TOTALS_QUERY).fetchall()
+            questions = self._conn.execute(QUESTIONS_QUERY).fetchone()[0]
+        return totals_from_rows(rows, questions)
 
     def export_usage(self) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._conn.execute(U.EXPORT_QUERY).fetchall()
-        return U.export_from_rows(rows)
+            rows = self._conn.execute(EXPORT_QUERY).fetchall()
+        return export_from_rows(rows)
 
     def close(self) -> None:
         with self._lock:
