@@ -26,7 +26,7 @@ from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
 from qaloop.llm.accounting import Meter, meter_from_settings
 from qaloop.llm.base import Provider, render_prompt
 from qaloop.llm.batch import make_batch_client
-from qaloop.llm.budget import budget_from_settings
+from qaloop.llm.budget import Budget, budget_from_settings
 from qaloop.llm.fallback import attach_metrics
 from qaloop.observability.metrics import Metrics
 from qaloop.quality.base import Scorer
@@ -133,7 +133,11 @@ def worker_config(settings: Settings) -> WorkerConfig:
 
 
 def batch_lane_for(
-    settings: Settings, topics: Topics, bus: Bus, meter: Meter | None
+    settings: Settings,
+    topics: Topics,
+    bus: Bus,
+    meter: Meter | None,
+    budget: Budget | None = None,
 ) -> BatchLane | None:
     """The batch lane (docs/spend.md) when `batch_lane` is on."""
     if not settings.batch_lane:
@@ -145,6 +149,7 @@ def batch_lane_for(
         bus.publish_many,
         prompt=lambda question: render_prompt(template, question),
         meter=meter,
+        budget=budget,
         config=BatchLaneConfig(
             max_size=settings.batch_max_size,
             max_wait_s=settings.batch_max_wait_s,
@@ -240,6 +245,7 @@ class Wiring:
     ) -> WorkerStage:
         s = self.settings
         meter = meter_from_settings(s, metrics)  # a bad price table stops the start here
+        budget = budget_from_settings(s, metrics)
         attach_metrics(provider, metrics)
         worker = Worker(
             provider,
@@ -250,9 +256,9 @@ class Wiring:
             on_start=on_start,
             metrics=metrics,
             meter=meter,
-            budget=budget_from_settings(s, metrics),
+            budget=budget,
             priority=PrioritySlots(s.llm_max_in_flight or s.llm_concurrency),
-            batch_lane=batch_lane_for(s, self.topics, bus, meter),
+            batch_lane=batch_lane_for(s, self.topics, bus, meter, budget),
         )
         runner = ConcurrentRunner(
             WORKER,

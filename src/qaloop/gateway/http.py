@@ -40,6 +40,9 @@ QUESTION_BODY_SCHEMA = {
     "properties": {
         "question": {"type": "string", "minLength": 1},
         "reference_answer": {"type": ["string", "null"]},
+        # docs/spend.md: the batch lane, the paraphrase cache
+        "priority": {"type": "string", "enum": ["interactive", "batch"]},
+        "paraphrase": {"type": "boolean", "default": True},
     },
 }
 

@@ -36,6 +36,7 @@ from qaloop.core.wire import out
 from qaloop.llm.accounting import BATCH, GENERATE, Meter
 from qaloop.llm.base import Generation, GenerationRequest, LLMError, PermanentError
 from qaloop.llm.batch import BatchClient, BatchExpired, BatchItem, BatchState
+from qaloop.llm.budget import Budget
 from qaloop.observability.logs import log_event
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class BatchLane:
         *,
         prompt: Callable[[str], str],
         meter: Meter | None = None,
+        budget: Budget | None = None,
         config: BatchLaneConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -97,6 +99,7 @@ class BatchLane:
         self.publish = publish
         self.prompt = prompt
         self.meter = meter
+        self.budget = budget  # batch answers are charged to the spend budget too
         self.config = config or BatchLaneConfig()
         self.clock = clock
         self.pending: list[Envelope] = []
@@ -198,7 +201,10 @@ class BatchLane:
         for qid, env in job.envelopes.items():
             item = result.results.get(qid)
             if isinstance(item, Generation):
-                messages.append(self._generated(env, item))
+                message, usage = self._generated(env, item)
+                messages.append(message)
+                if self.budget is not None and usage is not None:
+                    await self.budget.charge(env.caller, usage.cost_usd)
                 self._finish(qid)
             elif item is None or isinstance(item, BatchExpired):
                 back.append((env, f"batch {result.state.value}: this request did not run", item))
@@ -219,7 +225,7 @@ class BatchLane:
         if len(self._done) > 100_000:  # bounded memory: forget the oldest half
             self._done = set(list(self._done)[50_000:])
 
-    def _generated(self, env: Envelope, generation: Generation) -> OutMessage:
+    def _generated(self, env: Envelope, generation: Generation) -> tuple[OutMessage, Usage | None]:
         now = self.clock()
         usage: Usage | None = None
         if self.meter is not None:
@@ -248,7 +254,7 @@ class BatchLane:
             due_at=None,
         )
         log_event(log, "generated", generated, "by batch job", state="scoring")
-        return out(self.topics.generated, generated)
+        return out(self.topics.generated, generated), usage
 
     def _item_error(self, env: Envelope, error: LLMError) -> OutMessage:
         """A request the job ran and the provider refused: permanent -> dead letter with the

@@ -113,7 +113,7 @@ class Worker:
     async def handle(self, envelope: Envelope) -> list[OutMessage]:
         if self.on_start is not None:
             self.on_start(envelope)
-        taken = self._to_batch_lane(envelope)
+        taken = await self._to_batch_lane(envelope)
         if taken is not None:
             return taken
         env = envelope.evolve(state=QuestionState.GENERATING)
@@ -292,11 +292,14 @@ class Worker:
             configured_model=generation.requested_model or getattr(inner, "model", None),
         )
 
-    def _to_batch_lane(self, env: Envelope) -> list[OutMessage] | None:
+    async def _to_batch_lane(self, env: Envelope) -> list[OutMessage] | None:
         """A batch-priority question goes to the batch lane when there is one (None: answer
-        it here, e.g. the lane lost its job)."""
+        it here, e.g. the lane lost its job); at a hard spend limit it is parked instead."""
         if self.batch_lane is None or env.lane != "batch":
             return None
+        stop = await self._spend_stop(env)
+        if stop is not None:
+            return [out(self.topics.delayed, self._park_for_spend(env, stop))]
         return self.batch_lane.take(env)
 
     async def _call(self, env: Envelope, request: GenerationRequest) -> Generation:

@@ -242,3 +242,50 @@ async def test_interactive_calls_get_slots_first() -> None:
     await asyncio.gather(first, *waiting)
     assert order == ["b0", "i1", "b1", "b2"]
     assert slots.free == 1 and slots.waited == {"interactive": 1, "batch": 2}
+
+
+async def test_batch_spend_is_budgeted() -> None:
+    from qaloop.llm.budget import Budget, BudgetConfig, LocalLedger
+
+    clock, sink = Clock(), []
+    budget = Budget(BudgetConfig(limit_usd=0.0005), LocalLedger(), clock=clock)
+    client = ScriptedBatch(polls=0)
+
+    async def publish(messages: Sequence[OutMessage]) -> None:
+        sink.extend(messages)
+
+    lane = BatchLane(
+        client,
+        TOPICS,
+        publish,
+        prompt=lambda q: q,
+        meter=Meter(PriceTable.load()),
+        budget=budget,
+        config=BatchLaneConfig(max_wait_s=0.0, poll_every_s=0.0),
+        clock=clock,
+    )
+    worker = Worker(
+        Counting(), TOPICS, WorkerConfig(), RetryPolicy(), clock=clock, budget=budget,
+        batch_lane=lane,
+    )  # fmt: skip
+    assert [m.topic for m in await worker.handle(_env("a"))] == [TOPICS.delayed]  # the copy
+    await lane.step()  # submit
+    await lane.step()  # done: 0.000375 USD charged
+    assert len(_decoded(sink, TOPICS.generated)) == 1
+    await budget.charge(None, 0.0002)  # someone else's call crosses the limit
+    [parked] = await worker.handle(_env("b"))
+    env = codec.decode(parked.value)
+    assert env.error_class is ErrorClass.SPEND and "b" not in {
+        i.key for items in client.jobs.values() for i in items
+    }
+
+
+class Counting:
+    name = "openai"
+    model = "gpt-4o-mini"
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        raise AssertionError("a batch question must not be called interactively here")
+
+    async def aclose(self) -> None:
+        return None
