@@ -56,3 +56,21 @@ def test_calibration_on_the_yahoo_questions() -> None:
     rates = hit_rates(questions, t, requests=4000, seed=1)
     assert rates.extra > 0.02
     assert rates.false_hits < 0.005
+
+
+@pytest.mark.skipif(not YAHOO.is_file(), reason=f"shared data not found at {YAHOO}")
+def test_experiment_cache_reports_the_paraphrase_rates(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the experiments need the `report` extra")
+    from click.testing import CliRunner
+
+    from qaloop.cli.experiment import command
+
+    args = ["cache", "--out", str(tmp_path), "--requests", "500", "--keys", "50",
+            "--sizes", "10", "--ttls", "0", "--ttl-size", "10",
+            "--paraphrase-data", str(YAHOO), "--paraphrase-questions", "300"]  # fmt: skip
+    result = CliRunner().invoke(command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Paraphrase cache: calibrated threshold" in result.output
+    assert "false-hit rates neighbour" in result.output and "points)" in result.output
+    report = (tmp_path / "cache_hit_rates.md").read_text(encoding="utf-8")
+    assert "## Paraphrase cache" in report and "(chosen)" in report
