@@ -132,6 +132,15 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
+def priority_slots(settings: Settings) -> PrioritySlots | None:
+    """Interactive calls first when both lanes compete for the call slots: only when calls
+    are bounded below the worker's concurrency (`llm_max_in_flight`), else nothing waits."""
+    bound = settings.llm_max_in_flight
+    if not bound or bound >= settings.llm_concurrency:
+        return None
+    return PrioritySlots(bound)
+
+
 def batch_lane_for(
     settings: Settings,
     topics: Topics,
@@ -257,7 +266,7 @@ class Wiring:
             metrics=metrics,
             meter=meter,
             budget=budget,
-            priority=PrioritySlots(s.llm_max_in_flight or s.llm_concurrency),
+            priority=priority_slots(s),
             batch_lane=batch_lane_for(s, self.topics, bus, meter, budget),
         )
         runner = ConcurrentRunner(

@@ -304,10 +304,15 @@ class Worker:
 
     async def _call(self, env: Envelope, request: GenerationRequest) -> Generation:
         """The provider call; with priority lanes, interactive questions get slots first."""
-        if self.priority is None:
+        slots = self.priority
+        if slots is None:
             return await self.provider.generate(request)
-        async with self.priority.slot(env.lane):
+        if not slots.try_acquire(env.lane):  # the common case takes no await
+            await slots.acquire(env.lane)
+        try:
             return await self.provider.generate(request)
+        finally:
+            slots.release()
 
     async def _spend_stop(self, env: Envelope) -> BudgetStop | None:
         """The spend budget reached for this question's caller (or everyone), if any. A ledger
