@@ -146,4 +146,5 @@ class EmbeddedPipeline:
             "cost": cost_stats(self.repo, counts),
             "fallbacks": fallback_stats(self.provider),
             "batch_lane": lane.stats.as_dict() if lane is not None else {},
+            "budget": self.worker.budget.as_dict() if self.worker.budget is not None else {},
         }

@@ -95,6 +95,7 @@ async def run_worker(
     observers = _observers(settings, metrics, bus, group, w.topics_of(WORKER))
 
     lane = stage.batch_lane
+    budget = stage.worker.budget
 
     def stats() -> dict[str, Any]:
         meter = stage.worker.meter
@@ -105,6 +106,7 @@ async def run_worker(
             "cost": meter.as_dict() if meter is not None else {},
             "fallbacks": fallback_stats(llm),
             "batch_lane": lane.stats.as_dict() if lane is not None else {},
+            "budget": budget.as_dict() if budget is not None else {},
         }
 
     await run_stage(
