@@ -6,6 +6,7 @@ import click
 import orjson
 
 from qaloop.cli.common import build_settings, setup_logging
+from qaloop.cli.errors import check_storage
 from qaloop.dataset import DatasetError, load_csv, load_sample
 from qaloop.demo import format_summary, run, temporary_db
 
@@ -81,6 +82,7 @@ def command(
         backoff_base_s=0.02,
         backoff_cap_s=0.2,
     )
+    check_storage(settings.db)
     setup_logging("WARNING")
     try:
         qas = load_csv(dataset) if dataset else load_sample()

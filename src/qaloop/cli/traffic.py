@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from typing import Any
 
 import click
 import httpx
 import orjson
 
-from qaloop.cli.common import build_settings
+from qaloop.cli.common import Progress, build_settings
+from qaloop.cli.errors import check_storage
 from qaloop.dataset import DatasetError, load_csv, load_sample
 from qaloop.demo import temporary_db
 from qaloop.pipeline import EmbeddedPipeline
@@ -113,10 +112,9 @@ def command(
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from exc
 
-    def progress_bar() -> Any:
-        return click.progressbar(
-            length=plan.n_requests() if count else 0, label="requests", file=sys.stderr
-        )
+    def progress_bar() -> Progress:
+        # A bar on a terminal; piped, a line every few seconds (never a lone "requests").
+        return Progress(plan.n_requests() if count else 0, "requests")
 
     async def over_http() -> list[RequestRecord]:
         limits = httpx.Limits(max_connections=max_in_flight)
@@ -131,7 +129,9 @@ def command(
 
     async def in_process() -> list[RequestRecord]:
         # The whole embedded pipeline in this process: no server, no sockets.
-        pipeline = EmbeddedPipeline(build_settings(db=db or temporary_db()))
+        settings = build_settings(db=db or temporary_db())
+        check_storage(settings.db)
+        pipeline = EmbeddedPipeline(settings)
         await pipeline.start()
         try:
             with progress_bar() as bar:

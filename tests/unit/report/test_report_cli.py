@@ -10,6 +10,7 @@ pytest.importorskip("matplotlib", reason="the report needs the `report` extra")
 from qaloop.cli.report import command
 from qaloop.report.data import RequestsFileError, read_requests
 from qaloop.report.render import PLOT_FILES
+from qaloop.storage.base import open_repository
 
 
 def run(*args: str) -> str:
@@ -37,6 +38,7 @@ def test_report_writes_markdown_html_and_every_plot(known_db: str, tmp_path: Pat
 
 def test_report_on_an_empty_database_still_writes_every_file(tmp_path: Path) -> None:
     out = tmp_path / "empty"
+    open_repository(f"sqlite:///{tmp_path / 'empty.db'}").close()  # exists, holds nothing
     run("--db", f"sqlite:///{tmp_path / 'empty.db'}", "--out", str(out))
     for name in ("report.md", "report.html", *PLOT_FILES):
         assert (out / name).exists(), name
