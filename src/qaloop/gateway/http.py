@@ -83,10 +83,22 @@ async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        _refuse_bad_utf8(raw)  # orjson's own words for it: "surrogates not allowed"
         raise BadRequest(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest(422, "invalid_body", f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def _refuse_bad_utf8(raw: bytes) -> None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            400,
+            "invalid_encoding",
+            f"request body is not valid UTF-8 (byte {exc.start}): send JSON encoded as UTF-8",
+        ) from None
 
 
 def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str | None]:
