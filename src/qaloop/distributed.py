@@ -46,6 +46,7 @@ from qaloop.services.judge import Judge
 from qaloop.services.retrier import Retrier
 from qaloop.services.runner import BatchRunner, ConcurrentRunner, out
 from qaloop.services.store import Store
+from qaloop.services.webhooks import WebhookDispatcher, webhook_dispatcher
 from qaloop.services.worker import Worker
 from qaloop.settings import Settings
 from qaloop.storage.base import Repository, StaleQueries, open_repository
@@ -345,7 +346,11 @@ async def run_store(
         repo if repo is not None else await asyncio.to_thread(open_repository, settings.db)
     )
     metrics = Metrics()
-    store = Store(repository, topics, metrics=metrics)
+    # The store sees every final first: it delivers callback_url webhooks (services/webhooks).
+    webhooks = webhook_dispatcher(settings, repository)
+    store = Store(
+        repository, topics, on_final=webhooks.notify_final if webhooks else None, metrics=metrics
+    )
     group = group_for(settings, "store")
     runner = BatchRunner(
         "store",
@@ -369,12 +374,22 @@ async def run_store(
     await _run_stage(
         "store",
         bus,
-        [runner.run, *observers],
+        [runner.run, *observers, *([webhooks.run] if webhooks else [])],
         stats,
         stop,
-        [_closer(repository)] if repo is None else [],
+        [
+            *([_close_outbox(webhooks)] if webhooks else []),
+            *([_closer(repository)] if repo is None else []),
+        ],
         _batch_failed(bus, runner),
     )
+
+
+def _close_outbox(webhooks: WebhookDispatcher) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        await asyncio.to_thread(webhooks.outbox.close)
+
+    return close
 
 
 async def run_retrier(

@@ -30,6 +30,7 @@ from qaloop.services.judge import Judge
 from qaloop.services.retrier import Retrier
 from qaloop.services.runner import BatchRunner, ConcurrentRunner, out
 from qaloop.services.store import Store
+from qaloop.services.webhooks import chain, webhook_dispatcher
 from qaloop.services.worker import Worker, WorkerConfig
 from qaloop.settings import Settings
 from qaloop.storage.base import Repository, open_repository
@@ -113,9 +114,12 @@ class EmbeddedPipeline:
             clock=clock,
             metrics=m,
         )
-        self.store = Store(
-            self.repo, self.topics, on_final=self.service.notify_final, clock=clock, metrics=m
+        # Callbacks (callback_url) are delivered next to the store, which sees every final.
+        self.webhooks = webhook_dispatcher(settings, self.repo, clock)
+        on_final = chain(
+            self.service.notify_final, self.webhooks.notify_final if self.webhooks else None
         )
+        self.store = Store(self.repo, self.topics, on_final=on_final, clock=clock, metrics=m)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.resumed = 0
@@ -169,6 +173,7 @@ class EmbeddedPipeline:
             ("store", store.run(self._stop)),
             ("retrier", self.retrier.run(self._stop)),
             ("hits", self.service.run_hit_flusher(self._stop)),
+            *([("webhooks", self.webhooks.run(self._stop))] if self.webhooks else []),
         ):
             self._tasks.append(asyncio.create_task(coro, name=name))
 
@@ -202,6 +207,8 @@ class EmbeddedPipeline:
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.flush_hits()
+        if self.webhooks is not None:
+            self.webhooks.outbox.close()
         await self.provider.aclose()
         await self.bus.close()
 
