@@ -18,6 +18,7 @@ from qaloop.traffic import (
     TrafficPlan,
     http_client_fns,
     run_traffic,
+    sse_wait_fn,
     summarise,
     write_csv,
 )
@@ -64,6 +65,14 @@ from qaloop.traffic_model import ARRIVAL_KINDS, POPULARITY_KINDS
     help="Long-poll queued questions up to this many seconds for the final answer",
 )
 @click.option(
+    "--wait-via",
+    type=click.Choice(["sse", "poll"]),
+    default="sse",
+    show_default=True,
+    help="How --wait learns the final answer: the SSE stream (pushed, no cap) or ?wait= "
+    "long-polls (capped by the server's QALOOP_MAX_WAIT_S, 30 s by default)",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False),
     default="traffic.csv",
@@ -91,6 +100,7 @@ def command(
     seed: int,
     max_in_flight: int,
     wait_s: float,
+    wait_via: str,
     out: str,
 ) -> None:
     """Send seeded traffic (arrival process x popularity) to a gateway; record it to CSV."""
@@ -124,6 +134,8 @@ def command(
             except httpx.HTTPError as exc:
                 raise click.ClickException(f"no gateway answers at {url}: {exc}") from exc
             ask, wait = http_client_fns(client)
+            if wait_via == "sse":
+                wait = sse_wait_fn(client)
             with progress_bar() as bar:
                 return await run_traffic(plan, qas, ask, wait, progress=bar.update)
 

@@ -257,3 +257,17 @@ def test_openapi_documents_the_wait_cap(tmp_path: Path) -> None:
     assert wait["schema"]["maximum"] == 12
     assert "QALOOP_MAX_WAIT_S" in get["description"] and "422" in get["description"]
     assert "/v1/questions/{question_id}/events" in schema["paths"]
+
+
+async def test_traffic_waits_over_sse(stack: tuple) -> None:  # type: ignore[type-arg]
+    from qaloop.dataset import load_sample
+    from qaloop.traffic import TrafficPlan, http_client_fns, run_traffic, sse_wait_fn
+
+    _, client = stack
+    ask, _ = http_client_fns(client)
+    plan = TrafficPlan(rate=200, count=40, wait_s=10, seed=3)
+    records = await run_traffic(plan, load_sample(limit=30), ask, sse_wait_fn(client))
+    queued = [r for r in records if r.outcome == "queued"]
+    assert queued
+    assert all(r.final_status in ("validated", "failed") for r in queued)
+    assert all(r.answer_ms is not None and r.answer_ms > 0 for r in queued)
