@@ -155,7 +155,10 @@ def parse_wait(raw: str | None, settings: Settings) -> float:
         ) from None
     if not 0 <= wait <= settings.max_wait_s or wait != wait:
         raise BadRequest(
-            422, "invalid_query", f"'wait' must be between 0 and {settings.max_wait_s} seconds"
+            422,
+            "invalid_query",
+            f"'wait' must be between 0 and {settings.max_wait_s:g} seconds (QALOOP_MAX_WAIT_S); "
+            "for longer, stream GET /v1/questions/{id}/events",
         )
     return wait
 
