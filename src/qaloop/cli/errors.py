@@ -83,7 +83,7 @@ def storage_problem(url: str, *, must_exist: bool = False, files: bool = True) -
     if url.startswith(("postgresql://", "postgres://")):
         if find_spec("psycopg") is None or find_spec("psycopg_pool") is None:
             return "PostgreSQL storage needs the postgres extra: pip install 'qaloop[postgres]'"
-        return None
+        return _postgres_problem(url) if files else None
     path = _sqlite_path(url)
     if path is None or not files:
         return None
@@ -106,6 +106,19 @@ def storage_problem(url: str, *, must_exist: bool = False, files: bool = True) -
             )
     elif not must_exist and not os.access(file, os.W_OK):
         return f"database {path} is read-only: fix its permissions or choose another --db path"
+    return None
+
+
+def _postgres_problem(url: str) -> str | None:
+    """One connection first: the pool would retry a wrong role or database for 30 s and then
+    call it "not reachable"; the server's own first line says what is wrong."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        text = " ".join(str(exc).split())
+        return f"PostgreSQL at {redact(url)}: {text} (check --db / QALOOP_DB)"
     return None
 
 
@@ -161,3 +174,23 @@ def explain() -> Iterator[None]:
         if exc.filename is None:
             raise
         raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}") from exc
+    except Exception as exc:
+        server = _server_error(exc)
+        if server is None:
+            raise
+        raise click.ClickException(server) from exc
+
+
+def _server_error(exc: Exception) -> str | None:
+    """A Kafka or PostgreSQL client error (their libraries are optional: matched by module)."""
+    module = type(exc).__module__ or ""
+    if module.startswith(("confluent_kafka", "cimpl")):
+        detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        return (
+            f"Kafka: {detail}: is the broker at --kafka-bootstrap / QALOOP_KAFKA_BOOTSTRAP "
+            "running? (`scripts/infra status`)"
+        )
+    if module.startswith("psycopg"):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"PostgreSQL: {first} (check --db / QALOOP_DB; `scripts/infra status`)"
+    return None

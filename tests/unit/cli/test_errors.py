@@ -4,7 +4,9 @@ do, with a non-zero exit code: no traceback, no pydantic links, no empty databas
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,36 @@ def test_an_unknown_command_is_a_usage_error() -> None:
     result = run("nosuch")
     assert result.exit_code == 2
     assert "No such command 'nosuch'" in result.output
+
+
+def test_postgresql_that_refuses_is_named_at_once() -> None:
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    started = time.monotonic()
+    text = assert_one_line_error(
+        run("dlq", "list", "--db", "postgresql://u:topsecret@127.0.0.1:1/x"), "127.0.0.1:1"
+    )
+    assert "Connection refused" in text and "topsecret" not in text
+    assert time.monotonic() - started < 10  # not the pool's 30 s of retries
+
+
+@pytest.mark.slow  # librdkafka gives up on the metadata request after ~30 s
+def test_kafka_that_refuses_is_one_line() -> None:
+    pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
+    # A real process: the stage registers signal handlers on the real stderr.
+    done = subprocess.run(
+        [sys.executable, "-m", "qaloop", "worker", "--kafka-bootstrap", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("QALOOP_")},
+    )
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "QALOOP_KAFKA_BOOTSTRAP" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [["demo", "--requests", "-5"], ["demo", "--overload-rate", "2"]])
+def test_demo_refuses_impossible_numbers(args: list[str]) -> None:
+    result = run(*args)
+    assert result.exit_code == 2 and "is not in the range" in result.output
