@@ -168,7 +168,14 @@ class WebhookOutbox:
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA busy_timeout=5000")
         with self._lock:
-            self._conn.execute(_DDL)
+            if self._pg:  # concurrent CREATE ... IF NOT EXISTS can collide in PostgreSQL
+                self._conn.execute("SELECT pg_advisory_lock(hashtext('qaloop.webhooks'))")
+                try:
+                    self._conn.execute(_DDL)
+                finally:
+                    self._conn.execute("SELECT pg_advisory_unlock(hashtext('qaloop.webhooks'))")
+            else:
+                self._conn.execute(_DDL)
 
     def _run(self, query: str, args: Sequence[Any] = ()) -> Any:
         with self._lock:
