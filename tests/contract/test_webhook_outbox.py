@@ -14,7 +14,7 @@ import pytest
 
 from qaloop.core.model import Envelope, EventKind, QuestionState
 from qaloop.services.webhooks import WebhookOutbox
-from qaloop.storage.base import open_repository
+from qaloop.storage.factory import open_repository
 
 PG_DSN = os.environ.get("QALOOP_PG_DSN", "")
 T0 = 1_700_000_000.0

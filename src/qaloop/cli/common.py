@@ -40,7 +40,7 @@ def open_storage(url: str, *, must_exist: bool = False) -> Repository:
     """The repository at `url`, checked first: a read-only command (`must_exist`) never
     creates an empty database for a mistyped path."""
     check_storage(url, must_exist=must_exist)
-    from qaloop.storage.base import open_repository
+    from qaloop.storage.factory import open_repository
 
     return open_repository(url)
 

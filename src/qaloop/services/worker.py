@@ -20,6 +20,7 @@ from typing import Any
 from qaloop.bus.base import OutMessage, Topics
 from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState
 from qaloop.core.retry import GiveUp, Park, RetryNow, RetryPolicy, on_llm_error
+from qaloop.core.wire import out
 from qaloop.llm.base import (
     DEFAULT_PROMPT_TEMPLATE,
     GenerationRequest,
@@ -30,7 +31,6 @@ from qaloop.llm.base import (
 )
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
-from qaloop.services.runner import out
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from qaloop.cli import main
-from qaloop.storage.base import DeadLetter, open_repository
+from qaloop.storage.base import DeadLetter
+from qaloop.storage.factory import open_repository
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:

@@ -10,7 +10,7 @@ pytest.importorskip("matplotlib", reason="the report needs the `report` extra")
 from qaloop.cli.report import command
 from qaloop.report.data import RequestsFileError, read_requests
 from qaloop.report.render import PLOT_FILES
-from qaloop.storage.base import open_repository
+from qaloop.storage.factory import open_repository
 
 
 def run(*args: str) -> str:
