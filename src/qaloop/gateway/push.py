@@ -5,7 +5,7 @@
   ends) or `QALOOP_SSE_MAX_S` passes (a last `timeout` event). A comment line every 15 s keeps
   proxies from closing an idle stream. Embedded, a final state is pushed the moment the store
   writes it (the same in-process notification as `?wait=`); distributed, the gateway re-reads
-  storage with a backoff of at most 0.5 s (it does not see the store's finals).
+  storage with a backoff of 50 ms doubling to 0.5 s (it does not see the store's finals).
 - `callback_url` in `POST /v1/questions`: the subscription is recorded (in the storage
   database, qaloop.services.webhooks) before the question is accepted, so it is never lost;
   the dispatcher next to the store delivers it once the question is final — at once when it
@@ -47,29 +47,35 @@ async def state_stream(
     poll_s: float = POLL_S,
     keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
-    """`state` events until final; `service.wait` returns early on a final state."""
+    """`state` events until final. Between reads of the status it waits for this process's
+    store to signal the final state (embedded: at once), at most 50 ms doubling to `poll_s`
+    (reset by a change): about two reads a second per idle stream."""
     started = time.monotonic()
     n = 1
-    body: dict[str, Any] | None = first
     last = first["status"]
     quiet_since = started
+    delay = 0.05
     yield sse("state", first, n)
     while last not in FINAL:
         remaining = max_s - (time.monotonic() - started)
         if remaining <= 0:
             yield sse("timeout", {"id": qid, "status": last, "after_s": max_s})
             return
-        body = await service.wait(qid, min(poll_s, remaining))
+        await service.final_signal(qid, min(delay, remaining))
+        body = await service.status(qid)
         if body is None:  # cannot happen (questions are never deleted); end cleanly
             return
         if body["status"] != last:
             n += 1
             last = body["status"]
             quiet_since = time.monotonic()
+            delay = 0.05
             yield sse("state", body, n)
-        elif time.monotonic() - quiet_since >= keepalive_s:
-            quiet_since = time.monotonic()
-            yield b": keep-alive\n\n"
+        else:
+            delay = min(delay * 2, poll_s)
+            if time.monotonic() - quiet_since >= keepalive_s:
+                quiet_since = time.monotonic()
+                yield b": keep-alive\n\n"
 
 
 class Callbacks:

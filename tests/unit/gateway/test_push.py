@@ -271,3 +271,34 @@ async def test_traffic_waits_over_sse(stack: tuple) -> None:  # type: ignore[typ
     assert queued
     assert all(r.final_status in ("validated", "failed") for r in queued)
     assert all(r.answer_ms is not None and r.answer_ms > 0 for r in queued)
+
+
+async def test_an_idle_stream_keeps_alive_and_reads_storage_sparingly() -> None:
+    from qaloop.gateway.push import state_stream
+
+    class Idle:
+        reads = 0
+
+        async def status(self, qid: str) -> dict[str, object]:
+            Idle.reads += 1
+            return {"id": qid, "status": "queued"}
+
+        async def final_signal(self, qid: str, timeout_s: float) -> bool:
+            await asyncio.sleep(timeout_s)
+            return False
+
+    chunks = [
+        chunk
+        async for chunk in state_stream(
+            Idle(),  # type: ignore[arg-type]
+            "q" * 32,
+            {"id": "q" * 32, "status": "queued"},
+            max_s=1.2,
+            poll_s=0.2,
+            keepalive_s=0.5,
+        )
+    ]
+    assert chunks[0].startswith(b"event: state")
+    assert b": keep-alive\n\n" in chunks
+    assert chunks[-1].startswith(b"event: timeout")
+    assert Idle.reads <= 10  # 50 ms doubling to 0.2 s over 1.2 s, not a busy loop
