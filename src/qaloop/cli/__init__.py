@@ -11,6 +11,7 @@ saying what is wrong and what to do, exit code 1 (2 for usage errors, as click d
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -103,20 +104,61 @@ def load_command(name: str) -> click.Command:
     raise LookupError(f"{module_name} has no command {attribute!r}")
 
 
+class LazyCommands(dict[str, click.Command]):
+    """`group.commands` that loads a command when it is looked up, so code (and tests) that
+    read `main.commands[...]` still see every command."""
+
+    def __missing__(self, name: str) -> click.Command:
+        if name not in COMMANDS:
+            raise KeyError(name)
+        command = load_command(name)
+        self[name] = command
+        return command
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or name in COMMANDS
+
+    def names(self) -> list[str]:
+        return sorted({*COMMANDS, *dict.keys(self)})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def keys(self) -> Any:
+        return self.names()
+
+    def values(self) -> Any:
+        return [self[name] for name in self.names()]
+
+    def items(self) -> Any:
+        return [(name, self[name]) for name in self.names()]
+
+
 class LazyGroup(click.Group):
     """Imports a command's module only when that command runs (or its own --help)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = LazyCommands(self.commands)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*COMMANDS, *self.commands])
+        return self.commands.names() if isinstance(self.commands, LazyCommands) else []
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.commands:
-            return self.commands[cmd_name]
-        if cmd_name not in COMMANDS:
-            return None
-        if ctx.resilient_parsing or _listing(ctx):
+        loaded = dict.__contains__(self.commands, cmd_name)  # type: ignore[arg-type]
+        if cmd_name in COMMANDS and not loaded and (ctx.resilient_parsing or _listing(ctx)):
             return _Summary(cmd_name, COMMANDS[cmd_name][2])
-        return load_command(cmd_name)
+        command: click.Command | None = self.commands.get(cmd_name)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         from qaloop.cli.errors import explain
