@@ -63,6 +63,22 @@ def test_report_reads_a_requests_csv(known_db: str, tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     assert "Source: requests CSV." in md
     assert "| queued | 2 | 2.000 |" in md
+    # Both clocks, named: what the client saw, and the server's own measure under it.
+    client = md.index("Time to an answer, client-side (what the traffic client saw)")
+    server = md.index("Time to an answer, server-side (storage timestamps)")
+    assert client < server
+    assert "pass --requests" not in md  # the CSV was passed
+
+
+def test_without_a_requests_csv_the_latency_is_called_server_side(
+    known_db: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "rep"
+    run("--db", known_db, "--out", str(out))
+    md = (out / "report.md").read_text()
+    assert "Time to an answer, server-side (storage timestamps)" in md
+    assert "client-side (what" not in md
+    assert "--requests traffic.csv for what the client saw" in md
 
 
 def test_requests_csv_without_a_latency_column_is_refused(tmp_path: Path) -> None:
