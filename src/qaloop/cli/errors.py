@@ -139,6 +139,23 @@ def check_storage(url: str, *, must_exist: bool = False) -> None:
         raise click.ClickException(problem)
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that is taken before anything starts (uvicorn would say "[Errno 98]")."""
+    import socket
+
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what holds it or "
+                "choose another --port"
+            ) from None
+
+
 def redact(url: str) -> str:
     """Never print a password that may sit in a database URL."""
     if "@" in url and "://" in url:

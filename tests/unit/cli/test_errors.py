@@ -180,3 +180,13 @@ def test_kafka_that_refuses_is_one_line() -> None:
 def test_demo_refuses_impossible_numbers(args: list[str]) -> None:
     result = run(*args)
     assert result.exit_code == 2 and "is not in the range" in result.output
+
+
+def test_a_port_in_use_is_named() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_one_line_error(run("serve", "--port", str(port)), f"127.0.0.1:{port}", "--port")
