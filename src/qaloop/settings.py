@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         "exactly-once", description="Guarantee of the job's Kafka sinks"
     )
     flink_checkpoint_interval_ms: int = Field(
-        2000, ge=100, description="Checkpoint interval: with exactly-once, the latency floor"
+        200, ge=100, description="Checkpoint interval: with exactly-once, the latency floor"
     )
     flink_state_dir: str = Field(
         ".qaloop/flink", description="Checkpoints and logs: <dir>/<group>/{checkpoints,logs}"

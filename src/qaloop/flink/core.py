@@ -249,6 +249,7 @@ class FlinkJobConfig:
             "execution.checkpointing.dir": self.checkpoint_dir.resolve().as_uri(),
             "execution.checkpointing.externalized-checkpoint-retention": ("RETAIN_ON_CANCELLATION"),
             "execution.checkpointing.num-retained": "2",
+            # a checkpoint slower than the interval still leaves the job time to process
             "execution.checkpointing.min-pause": f"{min(500, self.checkpoint_interval_ms // 2)} ms",
             "state.backend.type": "hashmap",
             "restart-strategy.type": "exponential-delay",

@@ -186,7 +186,8 @@ def test_defaults_and_names() -> None:
     assert cfg.log_dir == Path(".qaloop/flink/p.judge/logs")
     conf = cfg.flink_configuration()
     assert conf["python.execution-mode"] == "thread"
-    assert conf["execution.checkpointing.interval"] == "2000 ms"
+    assert conf["execution.checkpointing.interval"] == "200 ms"  # the exactly-once latency floor
+    assert conf["execution.checkpointing.min-pause"] == "100 ms"
     assert conf["execution.checkpointing.externalized-checkpoint-retention"] == (
         "RETAIN_ON_CANCELLATION"
     )

@@ -182,7 +182,17 @@ class KafkaConsumer:
     # -- polling
 
     def _consume(self, max_records: int, timeout_s: float) -> list[Message]:
-        raws = self._raw.consume(num_messages=max(1, max_records), timeout=max(0.0, timeout_s))
+        """Up to `max_records`, returning as soon as there is at least one: librdkafka's
+        consume(n, t) waits until it has n messages or t has passed, which under a light load
+        made every hop wait the whole timeout (200 ms per stage). So: take what is already
+        fetched, without waiting; if nothing, wait (up to the timeout) for the first one, then
+        add what arrived with it. Under load the local queue is full and batches stay large."""
+        wanted = max(1, max_records)
+        raws = self._raw.consume(num_messages=wanted, timeout=0)
+        if not raws:
+            raws = self._raw.consume(num_messages=1, timeout=max(0.0, timeout_s))
+            if raws and wanted > 1:
+                raws += self._raw.consume(num_messages=wanted - 1, timeout=0)
         batch: list[Message] = []
         with self._lock:
             for raw in raws:
