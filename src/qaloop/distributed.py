@@ -41,7 +41,7 @@ from qaloop.observability.lag import KafkaLag
 from qaloop.observability.metrics import Metrics
 from qaloop.observability.server import serve_metrics
 from qaloop.pipeline import gate_config, retry_policy, worker_config
-from qaloop.quality import get_scorer
+from qaloop.services.gating import build_gate_stage
 from qaloop.services.judge import Judge
 from qaloop.services.retrier import Retrier
 from qaloop.services.runner import BatchRunner, ConcurrentRunner, out
@@ -306,7 +306,7 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
     await bus.start()
     metrics = Metrics()
     judge = Judge(
-        get_scorer(settings.scorer),
+        build_gate_stage(settings),
         gate_config(settings),
         topics,
         metrics=metrics,
@@ -326,12 +326,17 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
         return {
             "group": group,
             **_runner_stats(runner),
-            "decisions": dict(judge.decisions),
-            "unscored": judge.unscored,
+            **judge.stats(),
         }
 
     await _run_stage(
-        "judge", bus, [runner.run, *observers], stats, stop, unhealthy=_batch_failed(bus, runner)
+        "judge",
+        bus,
+        [runner.run, *observers],
+        stats,
+        stop,
+        [judge.aclose],
+        unhealthy=_batch_failed(bus, runner),
     )
 
 

@@ -25,7 +25,7 @@ from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
 from qaloop.observability.lag import MemoryLag
 from qaloop.observability.metrics import Metrics
-from qaloop.quality import get_scorer
+from qaloop.services.gating import build_gate_stage, prompt_config, routing_config
 from qaloop.services.judge import Judge
 from qaloop.services.retrier import Retrier
 from qaloop.services.runner import BatchRunner, ConcurrentRunner, out
@@ -50,7 +50,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 
 def gate_config(settings: Settings) -> GateConfig:
-    return GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts)
+    return routing_config(settings)
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
@@ -60,6 +60,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         request_timeout_s=settings.llm_timeout_s + settings.llm_max_queue_wait_s + 5.0,
         prompt_template=settings.prompt_template,
         seed=settings.sim_seed,
+        prompt=prompt_config(settings),
     )
 
 
@@ -107,7 +108,7 @@ class EmbeddedPipeline:
             metrics=m,
         )
         self.judge = Judge(
-            get_scorer(settings.scorer),
+            build_gate_stage(settings),
             gate_config(settings),
             self.topics,
             clock=clock,
@@ -203,6 +204,7 @@ class EmbeddedPipeline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.flush_hits()
         await self.provider.aclose()
+        await self.judge.aclose()
         await self.bus.close()
 
     def stats(self) -> dict[str, Any]:
@@ -214,6 +216,7 @@ class EmbeddedPipeline:
                 "held_parked": self.retrier.held if self.retrier else 0,
                 "judge_decisions": dict(self.judge.decisions),
                 "judge_unscored": self.judge.unscored,
+                "judge_gates": self.judge.stats(),
                 "judge_quality": dict(self.judge.quality),
                 "resumed_at_start": self.resumed,
                 "in_flight": len(self.service.in_flight),

@@ -11,7 +11,10 @@ import enum
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this code decodes. 1 lacks `feedback` and `arm` (they default to None): messages and
+# stored envelopes written before feedback-aware regeneration still decode, and re-encode as 2.
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 
 class QuestionState(enum.StrEnum):
@@ -158,6 +161,12 @@ class Envelope:
     tries_in_attempt: int = 0  # LLM calls spent on the current attempt (retries included)
     history: tuple[Event, ...] = field(default_factory=tuple)
     schema_version: int = SCHEMA_VERSION
+    # Set when the judge sends the question back: why the last attempt was rejected (a
+    # quality.verdict.Reason value; never the reference text), and which arm of the feedback
+    # experiment the regeneration is in ("feedback": the prompt says what was wrong;
+    # "control": the plain prompt). See core.routing and docs/quality.md.
+    feedback: str | None = None
+    arm: str | None = None
 
     def with_event(self, kind: EventKind, at: float, **fields: Any) -> Envelope:
         event = Event(seq=len(self.history), kind=kind, attempt=self.attempt, at=at, **fields)
@@ -195,6 +204,8 @@ class Envelope:
             "llm_calls": self.llm_calls,
             "tries_in_attempt": self.tries_in_attempt,
             "history": [e.to_dict() for e in self.history],
+            "feedback": self.feedback,
+            "arm": self.arm,
         }
 
 

@@ -3,7 +3,7 @@
 Job graph (one job, parallelism 1 by default):
 
     Kafka source <prefix>.generated (raw key/value + headers, topic/partition/offset)
-      -> Python map "judge": decode -> score -> routing.judge -> route (qaloop.flink.core)
+      -> Python map "judge": decode -> gate (cascade) -> routing.judge -> route (flink.core)
       -> Kafka sink: topic per record (validated / questions / dead-letter), key = question id,
          value = envelope, headers = the plain judge's headers
       -> judged answers -> 1-minute processing-time TUMBLE per attempt -> Kafka sink
@@ -82,14 +82,31 @@ class JudgeMap(MapFunction):  # type: ignore[misc]
         self.counters: dict[str, Any] = {}
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        from qaloop.quality import get_scorer
+        from qaloop.services.gating import build_gate_stage, routing_config
+        from qaloop.settings import Settings
 
         _setup_udf_logging(self.log_level, self.log_file)
-        self.gate = GateFunction(get_scorer(self.cfg.scorer), self.cfg.gate, self.cfg.topics)
+        # The Python worker is this job's entry point for the gate: like every service, it
+        # reads QALOOP_* (LLM-judge provider, keys, feedback settings) from the environment it
+        # inherits; the job's flags win for what they set.
+        flags: dict[str, Any] = {
+            "scorer": self.cfg.scorer,
+            "threshold": self.cfg.threshold,
+            "max_attempts": self.cfg.max_attempts,
+        }
+        settings = Settings(**flags)
+        self.gate = GateFunction(
+            build_gate_stage(settings), routing_config(settings), self.cfg.topics
+        )
         group = runtime_context.get_metrics_group().add_group("qaloop")
         self.counters = {
-            name: group.counter(name) for name in ("validate", "regenerate", "give_up", "poison")
+            name: group.counter(name)
+            for name in ("validate", "regenerate", "give_up", "judge_error", "poison")
         }
+
+    def close(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
 
     def map(self, value: Row) -> Row:
         assert self.gate is not None

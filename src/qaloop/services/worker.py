@@ -14,12 +14,13 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qaloop.bus.base import OutMessage, Topics
 from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState
 from qaloop.core.retry import GiveUp, Park, RetryNow, RetryPolicy, on_llm_error
+from qaloop.core.routing import prompt_feedback
 from qaloop.llm.base import (
     DEFAULT_PROMPT_TEMPLATE,
     GenerationRequest,
@@ -30,6 +31,9 @@ from qaloop.llm.base import (
 )
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
+from qaloop.quality.lang import detect_language
+from qaloop.quality.verdict import Reason
+from qaloop.services.gating import PromptConfig
 from qaloop.services.runner import out
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,7 @@ class WorkerConfig:
     request_timeout_s: float = 60.0
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     seed: int = 42  # seeds backoff jitter per (question, attempt, try): runs are repeatable
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # feedback, escalation
 
 
 class WorkerStats:
@@ -105,13 +110,18 @@ class Worker:
         m = self.metrics
         while True:
             try_no = env.tries_in_attempt + 1
+            pc = self.config.prompt
+            feedback = prompt_feedback(env) if pc.feedback else None
             request = GenerationRequest(
                 question_id=env.question_id,
                 question=env.question,
                 attempt=env.attempt,
                 try_no=env.llm_calls + 1,
-                prompt=render_prompt(self.config.prompt_template, env.question),
+                prompt=build_prompt(self.config.prompt_template, env.question, feedback),
                 reference_answer=env.reference_answer,
+                temperature=pc.temperature(env.attempt),
+                model=pc.model(env.attempt),
+                feedback=feedback,
             )
             started = self.clock()
             call_started = time.perf_counter()
@@ -254,6 +264,54 @@ class Worker:
                 state="scoring",
             )
             return [out(self.topics.generated, generated)]
+
+
+LANGUAGE_NAMES = {
+    "en": "English",
+    "es": "Spanish",
+    "pt": "Portuguese",
+    "fr": "French",
+    "de": "German",
+    "it": "Italian",
+    "ru": "Russian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "zh": "Chinese",
+    "ar": "Arabic",
+    "el": "Greek",
+    "he": "Hebrew",
+    "hi": "Hindi",
+    "th": "Thai",
+}
+
+
+def build_prompt(template: str, question: str, feedback: str | None) -> str:
+    """The template, plus the question's language when detected, plus -- for a regeneration in
+    the feedback arm -- what was wrong with the rejected attempt (Reason.feedback: the gate's
+    reason in words, never the reference answer)."""
+    notes: list[str] = []
+    lang = detect_language(question)
+    language = LANGUAGE_NAMES.get(lang)
+    if language is not None and lang != "en":  # the template already asks for the same language
+        notes.append(f"The question is in {language}: answer in {language}.")
+    if feedback is not None:
+        try:
+            said = Reason(feedback).feedback
+        except ValueError:
+            said = ""
+        notes.append(
+            "An earlier answer to this question was rejected. "
+            + (said or Reason.LOW_SCORE.feedback)
+            + " Write a better answer."
+        )
+    prompt = render_prompt(template, question)
+    if not notes:
+        return prompt
+    note = "\n".join(notes)
+    head, sep, tail = prompt.rpartition("Answer:")
+    if sep and not tail.strip():  # keep the template's closing cue last
+        return f"{head.rstrip()}\n\n{note}\n\nAnswer:{tail}"
+    return f"{prompt}\n\n{note}"
 
 
 def _usage(input_tokens: int | None, output_tokens: int | None) -> str | None:
