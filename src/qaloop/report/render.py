@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qaloop.report import feedback as feedback_gain
 from qaloop.report import tables as T
 from qaloop.report.data import ReportData
 from qaloop.report.tables import Cell, Table
@@ -179,7 +180,8 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
                 [dead.table()],
                 ["dead_letters.png"],
             ),
+            feedback_gain.section(data, out_dir),
         ],
     )
     written = write_document(doc, out_dir)
-    return written + [out_dir / name for name in PLOT_FILES]
+    return written + [out_dir / name for name in (*PLOT_FILES, feedback_gain.PLOT_FILE)]
