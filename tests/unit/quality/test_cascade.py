@@ -105,7 +105,6 @@ async def test_llm_judge_alone_grades_everything_and_no_second_opinion_keeps_uns
 
 async def test_cross_language_is_carried_from_the_cheap_scorer() -> None:
     cascade = Cascade(ScorerGate(get_scorer("token_f1"), 0.3), None)
-    [j] = await cascade.judge_many(
-        _items(("El gato está en la alfombra y está durmiendo todo el día.", "The cat is on the mat"))
-    )
+    spanish = "El gato está en la alfombra y está durmiendo todo el día."
+    [j] = await cascade.judge_many(_items((spanish, "The cat is on the mat")))
     assert j.cross_language

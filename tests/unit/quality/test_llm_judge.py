@@ -17,7 +17,7 @@ def _reply(**fields: object) -> str:
     return json.dumps(fields)
 
 
-def test_prompt_fences_the_answer_with_a_nonce_and_carries_the_reference_when_there_is_one() -> None:
+def test_prompt_fences_the_answer_with_a_nonce_and_carries_the_reference_if_any() -> None:
     prompt = llm_judge.build_prompt(ITEM)
     nonce = llm_judge.nonce(ITEM.answer)
     assert f"<<<ANSWER {nonce}\n{ITEM.answer}\nANSWER {nonce}>>>" in prompt
@@ -106,9 +106,8 @@ def test_a_plain_answer_passes_the_prechecks() -> None:
 
 def test_an_explanation_quoting_the_reference_is_withheld() -> None:
     item = GateInput("When?", "In 1936.", "The market crashed in October 1929 after a boom")
-    reply = _reply(
-        score=2, verdict="fail", reason="contradiction", explanation="the market crashed in October 1929"
-    )
+    quote = "the market crashed in October 1929"
+    reply = _reply(score=2, verdict="fail", reason="contradiction", explanation=quote)
     v = llm_judge.parse_verdict(reply, item)
     assert v.reason is Reason.CONTRADICTION
     assert "1929" not in v.detail

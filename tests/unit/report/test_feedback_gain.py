@@ -26,7 +26,8 @@ def _scored(
 ) -> dict[str, Any]:
     outcome = Outcome.PASS if decision == "validate" else Outcome.FAIL
     reason = Reason.OK if decision == "validate" else Reason.ECHO
-    detail = scored_detail(Verdict(0.5, outcome, reason, "", by), JudgeCost(calls, 100 * calls), arm)
+    verdict = Verdict(0.5, outcome, reason, "", by)
+    detail = scored_detail(verdict, JudgeCost(calls, 100 * calls), arm)
     return {
         "question_id": qid,
         "seq": seq,
