@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     threshold: float = Field(0.14, ge=0, le=1, description="Validation threshold on the score")
     max_attempts: int = Field(3, ge=1, description="Generation attempts before giving up")
     judge_unsure_band: float = Field(
-        0.03,
+        0.04,
         ge=0,
         le=1,
         description="Cheap-gate scores within this distance of the threshold are UNSURE and go "
