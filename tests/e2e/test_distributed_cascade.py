@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from qaloop.core.routing import parse_scored_detail
-from qaloop.quality import get_scorer
-from qaloop.quality.cascade import ScorerGate
 from qaloop.quality.verdict import GateInput, Outcome
 from qaloop.report.feedback import by_arm_counts, feedback_gain
+from qaloop.services.gating import cheap_gate
+from qaloop.settings import Settings
 from tests.e2e.distributed_stack import (
     ROOT,
     Stack,
@@ -44,7 +44,8 @@ SETTINGS: dict[str, Any] = {
     "sim_latency_ms": 2,
     "scorer": SCORER,
     "threshold": THRESHOLD,
-    "judge_unsure_band": BAND,
+    "judge_unsure_band": BAND,  # the ScorerGate's band
+    "gate_unsure_threshold": THRESHOLD - BAND,  # the default gate's (once merged)
     "feedback_control_share": 0.5,
     "max_attempts": 3,
 }
@@ -67,7 +68,8 @@ def _check_cascade(dsn: str) -> dict[str, Any]:
     )
     names = ("question_id", "seq", "attempt", "kind", "answer", "detail", "decision", "score")
     events = [dict(zip(names, r, strict=True)) for r in rows]
-    gate = ScorerGate(get_scorer(SCORER), THRESHOLD, BAND)
+    gate = cheap_gate(Settings(**SETTINGS))  # the judge's own cheap gate, recomputed
+    assert gate is not None
     answers: dict[tuple[str, int], str] = {}
     seen = {"free_llm": 0, "ref_llm": 0, "ref_cheap": 0}
     decisions: dict[tuple[str, int], str] = {}
@@ -86,7 +88,7 @@ def _check_cascade(dsn: str) -> dict[str, Any]:
             seen["free_llm"] += 1
             continue
         [cheap] = gate.judge_batch([GateInput(texts[qid], answers[(qid, attempt)], ref)])
-        expected = "llm_judge" if cheap.outcome is Outcome.UNSURE else SCORER
+        expected = "llm_judge" if cheap.outcome is Outcome.UNSURE else gate.name
         assert by == expected, (e, cheap)
         seen["ref_llm" if by == "llm_judge" else "ref_cheap"] += 1
     unscored = sql(

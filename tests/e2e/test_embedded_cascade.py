@@ -12,9 +12,8 @@ from pathlib import Path
 from qaloop.core.routing import parse_scored_detail
 from qaloop.dataset import load_sample
 from qaloop.pipeline import EmbeddedPipeline
-from qaloop.quality import get_scorer
-from qaloop.quality.cascade import ScorerGate
 from qaloop.quality.verdict import GateInput, Outcome
+from qaloop.services.gating import cheap_gate
 from qaloop.settings import Settings
 
 
@@ -24,7 +23,8 @@ async def test_cascade_feedback_and_judge_errors_end_to_end(tmp_path: Path) -> N
         db=db,
         scorer="composite",
         threshold=0.14,
-        judge_unsure_band=0.06,
+        judge_unsure_band=0.06,  # the ScorerGate's band
+        gate_unsure_threshold=0.08,  # the default gate's (once merged)
         feedback_control_share=0.5,
         sim_overload_rate=0.12,  # generation and judge calls alike
         overload_tries=2,
@@ -47,7 +47,8 @@ async def test_cascade_feedback_and_judge_errors_end_to_end(tmp_path: Path) -> N
     assert set(counts) <= {"validated", "failed"} and sum(counts.values()) == len(qas)
     questions = {q["question_id"]: q for q in repo.export_questions()}
     events = repo.export_events()
-    gate = ScorerGate(get_scorer("composite"), 0.14, 0.06)
+    gate = cheap_gate(settings)  # the judge's own cheap gate, recomputed
+    assert gate is not None
     answers: dict[tuple[str, int], str] = {}
     by_judge = {"free": 0, "ref_llm": 0, "ref_cheap": 0}
     for e in events:

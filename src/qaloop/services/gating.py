@@ -12,6 +12,7 @@ to a question without a reference go to the LLM judge (docs/quality.md).
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 
@@ -27,9 +28,19 @@ log = logging.getLogger(__name__)
 
 
 def cheap_gate(settings: Settings) -> Gate | None:
+    """The default gate (qaloop.quality.gate, point 2 of issue 12) when this build has it, else
+    a ScorerGate with `judge_unsure_band`; None for `scorer = llm_judge`."""
     if settings.scorer == llm_judge.NAME:
         return None
-    return ScorerGate(get_scorer(settings.scorer), settings.threshold, settings.judge_unsure_band)
+    try:  # by name: the default gate lands on its own branch (the contract is verdict.Gate)
+        spec_of = importlib.import_module("qaloop.gate_config").gate_spec_from_settings
+        build = importlib.import_module("qaloop.quality.gate").build_gate
+    except (ImportError, AttributeError):
+        return ScorerGate(
+            get_scorer(settings.scorer), settings.threshold, settings.judge_unsure_band
+        )
+    gate: Gate = build(spec_of(settings))
+    return gate
 
 
 def build_gate_stage(settings: Settings, *, judge_provider: Provider | None = None) -> Cascade:
