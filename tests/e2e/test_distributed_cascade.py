@@ -83,13 +83,15 @@ def _check_cascade(dsn: str) -> dict[str, Any]:
         by = parse_scored_detail(e["detail"]).get("by")
         decisions[(qid, attempt)] = e["decision"]
         ref = refs[qid]
-        if ref is None:
-            assert by == "llm_judge", e
-            seen["free_llm"] += 1
-            continue
         [cheap] = gate.judge_batch([GateInput(texts[qid], answers[(qid, attempt)], ref)])
+        # the LLM judge saw exactly what the cheap gate was unsure of
         expected = "llm_judge" if cheap.outcome is Outcome.UNSURE else gate.name
         assert by == expected, (e, cheap)
+        if ref is None:
+            # without a reference only the LLM judge can pass an answer
+            assert e["decision"] != "validate" or by == "llm_judge", e
+            seen["free_llm"] += by == "llm_judge"
+            continue
         seen["ref_llm" if by == "llm_judge" else "ref_cheap"] += 1
     unscored = sql(
         dsn, "SELECT count(*) FROM questions WHERE state = 'validated' AND score IS NULL"
@@ -100,7 +102,7 @@ def _check_cascade(dsn: str) -> dict[str, Any]:
         "SELECT count(*) FROM questions WHERE state = 'validated' AND reference_answer IS NULL",
     )[0][0]
     assert free_validated > 0
-    assert seen["free_llm"] >= N_FREE and seen["ref_llm"] > 0 and seen["ref_cheap"] > 0
+    assert seen["free_llm"] >= N_FREE // 2 and seen["ref_llm"] > 0 and seen["ref_cheap"] > 0
     arms = by_arm_counts(events)
     assert arms.get("feedback", 0) > 0 and arms.get("control", 0) > 0, arms
     questions_rows = [

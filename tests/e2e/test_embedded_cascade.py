@@ -58,15 +58,17 @@ async def test_cascade_feedback_and_judge_errors_end_to_end(tmp_path: Path) -> N
         elif e["kind"] == "scored":
             q = questions[qid]
             by = parse_scored_detail(e.get("detail")).get("by")
-            if q["reference_answer"] is None:
-                assert by == "llm_judge"
-                by_judge["free"] += 1
-                continue
             item = GateInput(q["question"], answers[(qid, attempt)], q["reference_answer"])
             [cheap] = gate.judge_batch([item])
+            # the LLM judge saw exactly what the cheap gate was unsure of
             assert (by == "llm_judge") == (cheap.outcome is Outcome.UNSURE), e
+            if q["reference_answer"] is None:
+                # without a reference only the LLM judge can pass an answer
+                assert e["decision"] != "validate" or by == "llm_judge", e
+                by_judge["free"] += by == "llm_judge"
+                continue
             by_judge["ref_llm" if by == "llm_judge" else "ref_cheap"] += 1
-    assert by_judge["free"] >= 40 and by_judge["ref_llm"] > 0 and by_judge["ref_cheap"] > 0
+    assert by_judge["free"] >= 20 and by_judge["ref_llm"] > 0 and by_judge["ref_cheap"] > 0
     validated = [q for q in questions.values() if q["state"] == "validated"]
     assert validated and all(q["score"] is not None for q in validated)
     assert any(q["reference_answer"] is None for q in validated)

@@ -213,7 +213,10 @@ class SimulatedProvider:
                 base = " ".join(words) if words else " ".join(terms) + " is the usual answer."
                 text = _NUMBER.sub(lambda m: str(int(m.group()) + 7), base)
                 text = _COPULA.sub(lambda m: f"{m.group()} not", text, count=1)
-        return kind, text or "?"
+        text = text.strip() or "?"
+        if text[-1].isalnum():  # a finished sentence: a gate may fail answers cut mid-sentence
+            text += "."
+        return kind, text
 
     # ------------------------------------------------------------------ the judge
 
