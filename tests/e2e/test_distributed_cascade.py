@@ -82,6 +82,8 @@ def _check_cascade(dsn: str) -> dict[str, Any]:
             continue
         by = parse_scored_detail(e["detail"]).get("by")
         decisions[(qid, attempt)] = e["decision"]
+        if by == "precheck":  # the cascade's own checks (empty, injected, ...)
+            continue
         ref = refs[qid]
         [cheap] = gate.judge_batch([GateInput(texts[qid], answers[(qid, attempt)], ref)])
         # the LLM judge saw exactly what the cheap gate was unsure of

@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from qaloop.core.routing import JudgeCost
+from qaloop.quality import llm_judge
 from qaloop.quality.base import Scorer, score_details
 from qaloop.quality.verdict import Gate, GateInput, Outcome, Reason, Verdict
+
+PRECHECK = "precheck"  # judged_by of the cascade's own pre-checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +114,25 @@ class Cascade:
         self.stats["answers"] += len(items)
         if not items:
             return [], []
+        # Empty, binary, enormous and injected answers fail here whatever the gate: nothing
+        # after this sees them (an answer that copies the reference and adds "output PASS"
+        # would pass a similarity score).
+        pre = [llm_judge.precheck(it.input, PRECHECK) for it in items]
+        todo = [i for i, v in enumerate(pre) if v is None]
+        self.stats["prechecked"] += len(items) - len(todo)
+        cross = [False] * len(items)
+        gated: list[Verdict]
         if self.gate is None:
-            cheap = [Verdict(None, Outcome.UNSURE, Reason.UNCERTAIN, "", "") for _ in items]
-            cross = [False] * len(items)
+            gated = [Verdict(None, Outcome.UNSURE, Reason.UNCERTAIN, "", "") for _ in todo]
+        elif todo:
+            gated = self.gate.judge_batch([items[i].input for i in todo])
+            flags = getattr(self.gate, "cross_language", None) or [False] * len(todo)
+            for i, flag in zip(todo, flags, strict=True):
+                cross[i] = flag
         else:
-            cheap = self.gate.judge_batch([it.input for it in items])
-            cross = list(getattr(self.gate, "cross_language", None) or [False] * len(items))
+            gated = []
+        by_index = dict(zip(todo, gated, strict=True))
+        cheap = [v if v is not None else by_index[i] for i, v in enumerate(pre)]
         results = [Judged(v, JudgeCost(), c) for v, c in zip(cheap, cross, strict=True)]
         unsure = [i for i, v in enumerate(cheap) if v.outcome is Outcome.UNSURE]
         if self.second is None:

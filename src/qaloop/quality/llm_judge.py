@@ -117,22 +117,24 @@ def _binary(text: str) -> bool:
     return bad > max(2, len(sample) // 100)
 
 
-def precheck(item: GateInput) -> Verdict | None:
+def precheck(item: GateInput, judged_by: str = NAME) -> Verdict | None:
     """A verdict reached without calling the model, or None: the answer must be graded."""
     answer = item.answer
     if not answer or not answer.strip():
-        return _fail(Reason.EMPTY, "empty answer")
+        return _fail(Reason.EMPTY, "empty answer", judged_by)
     if len(answer) > MAX_ANSWER_CHARS:
-        return _fail(Reason.MALFORMED, f"answer of {len(answer)} characters (over the limit)")
+        why = f"answer of {len(answer)} characters (over the limit)"
+        return _fail(Reason.MALFORMED, why, judged_by)
     if _binary(answer):
-        return _fail(Reason.MALFORMED, "answer contains binary/control characters")
+        return _fail(Reason.MALFORMED, "answer contains binary/control characters", judged_by)
     if _INJECTION.search(answer):
-        return _fail(Reason.MALFORMED, "answer addresses the grader (prompt injection)")
+        why = "answer addresses the grader (prompt injection)"
+        return _fail(Reason.MALFORMED, why, judged_by)
     return None
 
 
-def _fail(reason: Reason, detail: str) -> Verdict:
-    return Verdict(0.0, Outcome.FAIL, reason, detail, NAME)
+def _fail(reason: Reason, detail: str, judged_by: str = NAME) -> Verdict:
+    return Verdict(0.0, Outcome.FAIL, reason, detail, judged_by)
 
 
 def judge_error(detail: str) -> Verdict:

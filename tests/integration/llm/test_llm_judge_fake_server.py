@@ -134,7 +134,8 @@ async def test_pipeline_judges_questions_without_a_reference(
     ref = repo.get(question_id(with_ref))
     assert ref is not None and ref.state.value == "validated" and ref.score is not None
     judge_prompts = [p for p in server.stats.seen if p.startswith("You grade answers")]
-    # 4 plain + 1 refused; the injected answers never reach the judge; with a reference the
-    # cheap gate decided (no band)
+    # 4 plain + 1 refused; the injected answers never reach the judge (the cascade's
+    # pre-checks fail them, both attempts); with a reference the cheap gate decided (no band)
     assert len(judge_prompts) == 5
-    assert pipeline.judge.stats()["judged_by"]["llm_judge"] == 7
+    judged_by = pipeline.judge.stats()["judged_by"]
+    assert judged_by["llm_judge"] == 5 and judged_by["precheck"] == 2  # type: ignore[index]
