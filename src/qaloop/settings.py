@@ -90,6 +90,48 @@ class Settings(BaseSettings):
         None, description="A stronger model for the last attempt (None: the same model)"
     )
 
+    # Flink judge (`qaloop flink-job`, `flink run -pym qaloop.flink.job`; docs/flink.md). The
+    # gate itself (scorer, threshold, max attempts) is the plain judge's settings above.
+    flink_group: str | None = Field(
+        None, description="Consumer group the job commits (default <prefix>.judge, as the judge)"
+    )
+    flink_delivery: Literal["exactly-once", "at-least-once"] = Field(
+        "exactly-once", description="Guarantee of the job's Kafka sinks"
+    )
+    flink_checkpoint_interval_ms: int = Field(
+        200, ge=100, description="Checkpoint interval: with exactly-once, the latency floor"
+    )
+    flink_state_dir: str = Field(
+        ".qaloop/flink", description="Checkpoints and logs: <dir>/<group>/{checkpoints,logs}"
+    )
+    flink_checkpoint_dir: str | None = Field(
+        None, description="Override <state dir>/<group>/checkpoints (shared storage on a cluster)"
+    )
+    flink_resume: str = Field(
+        "latest", description="latest retained checkpoint, none, or the path of one"
+    )
+    flink_execution_mode: Literal["thread", "process"] = Field(
+        "thread", description="Where the Python judge runs: in the JVM or in a Python process"
+    )
+    flink_bundle_size: int = Field(100, ge=1, description="Records per Python bundle")
+    flink_bundle_time_ms: int = Field(50, ge=1, description="Longest wait to fill a bundle")
+    flink_parallelism: int = Field(1, ge=1, description="Parallelism of the job")
+    flink_metrics_window_s: float = Field(
+        60.0, ge=1, description="Tumbling window of the job's <prefix>.metrics records"
+    )
+    flink_partition_discovery_ms: int = Field(
+        5000, ge=1, description="How soon the job reads a partition added while it runs"
+    )
+    flink_transaction_timeout_ms: int = Field(
+        600_000,
+        gt=0,
+        le=900_000,
+        description="Kafka transaction timeout (<= the broker's transaction.max.timeout.ms)",
+    )
+    flink_connector_jar: str | None = Field(
+        None, description="flink-sql-connector-kafka jar (default: the `make flink-venv` cache)"
+    )
+
     # LLM
     llm: Literal["simulated", "replay", "gemini", "openai"] = Field(
         "simulated", description="LLM provider"

@@ -22,8 +22,9 @@ import orjson
 from qaloop.bus.base import Bus, OutMessage, Topics
 from qaloop.core import codec
 from qaloop.core.model import QuestionState
-from qaloop.pipeline import resume_message
-from qaloop.storage.base import DeadLetter, Repository, open_repository
+from qaloop.services.recovery import resume_message
+from qaloop.storage.base import DeadLetter, Repository
+from qaloop.storage.factory import open_repository
 
 
 def _iso(at: float) -> str:
@@ -132,7 +133,8 @@ def replay_command(
 ) -> None:
     """Re-publish dead letters (by KEY, or --all) and mark them replayed."""
     from qaloop.cli.common import build_settings
-    from qaloop.distributed import make_bus, topics_for
+    from qaloop.distributed import make_bus
+    from qaloop.wiring import topics_for
 
     if not keys and not replay_all:
         raise click.UsageError("give dead-letter KEYs (see `qaloop dlq list`) or --all")
@@ -159,7 +161,7 @@ def replay_command(
             click.echo(f"{len(planned)} to replay" + (" (dry run)" if dry_run else ""))
             return
         try:
-            asyncio.run(_publish(make_bus(settings, topics), [m for _, m in planned]))
+            asyncio.run(_publish(make_bus(settings), [m for _, m in planned]))
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
         repo.mark_replayed([letter.dedup_key for letter, _ in planned])

@@ -45,7 +45,7 @@ def command(
         raise click.ClickException(
             f"the report needs the `report` extra: pip install 'qaloop[report]' ({exc})"
         ) from exc
-    from qaloop.storage.base import open_repository
+    from qaloop.storage.factory import open_repository
 
     repo = open_repository(settings.db)
     try:

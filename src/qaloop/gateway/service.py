@@ -24,9 +24,9 @@ from qaloop.bus.base import Bus, Topics
 from qaloop.core.cache import Cache
 from qaloop.core.ids import question_id
 from qaloop.core.model import Envelope, EventKind, QuestionRecord, QuestionState
+from qaloop.core.wire import out
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
-from qaloop.services.runner import out
 from qaloop.storage.base import Repository
 
 log = logging.getLogger(__name__)

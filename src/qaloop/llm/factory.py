@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 from qaloop.llm.base import Provider
+from qaloop.llm.protection import (
+    DAY_S,
+    CircuitBreaker,
+    Limit,
+    LocalRateLimiter,
+    ProtectedProvider,
+    RateLimiter,
+)
 from qaloop.llm.simulated import SimulatedConfig, SimulatedProvider
 from qaloop.settings import Settings
 
@@ -63,8 +71,6 @@ def make_provider(settings: Settings) -> Provider:
     """The configured provider behind the protection every provider shares
     (qaloop.llm.protection): budget, circuit breaker, concurrency bound, rate limit, timeout.
     Its rate limits leave the LLM judge its share (make_judge_provider)."""
-    from qaloop.llm.protection import protect
-
     generation = _quota_share(settings, 1 - settings.judge_quota_share)
     return protect(make_raw_provider(settings), generation)
 
@@ -89,8 +95,6 @@ def judge_settings(settings: Settings) -> Settings:
 
 
 def make_judge_provider(settings: Settings) -> Provider:
-    from qaloop.llm.protection import protect
-
     js = judge_settings(settings)
     return protect(make_raw_provider(js), js)
 
@@ -109,4 +113,56 @@ def _quota_share(settings: Settings, share: float) -> Settings:
             "llm_tpm": part(settings.llm_tpm),
             "llm_rpd": part(settings.llm_rpd),
         }
+    )
+
+
+# The protection's factories live here, not in qaloop.llm.protection: the PostgreSQL limiter
+# builds on protection's buckets, so protection importing it back made a cycle.
+
+
+def limits_from_settings(settings: Settings) -> list[Limit]:
+    limits: list[Limit] = []
+    if settings.llm_rpm:
+        limits.append(Limit.make("rpm", settings.llm_rpm, 60.0, burst=settings.llm_rate_burst))
+    if settings.llm_tpm:
+        limits.append(Limit.make("tpm", settings.llm_tpm, 60.0))
+    if settings.llm_rpd:
+        limits.append(Limit.make("rpd", settings.llm_rpd, DAY_S, per_day=True))
+    return limits
+
+
+def make_limiter(settings: Settings, key: str) -> RateLimiter | None:
+    limits = limits_from_settings(settings)
+    if not limits:
+        return None
+    if settings.llm_rate_backend == "local":
+        return LocalRateLimiter(limits)
+    dsn = settings.llm_rate_dsn or (
+        settings.db if settings.db.startswith(("postgresql://", "postgres://")) else None
+    )
+    if not dsn:
+        raise ValueError(
+            "llm_rate_backend=postgres needs QALOOP_LLM_RATE_DSN (or a postgresql:// QALOOP_DB)"
+        )
+    from qaloop.llm.ratelimit_pg import PostgresRateLimiter
+
+    return PostgresRateLimiter(dsn, key, limits)
+
+
+def protect(inner: Provider, settings: Settings) -> ProtectedProvider:
+    """Wrap a provider with the protection configured in Settings."""
+    model = str(getattr(inner, "model", None) or settings.llm_model or inner.name)
+    key = settings.llm_rate_key or f"{inner.name}:{model}"
+    failures = settings.llm_breaker_failures
+    if failures is None:
+        failures = 5 if inner.name in ("gemini", "openai") else 0
+    return ProtectedProvider(
+        inner,
+        limiter=make_limiter(settings, key),
+        breaker=CircuitBreaker(failures, settings.llm_breaker_cooldown_s) if failures else None,
+        max_in_flight=settings.llm_max_in_flight or None,
+        timeout_s=settings.llm_timeout_s,
+        max_queue_wait_s=settings.llm_max_queue_wait_s,
+        max_calls_per_question=settings.llm_max_calls or None,
+        expected_output_tokens=min(256, settings.llm_max_output_tokens),
     )

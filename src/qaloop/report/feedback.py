@@ -25,14 +25,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qaloop.core.routing import CONTROL, FEEDBACK, parse_scored_detail
 from qaloop.report.data import ReportData
 from qaloop.report.tables import Cell, Table, group_events
-
-if TYPE_CHECKING:
-    from qaloop.report.render import Section
 
 _TOKENS = re.compile(r"tokens in=(\d+|None) out=(\d+|None)")
 LLM_JUDGE = "llm_judge"
@@ -293,13 +290,12 @@ def plot_gain(gain: FeedbackGain, path: Path) -> Path:
     return save(fig, path)
 
 
-def section(data: ReportData, out_dir: Path) -> Section:
-    """The report section (tables + plot) for qaloop.report.render.build."""
-    from qaloop.report.render import Section
-
+def section(data: ReportData, out_dir: Path) -> tuple[str, str, list[Table], list[str]]:
+    """The report section's title, text, tables and plots (qaloop.report.render.build makes
+    it a Section)."""
     gain = feedback_gain(data.questions, data.events)
     plot_gain(gain, out_dir / PLOT_FILE)
-    return Section(
+    return (
         "Feedback gain, controlled, and the LLM judge",
         "A seeded share of the questions (QALOOP_FEEDBACK_CONTROL_SHARE) is regenerated with the "
         "plain prompt: comparing its P(validated at n+1 | rejected at n) with the feedback "

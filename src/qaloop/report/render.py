@@ -180,7 +180,7 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
                 [dead.table()],
                 ["dead_letters.png"],
             ),
-            feedback_gain.section(data, out_dir),
+            Section(*feedback_gain.section(data, out_dir)),
         ],
     )
     written = write_document(doc, out_dir)

@@ -13,12 +13,13 @@ from collections.abc import Callable, Sequence
 from qaloop.bus.base import Message, OutMessage, Topics
 from qaloop.core.model import Envelope
 from qaloop.core.routing import Decision, GateConfig, judge
+from qaloop.core.wire import out
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import LabelCache, Metrics
 from qaloop.quality.base import Scorer, score_details
 from qaloop.quality.cascade import Cascade, Judged, ScorerGate
 from qaloop.services.gating import judge_item
-from qaloop.services.runner import decode_batch, out
+from qaloop.services.runner import decode_batch
 
 log = logging.getLogger(__name__)
 

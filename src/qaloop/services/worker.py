@@ -21,6 +21,7 @@ from qaloop.bus.base import OutMessage, Topics
 from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState
 from qaloop.core.retry import GiveUp, Park, RetryNow, RetryPolicy, on_llm_error
 from qaloop.core.routing import prompt_feedback
+from qaloop.core.wire import out
 from qaloop.llm.base import (
     DEFAULT_PROMPT_TEMPLATE,
     GenerationRequest,
@@ -34,7 +35,6 @@ from qaloop.observability.metrics import Metrics
 from qaloop.quality.lang import detect_language
 from qaloop.quality.verdict import Reason
 from qaloop.services.gating import PromptConfig
-from qaloop.services.runner import out
 
 log = logging.getLogger(__name__)
 

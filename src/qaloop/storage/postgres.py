@@ -478,7 +478,7 @@ class PostgresRepository:
         return [codec.decode(bytes(r[0])) for r in rows]
 
     def stale(self, older_than_s: float, limit: int = 1000) -> list[Envelope]:
-        """StaleQueries: accepted more than `older_than_s` ago and nothing recorded since (still
+        """Repository.stale: accepted more than `older_than_s` ago and nothing recorded since (still
         queued, no event after `accepted`), oldest first."""
         cutoff = time.time() - older_than_s
         with self._tx() as conn:

@@ -93,13 +93,14 @@ def test_gain_per_arm_base_rate_and_cost() -> None:
 
 
 def test_section_renders_tables_and_a_plot(tmp_path: Path) -> None:
-    s = section(_data(), tmp_path)
-    assert [t.title for t in s.tables] == [
+    _, _, tables, plots = section(_data(), tmp_path)
+    assert plots == ["feedback_gain.png"]
+    assert [t.title for t in tables] == [
         "Controlled feedback gain",
         "Cost per validated answer",
         "LLM judge: share and cost",
     ]
-    assert "+66.7 points" in s.tables[0].note and "not a finding" in s.tables[0].note
+    assert "+66.7 points" in tables[0].note and "not a finding" in tables[0].note
     assert (tmp_path / "feedback_gain.png").stat().st_size > 1000
     empty = feedback_gain([], [])
     assert empty.gain_pp() is None

@@ -4,7 +4,7 @@ import pytest
 
 from qaloop.report import tables as T
 from qaloop.report.data import ERROR, HIT, QUEUED, ReportData, RequestRow, load
-from qaloop.storage.base import open_repository
+from qaloop.storage.factory import open_repository
 
 approx = pytest.approx
 
