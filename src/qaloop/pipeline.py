@@ -25,6 +25,7 @@ from qaloop.observability.metrics import Metrics
 from qaloop.services.recovery import Recovery
 from qaloop.services.retrier import Retrier
 from qaloop.services.runner import BatchRunner, ConcurrentRunner
+from qaloop.services.webhooks import chain, webhook_dispatcher
 from qaloop.settings import Settings
 from qaloop.storage.base import Repository
 from qaloop.storage.factory import open_repository
@@ -65,7 +66,12 @@ class EmbeddedPipeline:
         # The stages' consumers join their groups at once; nothing is polled before start().
         worker = w.worker(self.bus, self.provider, m, on_start=self.board.started)
         judge = w.judge(self.bus, m)
-        store = w.store(self.bus, self.repo, m, on_final=self.service.notify_final)
+        # Callbacks (callback_url) are delivered next to the store, which sees every final.
+        self.webhooks = webhook_dispatcher(settings, self.repo, clock)
+        on_final = chain(
+            self.service.notify_final, self.webhooks.notify_final if self.webhooks else None
+        )
+        store = w.store(self.bus, self.repo, m, on_final=on_final)
         self.worker = worker.worker
         self.judge = judge.judge
         self.store = store.store
@@ -86,6 +92,7 @@ class EmbeddedPipeline:
             *((name, runner.run(self._stop)) for name, runner in self.runners.items()),
             ("retrier", self.retrier.run(self._stop)),
             ("hits", self.service.run_hit_flusher(self._stop)),
+            *([("webhooks", self.webhooks.run(self._stop))] if self.webhooks else []),
         ):
             self._tasks.append(asyncio.create_task(coro, name=name))
 
@@ -115,6 +122,8 @@ class EmbeddedPipeline:
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.flush_hits()
+        if self.webhooks is not None:
+            self.webhooks.outbox.close()
         await self.provider.aclose()
         await self.judge.aclose()  # the LLM judge's provider
         await self.bus.close()

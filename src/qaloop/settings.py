@@ -234,7 +234,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest accepted request body")
     max_question_chars: int = Field(4000, ge=1, description="Longest accepted question")
     max_reference_chars: int = Field(20000, ge=1, description="Longest accepted reference answer")
-    max_wait_s: float = Field(30.0, ge=0, description="Longest ?wait= long-poll")
+    max_wait_s: float = Field(
+        30.0, ge=0, description="Longest ?wait= long-poll (a longer one is a 422)"
+    )
+    sse_max_s: float = Field(
+        600.0, gt=0, description="Longest GET /v1/questions/{id}/events stream"
+    )
+
+    # Completion webhooks (callback_url; qaloop.services.webhooks)
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC key that signs callbacks; unset = callback_url refused"
+    )
+    webhook_allow_hosts: str = Field(
+        "", description="Non-loopback callback hosts allowed (comma-separated; * = any)"
+    )
+    webhook_tries: int = Field(6, ge=1, description="Delivery attempts per callback")
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one callback POST")
+    webhook_backoff_base_s: float = Field(1.0, ge=0, description="Callback retry backoff base")
+    webhook_backoff_cap_s: float = Field(60.0, ge=0, description="Callback retry backoff cap")
 
     metrics_port: int = Field(
         0,

@@ -4,15 +4,12 @@ that write markdown + CSV tables and PNG plots, and say what the numbers mean.""
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from qaloop.cli.common import setup_logging
+from qaloop.cli.common import progress, setup_logging
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -27,13 +24,6 @@ def _ints(text: str) -> tuple[int, ...]:
     if any(v < 1 or v != int(v) for v in values):
         raise click.BadParameter(f"expected comma-separated positive integers, got {text!r}")
     return tuple(int(v) for v in values)
-
-
-@contextmanager
-def progress(length: int, label: str) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr (stdout stays for the results)."""
-    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
-        yield lambda: bar.update(1)
 
 
 def _need_matplotlib() -> None:

@@ -31,6 +31,7 @@ from qaloop.llm.factory import make_provider
 from qaloop.observability.lag import KafkaLag
 from qaloop.observability.metrics import Metrics
 from qaloop.observability.server import serve_metrics
+from qaloop.services.webhooks import WebhookDispatcher, webhook_dispatcher
 from qaloop.settings import Settings
 from qaloop.storage.base import Repository
 from qaloop.storage.factory import open_repository
@@ -136,7 +137,9 @@ async def run_store(
     w, bus = await _start(settings)
     repository = await _repository(settings, repo)
     metrics = Metrics()
-    stage = w.store(bus, repository, metrics)
+    # The store sees every final first: it delivers callback_url webhooks (services/webhooks).
+    webhooks = webhook_dispatcher(settings, repository)
+    stage = w.store(bus, repository, metrics, on_final=webhooks.notify_final if webhooks else None)
     group = w.group(STORE)
     observers = _observers(settings, metrics, bus, group, w.topics_of(STORE))
 
@@ -151,12 +154,22 @@ async def run_store(
     await run_stage(
         STORE,
         bus,
-        [stage.runner.run, *observers],
+        [stage.runner.run, *observers, *([webhooks.run] if webhooks else [])],
         stats,
         stop,
-        [closer(repository)] if repo is None else [],
+        [
+            *([_close_outbox(webhooks)] if webhooks else []),
+            *([closer(repository)] if repo is None else []),
+        ],
         batch_failed(bus, stage.runner),
     )
+
+
+def _close_outbox(webhooks: WebhookDispatcher) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        await asyncio.to_thread(webhooks.outbox.close)
+
+    return close
 
 
 async def run_retrier(

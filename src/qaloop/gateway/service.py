@@ -189,19 +189,26 @@ class QuestionService:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return body
-            event = asyncio.Event()
-            self._waiters.setdefault(qid, []).append(event)
-            try:
-                # Notified in-process by the store; otherwise re-read storage with backoff.
-                await asyncio.wait_for(event.wait(), timeout=min(delay, remaining))
-            except TimeoutError:
+            # Notified in-process by the store; otherwise re-read storage with backoff.
+            if not await self.final_signal(qid, min(delay, remaining)):
                 delay = min(delay * 2, 1.0)
-            finally:
-                waiters = self._waiters.get(qid)
-                if waiters is not None and event in waiters:
-                    waiters.remove(event)
-                    if not waiters:
-                        del self._waiters[qid]
+
+    async def final_signal(self, qid: str, timeout_s: float) -> bool:
+        """True as soon as this process's store finishes `qid` (embedded mode), False after
+        timeout_s. Reads nothing: the caller re-reads storage (the SSE stream uses it too)."""
+        event = asyncio.Event()
+        self._waiters.setdefault(qid, []).append(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout=timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(qid)
+            if waiters is not None and event in waiters:
+                waiters.remove(event)
+                if not waiters:
+                    del self._waiters[qid]
 
     def notify_final(self, envelope: Envelope) -> None:
         qid = envelope.question_id
