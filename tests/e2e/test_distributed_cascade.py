@@ -125,7 +125,7 @@ def _run(tmp_path: Path, judge: str) -> dict[str, Any]:
             stack.start("store")
             stack.start("retrier")
             if judge == "flink":
-                stack.start("flink-job", "judge", ["--state-dir", str(tmp_path / "flink")])
+                stack.start("flink-job", "judge", ["--flink-state-dir", str(tmp_path / "flink")])
             else:
                 stack.start("judge")
             stack.start("worker")
