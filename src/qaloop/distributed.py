@@ -81,6 +81,8 @@ def make_bus(settings: Settings, topics: Topics | None = None) -> KafkaBus:
         KafkaSettings(
             settings.kafka_bootstrap,
             partitions=settings.kafka_partitions,
+            replication_factor=settings.kafka_replication_factor,
+            min_insync_replicas=settings.kafka_min_insync_replicas,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             client_id=f"qaloop-{settings.topic_prefix}",
             producer=dict(settings.kafka_producer_config),

@@ -23,6 +23,15 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
     topic_prefix: str = Field("qaloop", description="Prefix of every topic name")
     kafka_partitions: int = Field(6, ge=1, description="Partitions of the hot topics")
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="Replicas of each topic qaloop creates (3 on a 3-broker cluster)"
+    )
+    kafka_min_insync_replicas: int = Field(
+        1,
+        ge=1,
+        description="min.insync.replicas of the topics qaloop creates: an acks=all write "
+        "needs this many replicas (2 with replication factor 3)",
+    )
     kafka_session_timeout_ms: int = Field(
         10000, ge=6000, description="How long a dead consumer keeps its partitions"
     )

@@ -70,6 +70,8 @@ class KafkaSettings:
     partitions: int = 6  # questions, generated, validated: bounds the useful consumers per group
     cold_partitions: int = 2  # delayed, dead letter
     replication_factor: int = 1
+    # with acks=all a write succeeds once this many replicas have it (topics created here)
+    min_insync_replicas: int = 1
     session_timeout_ms: int = 10_000  # how long a killed consumer holds its partitions
     linger_ms: float = 5.0
     client_id: str = "qaloop"
@@ -163,8 +165,19 @@ class KafkaBus:
         admin = self._admin()
         wanted = self.topic_partitions()
         existing = admin.list_topics(timeout=30).topics
+        s = self.settings
+        if s.min_insync_replicas > s.replication_factor:
+            raise ValueError(
+                f"min.insync.replicas {s.min_insync_replicas} > replication factor "
+                f"{s.replication_factor}: no acks=all write could ever succeed"
+            )
         new = [
-            NewTopic(name, num_partitions=n, replication_factor=self.settings.replication_factor)
+            NewTopic(
+                name,
+                num_partitions=n,
+                replication_factor=s.replication_factor,
+                config={"min.insync.replicas": str(s.min_insync_replicas)},
+            )
             for name, n in wanted.items()
             if name not in existing
         ]

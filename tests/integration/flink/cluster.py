@@ -164,9 +164,7 @@ class FlinkCluster:
     def taskmanager_pids(self) -> dict[str, int]:
         """`taskmanager-N` -> pid, from `scripts/infra status flink`."""
         line = infra("status", "flink").stdout
-        return {
-            role: int(pid) for role, pid in re.findall(r"(taskmanager-\d+):(\d+)", line)
-        }
+        return {role: int(pid) for role, pid in re.findall(r"(taskmanager-\d+):(\d+)", line)}
 
     def kill_taskmanager(self, role: str) -> int:
         pid = self.taskmanager_pids()[role]
