@@ -44,7 +44,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_distributed import (  # noqa: E402  (a sibling script, not a package)
+from bench_distributed import (
     GROUPS,
     child_env,
     cpu_delta,
@@ -61,10 +61,10 @@ from bench_distributed import (  # noqa: E402  (a sibling script, not a package)
     wait_groups_stable,
 )
 
-from qaloop.bus.base import Topics  # noqa: E402
-from qaloop.bus.kafka import KafkaBus, KafkaSettings  # noqa: E402
-from qaloop.services.runner import out  # noqa: E402
-from qaloop.storage.postgres import PostgresRepository  # noqa: E402
+from qaloop.bus.base import Topics
+from qaloop.bus.kafka import KafkaBus, KafkaSettings
+from qaloop.services.runner import out
+from qaloop.storage.postgres import PostgresRepository
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [(w, j) for j in (1, 2) for w in (1, 2, 4)]  # (workers, judges)
