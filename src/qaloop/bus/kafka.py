@@ -162,15 +162,15 @@ class KafkaBus:
     def _ensure_topics(self) -> None:
         """Create the topics (idempotent; never relies on broker auto-creation) and grow the
         partition count of existing ones that have fewer than configured."""
-        admin = self._admin()
-        wanted = self.topic_partitions()
-        existing = admin.list_topics(timeout=30).topics
         s = self.settings
         if s.min_insync_replicas > s.replication_factor:
             raise ValueError(
                 f"min.insync.replicas {s.min_insync_replicas} > replication factor "
                 f"{s.replication_factor}: no acks=all write could ever succeed"
             )
+        admin = self._admin()
+        wanted = self.topic_partitions()
+        existing = admin.list_topics(timeout=30).topics
         new = [
             NewTopic(
                 name,
