@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -117,10 +118,37 @@ class FlinkCluster:
             time.sleep(0.5)
         raise AssertionError(f"job {job_id} not running after {timeout_s} s (state {state})")
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, wait_s: float = 60) -> None:
+        """Cancel a job that still runs and wait until it has released its slots."""
         request = urllib.request.Request(f"{self.rest}/jobs/{job_id}?mode=cancel", method="PATCH")
         with contextlib.suppress(urllib.error.URLError, OSError):
             urllib.request.urlopen(request, timeout=10).close()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(urllib.error.URLError, OSError, KeyError):
+                if self.job(job_id)["state"] in ("CANCELED", "FINISHED", "FAILED"):
+                    return
+            time.sleep(0.5)
+
+    def forget(self, prefix: str, bootstrap: str) -> None:
+        """Cancel the prefix's jobs, delete its topics and checkpoints (a test's leftovers)."""
+        from confluent_kafka.admin import AdminClient
+
+        from qaloop.bus.base import Topics
+
+        for job_id in list(self.jobs):
+            if f"[{prefix}]" in self.job(job_id).get("name", ""):
+                self.cancel(job_id)
+                self.jobs.remove(job_id)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        names = [*Topics.with_prefix(prefix).all(), f"{prefix}.metrics"]
+        existing = set(admin.list_topics(timeout=10).topics)
+        doomed = [n for n in names if n in existing]
+        if doomed:
+            for future in admin.delete_topics(doomed, operation_timeout=30).values():
+                with contextlib.suppress(Exception):
+                    future.result()
+        shutil.rmtree(self.checkpoints / f"{prefix}.judge", ignore_errors=True)
 
     # -- the CLI
 

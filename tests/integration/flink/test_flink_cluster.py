@@ -157,6 +157,7 @@ def test_a_sigkilled_taskmanager_recovers_from_the_checkpoint_exactly_once(
         stream.close()
         if killed is not None:
             cluster.heal()  # the next test (and the next user) gets both TaskManagers back
+        cluster.forget(stream.prefix, stream.bootstrap)
 
 
 def test_stop_with_a_savepoint_then_a_new_build_resumes_from_it(
@@ -193,6 +194,7 @@ def test_stop_with_a_savepoint_then_a_new_build_resumes_from_it(
         assert _path(restored["external_path"]) == _path(savepoint)
     finally:
         stream.close()
+        cluster.forget(stream.prefix, stream.bootstrap)
 
 
 def _path(uri: str) -> Path:
