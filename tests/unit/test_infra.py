@@ -66,22 +66,28 @@ def test_down_with_nothing_started_stops_nothing(tmp_path: Path) -> None:
     assert "nothing to stop" in done.stderr
 
 
-def test_replication_settings_reach_the_bus() -> None:
+def test_replication_settings_reach_the_bus_and_the_topics() -> None:
     pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
-    from qaloop.distributed import make_bus
+    from qaloop import wiring
+    from qaloop.bus.kafka.admin import new_topic, topic_specs
 
-    bus = make_bus(Settings(bus="kafka", kafka_replication_factor=3, kafka_min_insync_replicas=2))
-    assert (bus.settings.replication_factor, bus.settings.min_insync_replicas) == (3, 2)
+    kafka = wiring.kafka_settings(
+        Settings(bus="kafka", kafka_replication_factor=3, kafka_min_insync_replicas=2)
+    )
+    assert (kafka.replication_factor, kafka.min_insync_replicas) == (3, 2)
+    specs = topic_specs(kafka, Topics.with_prefix("unit"))
+    assert {(s.replication_factor, s.min_insync_replicas) for s in specs.values()} == {(3, 2)}
+    topic = new_topic("unit.questions", specs["unit.questions"])
+    assert topic.replication_factor == 3
+    assert topic.config == {"min.insync.replicas": "2"}
     assert Settings().kafka_replication_factor == Settings().kafka_min_insync_replicas == 1
 
 
-def test_more_insync_replicas_than_replicas_is_refused_before_any_request() -> None:
+def test_more_insync_replicas_than_replicas_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"kafka_min_insync_replicas \(2\) is above"):
+        Settings(kafka_replication_factor=1, kafka_min_insync_replicas=2)
     pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
-    from qaloop.bus.kafka import KafkaBus, KafkaSettings
+    from qaloop.bus.kafka import KafkaSettings
 
-    bus = KafkaBus(
-        KafkaSettings("127.0.0.1:9", replication_factor=1, min_insync_replicas=2),
-        Topics.with_prefix("unit"),
-    )
     with pytest.raises(ValueError, match=r"min\.insync\.replicas 2 > replication factor 1"):
-        bus._ensure_topics()
+        KafkaSettings("127.0.0.1:9", replication_factor=1, min_insync_replicas=2)

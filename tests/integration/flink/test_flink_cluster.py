@@ -127,7 +127,10 @@ def test_a_sigkilled_taskmanager_recovers_from_the_checkpoint_exactly_once(
     killed: str | None = None
     try:
         job_id = cluster.submit(
-            stream.prefix, "--checkpoint-interval-ms", CHECKPOINT_MS, log=tmp_path / "submit.log"
+            stream.prefix,
+            "--flink-checkpoint-interval-ms",
+            CHECKPOINT_MS,
+            log=tmp_path / "submit.log",
         )
         cluster.wait_running(job_id)
         hosts = cluster.subtask_hosts(job_id)
@@ -166,7 +169,10 @@ def test_stop_with_a_savepoint_then_a_new_build_resumes_from_it(
     stream = _stream(cluster)
     try:
         first = cluster.submit(
-            stream.prefix, "--checkpoint-interval-ms", CHECKPOINT_MS, log=tmp_path / "first.log"
+            stream.prefix,
+            "--flink-checkpoint-interval-ms",
+            CHECKPOINT_MS,
+            log=tmp_path / "first.log",
         )
         cluster.wait_running(first)
         stream.collect()
@@ -183,7 +189,7 @@ def test_stop_with_a_savepoint_then_a_new_build_resumes_from_it(
         # A new build: a new client run builds a new job graph (another checkpoint interval);
         # `--resume latest` (the default) finds the savepoint in the checkpoint dir.
         second = cluster.submit(
-            stream.prefix, "--checkpoint-interval-ms", "1500", log=tmp_path / "second.log"
+            stream.prefix, "--flink-checkpoint-interval-ms", "1500", log=tmp_path / "second.log"
         )
         assert second != first
         cluster.wait_running(second)
