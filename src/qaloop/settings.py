@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
@@ -23,6 +23,15 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
     topic_prefix: str = Field("qaloop", description="Prefix of every topic name")
     kafka_partitions: int = Field(6, ge=1, description="Partitions of the hot topics")
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="Replicas of each topic qaloop creates (3 on a 3-broker cluster)"
+    )
+    kafka_min_insync_replicas: int = Field(
+        1,
+        ge=1,
+        description="min.insync.replicas of the topics qaloop creates: an acks=all write "
+        "needs this many replicas (2 with replication factor 3)",
+    )
     kafka_session_timeout_ms: int = Field(
         10000, ge=6000, description="How long a dead consumer keeps its partitions"
     )
@@ -341,6 +350,16 @@ class Settings(BaseSettings):
 
         parse_keys(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> Settings:
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                f"kafka_min_insync_replicas ({self.kafka_min_insync_replicas}) is above "
+                f"kafka_replication_factor ({self.kafka_replication_factor}): no acks=all "
+                "write could ever succeed"
+            )
+        return self
 
     def api_key(self) -> str | None:
         if self.llm_api_key is not None:

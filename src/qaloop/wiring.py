@@ -171,6 +171,8 @@ def kafka_settings(settings: Settings) -> KafkaSettings:
         settings.kafka_bootstrap,
         partitions=settings.kafka_partitions,
         cold_partitions=COLD_PARTITIONS,
+        replication_factor=settings.kafka_replication_factor,
+        min_insync_replicas=settings.kafka_min_insync_replicas,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         linger_ms=PRODUCER_LINGER_MS,
         fetch_wait_max_ms=CONSUMER_FETCH_WAIT_MS,
