@@ -206,7 +206,8 @@ class VisibleWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for m in self._consumer.consume(500, 0.05):
+            m = self._consumer.poll(0.05)  # returns at once when a record is there
+            if m is not None:
                 if m.error() is not None or m.key() is None:
                     continue
                 now = time.time()
@@ -257,12 +258,18 @@ def run_distributed(args: argparse.Namespace, judge: str) -> dict[str, Any]:
         try:
             with httpx.Client(base_url=url, timeout=30) as client:
                 _wait_healthy(client, up, 120)
-                # Warm-up, and for Flink: the job is running once these are final.
+                watch = VisibleWatch(bootstrap, f"{prefix}.validated")
+                # Warm-up: every group has joined and, for Flink, the job runs once these are
+                # final; the watch has joined once it has seen the validated ones.
                 warm = questions(f"warm-{prefix}", 20)
                 for q in warm:
                     client.post("/v1/questions", json=_body(q))
-                _wait_final(client, [question_id(q.question) for q in warm], up, 300)
-            watch = VisibleWatch(bootstrap, f"{prefix}.validated")
+                warm_ids = [question_id(q.question) for q in warm]
+                _wait_final(client, warm_ids, up, 300)
+                deadline = time.monotonic() + 60
+                while not set(warm_ids) & set(watch.seen) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(2.0)  # idle, as before a steady load starts
             qs = questions(prefix, args.count)
             asyncio.run(_post_all(url, qs, args.rate))
             ids = [question_id(q.question) for q in qs]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
@@ -23,6 +23,15 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
     topic_prefix: str = Field("qaloop", description="Prefix of every topic name")
     kafka_partitions: int = Field(6, ge=1, description="Partitions of the hot topics")
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="Replicas of each topic qaloop creates (3 on a 3-broker cluster)"
+    )
+    kafka_min_insync_replicas: int = Field(
+        1,
+        ge=1,
+        description="min.insync.replicas of the topics qaloop creates: an acks=all write "
+        "needs this many replicas (2 with replication factor 3)",
+    )
     kafka_session_timeout_ms: int = Field(
         10000, ge=6000, description="How long a dead consumer keeps its partitions"
     )
@@ -217,6 +226,63 @@ class Settings(BaseSettings):
         0, ge=0, description="LLM calls allowed per question, retries included (0 = no cap)"
     )
 
+    # Spend (docs/spend.md)
+    llm_fallbacks: str = Field(
+        "",
+        description="Deployments tried after the primary (provider/model[@base_url], comma "
+        "separated, or a JSON list): on a daily quota, an open circuit, a model error",
+    )
+    llm_escalation: str = Field(
+        "", description="provider/model per attempt (1, 2, ...), each the primary or a fallback"
+    )
+    price_table: str | None = Field(
+        None, description="TOML price table (USD per 1M tokens); default: the shipped one"
+    )
+    price_as: str = Field(
+        "gemini/gemini-2.5-flash-lite",
+        description="provider/model whose prices simulated and replayed calls are charged at",
+    )
+
+    budget_usd: float = Field(
+        0.0, ge=0, description="Global spend budget per period, USD (0 = none)"
+    )
+    budget_key_usd: float = Field(
+        0.0, ge=0, description="Spend budget per API key per period, USD (0 = none)"
+    )
+    budget_period: Literal["hour", "day", "month"] = Field(
+        "day", description="Budget period (UTC hour, day or calendar month)"
+    )
+    budget_soft_fraction: float = Field(
+        0.8, gt=0, le=1, description="Share of a budget that logs a warning and counts a metric"
+    )
+    budget_action: Literal["park", "reject"] = Field(
+        "park",
+        description="At the hard limit: park questions (reason budget), or also answer 429 "
+        "to new questions",
+    )
+    budget_backend: Literal["local", "postgres"] = Field(
+        "local", description="Spend counters: per process, or shared in PostgreSQL"
+    )
+    budget_dsn: str | None = Field(
+        None, description="PostgreSQL DSN of the shared spend ledger (default: db if postgresql://)"
+    )
+
+    batch_lane: bool = Field(
+        False, description="Send batch-priority questions to the provider's batch API (half price)"
+    )
+    batch_max_size: int = Field(100, ge=1, description="Questions per batch job")
+    batch_max_wait_s: float = Field(
+        60.0, ge=0, description="Longest wait of a batch question before its job is submitted"
+    )
+    batch_poll_s: float = Field(30.0, gt=0, description="How often a batch job's status is read")
+
+    paraphrase_cache: bool = Field(
+        False, description="Serve a validated answer to a question that means the same"
+    )
+    paraphrase_threshold: float = Field(
+        0.7, gt=0, le=1, description="Paraphrase similarity needed (calibrated: docs/spend.md)"
+    )
+
     # Retry policy
     overload_tries: int = Field(4, ge=1, description="In-process tries on 503/5xx before parking")
     backoff_base_s: float = Field(0.25, ge=0, description="Backoff base (full jitter)")
@@ -268,6 +334,32 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Logging level")
     log_json: bool = Field(False, description="Log one JSON object per line")
+
+    @field_validator("llm_fallbacks")
+    @classmethod
+    def _check_fallbacks(cls, value: str) -> str:
+        from qaloop.llm.deployments import parse
+
+        parse(value)  # DeploymentError (a ValueError): a clear message at start
+        return value
+
+    @field_validator("llm_escalation")
+    @classmethod
+    def _check_escalation(cls, value: str) -> str:
+        from qaloop.llm.deployments import parse_keys
+
+        parse_keys(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> Settings:
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                f"kafka_min_insync_replicas ({self.kafka_min_insync_replicas}) is above "
+                f"kafka_replication_factor ({self.kafka_replication_factor}): no acks=all "
+                "write could ever succeed"
+            )
+        return self
 
     def api_key(self) -> str | None:
         if self.llm_api_key is not None:

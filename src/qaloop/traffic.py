@@ -138,10 +138,12 @@ async def run_traffic(
     return records
 
 
-def http_client_fns(client: httpx.AsyncClient) -> tuple[AskFn, WaitFn]:
+def http_client_fns(client: httpx.AsyncClient, priority: str | None = None) -> tuple[AskFn, WaitFn]:
+    extra = {"priority": priority} if priority else {}
+
     async def ask(question: str, reference: str | None) -> tuple[int, dict[str, Any]]:
         r = await client.post(
-            "/v1/questions", json={"question": question, "reference_answer": reference}
+            "/v1/questions", json={"question": question, "reference_answer": reference, **extra}
         )
         return r.status_code, r.json()
 

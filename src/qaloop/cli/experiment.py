@@ -84,6 +84,13 @@ def command() -> None:
 @click.option("--ttl-size", type=click.IntRange(1), default=1500, show_default=True)
 @click.option("--policies", default="lru,lfu,fifo", show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--paraphrase-data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Yahoo! Answers CSV: also calibrate the paraphrase cache on it (docs/spend.md)",
+)
+@click.option("--paraphrase-questions", type=click.IntRange(50), default=3000, show_default=True)
 def cache(
     out_dir: Path,
     n_requests: int,
@@ -95,6 +102,8 @@ def cache(
     ttl_size: int,
     policies: str,
     seed: int,
+    paraphrase_data: Path | None,
+    paraphrase_questions: int,
 ) -> None:
     """Replay seeded traffic against every cache policy x size x TTL (virtual clock)."""
     _need_matplotlib()
@@ -126,6 +135,13 @@ def cache(
     experiment_plots.cache_sizes(res, out_dir / "cache_sizes.png")
     experiment_plots.cache_ttl(res, out_dir / "cache_ttl.png")
     scenarios = "; ".join(f"{sc.name} ({sc.why})" for sc in cfg.scenarios)
+    sections = []
+    if paraphrase_data is not None:
+        from qaloop.cli.paraphrase import paraphrase_section
+
+        section, lines = paraphrase_section(paraphrase_data, paraphrase_questions, seed)
+        sections.append(section)
+        conclusions = [*conclusions, *lines]
     doc = Document(
         "Cache experiment",
         f"{len(res.runs)} runs, {total:,} requests replayed in {res.elapsed_s:.1f} s "
@@ -135,6 +151,7 @@ def cache(
             Section("Conclusions", " ".join(conclusions)),
             Section("Hit rate by policy and size", "", [C.size_table(res)], ["cache_sizes.png"]),
             Section("TTL effect", "", [C.ttl_table(res)], ["cache_ttl.png"]),
+            *sections,
         ],
     )
     written = write_document(doc, out_dir, "cache_hit_rates")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import click
 import httpx
@@ -86,6 +87,13 @@ from qaloop.traffic_model import ARRIVAL_KINDS, POPULARITY_KINDS
     help="Run the embedded pipeline in this process instead of calling --url",
 )
 @click.option("--db", default=None, help="With --in-process: storage URL (default: temporary)")
+@click.option(
+    "--priority",
+    type=click.Choice(["interactive", "batch"]),
+    default="interactive",
+    show_default=True,
+    help="Request priority: batch questions may wait for a provider batch job (docs/spend.md)",
+)
 def command(
     in_process_flag: bool,
     db: str | None,
@@ -102,6 +110,7 @@ def command(
     wait_s: float,
     wait_via: str,
     out: str,
+    priority: str,
 ) -> None:
     """Send seeded traffic (arrival process x popularity) to a gateway; record it to CSV."""
     if count is None and duration is None:
@@ -133,7 +142,7 @@ def command(
                 await client.get("/healthz")
             except httpx.HTTPError as exc:
                 raise click.ClickException(f"no gateway answers at {url}: {exc}") from exc
-            ask, wait = http_client_fns(client)
+            ask, wait = http_client_fns(client, None if priority == "interactive" else priority)
             if wait_via == "sse":
                 wait = sse_wait_fn(client)
             with progress_bar() as bar:
@@ -148,10 +157,21 @@ def command(
         try:
             with progress_bar() as bar:
                 return await run_traffic(
-                    plan, qas, pipeline.service.ask, pipeline.service.wait, progress=bar.update
+                    plan,
+                    qas,
+                    in_lane(pipeline.service.ask),
+                    pipeline.service.wait,
+                    progress=bar.update,
                 )
         finally:
             await pipeline.stop()
+
+    def in_lane(ask: Any) -> Any:
+        async def asked(question: str, reference: str | None) -> tuple[int, dict[str, Any]]:
+            result: tuple[int, dict[str, Any]] = await ask(question, reference, lane=priority)
+            return result
+
+        return asked
 
     async def go() -> None:
         records = await (in_process() if in_process_flag else over_http())

@@ -9,6 +9,7 @@ import msgspec
 import orjson
 
 from qaloop.core.model import (
+    LANES,
     READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
     Envelope,
@@ -49,6 +50,7 @@ def decode(raw: bytes | str | None) -> Envelope:
                 and envelope.question.strip()
                 and envelope.attempt >= 1
                 and envelope.arm in _ARMS
+                and envelope.lane in LANES
             ):
                 return envelope
     return _decode_strict(raw)
@@ -125,9 +127,17 @@ def _from_dict(data: dict[str, Any]) -> Envelope:
         tries_in_attempt=int(data.get("tries_in_attempt", 0)),
         history=tuple(Event.from_dict(e) for e in history_raw),
         schema_version=SCHEMA_VERSION,
+        caller=_str(data, "caller", optional=True),
+        lane=_lane(data.get("lane", "interactive")),
         feedback=_str(data, "feedback", optional=True),
         arm=_arm(data.get("arm")),
     )
+
+
+def _lane(value: Any) -> str:
+    if value not in LANES:
+        raise ValueError(f"lane must be one of {LANES}, got {value!r}")
+    return str(value)
 
 
 def _arm(value: Any) -> str | None:

@@ -9,6 +9,7 @@ Kafka spreads the partitions over them. Each process runs under qaloop.distribut
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -26,8 +27,10 @@ from qaloop.distributed.supervision import (
     run_stage,
     runner_stats,
 )
+from qaloop.llm.accounting import cost_stats
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
+from qaloop.llm.fallback import fallback_stats
 from qaloop.observability.lag import KafkaLag
 from qaloop.observability.metrics import Metrics
 from qaloop.observability.server import serve_metrics
@@ -92,16 +95,26 @@ async def run_worker(
     group = w.group(WORKER)
     observers = _observers(settings, metrics, bus, group, w.topics_of(WORKER))
 
+    lane = stage.batch_lane
+
     def stats() -> dict[str, Any]:
-        return {"group": group, **runner_stats(stage.runner), **stage.worker.stats.as_dict()}
+        meter = stage.worker.meter
+        return {
+            "group": group,
+            **runner_stats(stage.runner),
+            **stage.worker.stats.as_dict(),
+            "cost": meter.as_dict() if meter is not None else {},
+            "fallbacks": fallback_stats(llm),
+            "batch_lane": lane.stats.as_dict() if lane is not None else {},
+        }
 
     await run_stage(
         WORKER,
         bus,
-        [stage.runner.run, *observers],
+        [stage.runner.run, *observers, *([lane.run] if lane is not None else [])],
         stats,
         stop,
-        [llm.aclose],
+        [llm.aclose, stage.aclose],
         publish_failed(bus),
     )
 
@@ -210,6 +223,20 @@ async def run_retrier(
     )
 
 
+async def _refresh_cost(
+    repo: Repository, into: dict[str, Any], stop: asyncio.Event, every_s: float = 5.0
+) -> None:
+    """Keep `into` at the stored spend (qaloop.llm.accounting.cost_stats), read in a thread so
+    the gateway's event loop never waits on the query."""
+    while not stop.is_set():
+        try:
+            into.update(await asyncio.to_thread(cost_stats, repo))
+        except Exception as exc:  # stats only: log and try again later
+            log.warning("gateway: could not read spend: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
 def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> FastAPI:
     """QuestionService over Kafka and the shared repository, behind the HTTP app."""
     from qaloop.gateway.http import create_app
@@ -221,6 +248,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
     # The dashboard's flow and Prometheus see every stage's backlog from here.
     lag = KafkaLag(bus, w.groups())
     service.metrics.watch_lag(lag)
+    spend: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -228,6 +256,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         await bus.start()
         flusher = asyncio.create_task(service.run_hit_flusher(stop))
         lag_probe = asyncio.create_task(lag.run(stop))
+        spend_probe = asyncio.create_task(_refresh_cost(repository, spend, stop))
         log.info(
             "gateway: serving on %s:%d (bus kafka %s)",
             settings.host,
@@ -240,6 +269,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
             stop.set()
             await flusher
             await lag_probe
+            await spend_probe
             await service.flush_hits()
             await bus.close()
             if repo is None:
@@ -250,6 +280,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         # Accepted here is not final here: the store of another process finishes questions.
         body = service.stats()
         body["mode"] = "distributed"
+        body["cost"] = spend  # stored spend of every worker, refreshed off the event loop
         return body
 
     return create_app(service, settings, stats=stats, lifespan=lifespan)

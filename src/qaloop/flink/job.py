@@ -154,7 +154,11 @@ def ensure_topics(cfg: FlinkJobConfig) -> None:
     from qaloop.bus.kafka.config import base_config
 
     bus = KafkaBus(wiring.kafka_settings(cfg.settings), cfg.topics)
-    specs = {**bus.topic_specs(), cfg.metrics_topic: TopicSpec(1, bus.settings.replication_factor)}
+    s = bus.settings
+    specs = {
+        **bus.topic_specs(),
+        cfg.metrics_topic: TopicSpec(1, s.replication_factor, s.min_insync_replicas),
+    }
     create_topics(AdminClient(base_config(bus.settings)), specs)
 
 

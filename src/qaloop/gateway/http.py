@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from qaloop.core.model import LANES
 from qaloop.gateway import dashboard, push
 from qaloop.gateway.service import QuestionService
 from qaloop.observability.dashboard import DashboardSampler
@@ -44,6 +45,9 @@ QUESTION_BODY_SCHEMA = {
             "description": "POSTed (HMAC-signed) once the question is final; loopback hosts "
             "only unless QALOOP_WEBHOOK_ALLOW_HOSTS lists the host",
         },
+        # docs/spend.md: the batch lane, the paraphrase cache
+        "priority": {"type": "string", "enum": ["interactive", "batch"]},
+        "paraphrase": {"type": "boolean", "default": True},
     },
 }
 
@@ -142,6 +146,24 @@ def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str |
                 f"{settings.max_reference_chars}",
             )
     return question, reference
+
+
+def parse_priority(data: dict[str, Any]) -> str:
+    """`"priority": "interactive"` (default) or `"batch"`: may wait for a batch job."""
+    priority = data.get("priority", "interactive")
+    if priority not in LANES:
+        raise BadRequest(
+            422, "invalid_field", f"field 'priority' must be one of {list(LANES)}, got {priority!r}"
+        )
+    return str(priority)
+
+
+def parse_paraphrase(data: dict[str, Any]) -> bool:
+    """`"paraphrase": false` opts out of the paraphrase cache for this request."""
+    value = data.get("paraphrase", True)
+    if not isinstance(value, bool):
+        raise BadRequest(422, "invalid_field", "field 'paraphrase' must be true or false")
+    return value
 
 
 def parse_wait(raw: str | None, settings: Settings) -> float:
@@ -273,6 +295,8 @@ def create_app(
         try:
             data = await read_json_body(request, settings.max_body_bytes)
             question, reference = parse_question(data, settings)
+            lane = parse_priority(data)
+            paraphrase = parse_paraphrase(data)
             callback = callbacks.check(data) if "callback_url" in data else None
         except push.CallbackRefused as exc:
             rejected.labels(exc.code).inc()
@@ -282,7 +306,7 @@ def create_app(
             raise
         if callback is not None:  # recorded before the question is accepted: never lost
             await callbacks.subscribe(question, callback)
-        status, body = await service.ask(question, reference)
+        status, body = await service.ask(question, reference, lane=lane, paraphrase=paraphrase)
         seconds.observe(time.perf_counter() - started)  # a plain bucket array: ~0.3 us
         return json_response(status, body)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qaloop.llm.base import Provider
+from qaloop.llm.deployments import Deployment, DeploymentError
 from qaloop.llm.protection import (
     DAY_S,
     CircuitBreaker,
@@ -28,6 +29,44 @@ def simulated_config(settings: Settings) -> SimulatedConfig:
         feedback_effect=settings.sim_feedback_effect,
         judge_error_rate=settings.sim_judge_error_rate,
     )
+
+
+def default_model(provider: str) -> str:
+    """The model a provider calls when `llm_model` is unset (simulated/replay: their name)."""
+    if provider == "gemini":
+        return "gemini-2.5-flash-lite"
+    if provider == "openai":
+        return "gpt-4o-mini"
+    return provider
+
+
+def configured_deployments(settings: Settings) -> list[tuple[str, str]]:
+    """Every provider/model these settings may call, primary first (the price table must
+    list each one)."""
+    from qaloop.llm.deployments import parse
+
+    primary = (settings.llm, settings.llm_model or default_model(settings.llm))
+    return [primary, *((d.provider, d.model) for d in parse(settings.llm_fallbacks))]
+
+
+def deployment_settings(settings: Settings, deployment: Deployment) -> Settings:
+    """The settings of one fallback deployment: the primary's, with its provider, model, URL,
+    key and limits (its own buckets: the rate key is provider:model)."""
+    update: dict[str, object] = {
+        "llm": deployment.provider,
+        "llm_model": deployment.model,
+        "llm_base_url": deployment.base_url,
+        "llm_rate_key": None,
+    }
+    if deployment.api_key_file is not None:
+        update |= {"llm_api_key": None, "llm_api_key_file": deployment.api_key_file}
+    elif deployment.provider != settings.llm:  # another provider's key would be wrong
+        update |= {"llm_api_key": None, "llm_api_key_file": None}
+    for name in ("rpm", "tpm", "rpd"):
+        value = getattr(deployment, name)
+        if value is not None:
+            update[f"llm_{name}"] = value
+    return settings.model_copy(update=update)
 
 
 def make_raw_provider(settings: Settings) -> Provider:
@@ -71,8 +110,25 @@ def make_provider(settings: Settings) -> Provider:
     """The configured provider behind the protection every provider shares
     (qaloop.llm.protection): budget, circuit breaker, concurrency bound, rate limit, timeout.
     Its rate limits leave the LLM judge its share (make_judge_provider)."""
+    from qaloop.llm.deployments import parse, parse_keys
+    from qaloop.llm.fallback import FallbackProvider
+
     generation = _quota_share(settings, 1 - settings.judge_quota_share)
-    return protect(make_raw_provider(settings), generation)
+    primary = protect(make_raw_provider(settings), generation)
+    fallbacks = parse(settings.llm_fallbacks)
+    escalation = parse_keys(settings.llm_escalation)
+    if not fallbacks and not escalation:
+        return primary
+    main = Deployment(settings.llm, settings.llm_model or default_model(settings.llm))
+    chain: list[tuple[Deployment, Provider]] = [(main, primary)]
+    for deployment in fallbacks:
+        if deployment.key == main.key:
+            raise DeploymentError(f"fallbacks: {main.key} is the primary model already")
+        own = deployment_settings(settings, deployment)
+        chain.append((deployment, protect(make_raw_provider(own), own)))
+    return FallbackProvider(
+        chain, escalation=escalation, quota_day_rest_s=settings.quota_day_delay_s
+    )
 
 
 def judge_settings(settings: Settings) -> Settings:

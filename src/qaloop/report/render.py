@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from qaloop.report import cost as C
 from qaloop.report import feedback as feedback_gain
 from qaloop.report import tables as T
 from qaloop.report.data import ReportData
@@ -150,6 +151,7 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
     loop = T.feedback(by_question)
     score = T.scores(data.events, threshold)
     dead = T.dead_letters(data.dead_letters)
+    spend = C.cost(data.usage, data.questions)
 
     client_side = data.requests is not None
     plots.latency_cdf(latency, out_dir / "latency_cdf.png", server_latency if client_side else None)
@@ -201,6 +203,12 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
                 "Every dead-letter record, by reason.",
                 [dead.table()],
                 ["dead_letters.png"],
+            ),
+            Section(
+                "Spend",
+                "What the LLM calls cost: tokens from each response's usage metadata (estimated "
+                "when the provider gave none) times the price table (docs/spend.md).",
+                [spend.summary_table(), spend.models_table(), spend.lanes_table()],
             ),
             Section(*feedback_gain.section(data, out_dir)),
         ],
