@@ -23,7 +23,7 @@ from qaloop.observability.dashboard import DashboardSampler
 from qaloop.observability.metrics import CONTENT_TYPE_LATEST
 from qaloop.observability.trace import build_trace
 
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")  # with fullmatch: `$` accepts a trailing newline
 
 STATIC_FILES = {
     "dashboard.js": "application/javascript; charset=utf-8",
@@ -56,7 +56,7 @@ def install(
     @app.get("/v1/questions/{question_id}/trace")
     async def get_trace(question_id: str) -> Response:
         """The question's full history: every attempt, error, score and topic, with times."""
-        if not _ID.match(question_id):
+        if not _ID.fullmatch(question_id):
             return error(404, "not_found", f"no question with id {question_id!r}")
         repo = service.repo
         record = await asyncio.to_thread(repo.get, question_id)
