@@ -290,6 +290,9 @@ async def run_worker(
         dead_letter_topic=topics.dead_letter,
         metrics=metrics,
     )
+    # A stop waits this long for LLM calls in flight, then hands the rest back (uncommitted),
+    # well before the stop watchdog (STOP_GRACE_S) would exit the process.
+    runner.drain_timeout_s = min(settings.shutdown_timeout_s, STOP_GRACE_S - 10)
     observers = _observers(settings, metrics, bus, group, [topics.questions])
 
     def stats() -> dict[str, Any]:
@@ -422,6 +425,7 @@ async def run_retrier(
 
 def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> FastAPI:
     """QuestionService over Kafka and the shared repository, behind the HTTP app."""
+    from qaloop.gateway.guard import guard_gateway, kafka_ready, unfinished_count
     from qaloop.gateway.http import create_app
 
     topics = topics_for(settings)
@@ -430,7 +434,13 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
     cache: Cache[str, CachedAnswer] = make_cache(
         settings.cache_policy, settings.cache_size, settings.cache_ttl_s or None
     )
-    service = QuestionService(repository, bus, topics, cache)
+    service = QuestionService(
+        repository, bus, topics, cache, failed_recheck_s=settings.failed_recheck_s
+    )
+    # API keys and admission (backlog: a storage count, refreshed off the request path).
+    auth = guard_gateway(
+        service, settings, backlog=lambda: unfinished_count(repository), backlog_is_slow=True
+    )
     # The dashboard's flow and Prometheus see every stage's backlog from here.
     lag = KafkaLag(bus, _stage_groups(settings, topics))
     service.metrics.watch_lag(lag)
@@ -465,15 +475,31 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         body["mode"] = "distributed"
         return body
 
-    return create_app(service, settings, stats=stats, lifespan=lifespan)
+    return create_app(
+        service,
+        settings,
+        stats=stats,
+        auth=auth,
+        ready=kafka_ready(service, bus, topics),
+        lifespan=lifespan,
+    )
 
 
 def run_gateway(settings: Settings) -> None:
     """Blocking: uvicorn (one worker, uvloop/httptools, no access log) handles SIGTERM/SIGINT
     and the app's lifespan closes the bus and the repository."""
-    from qaloop.gateway.server import serve
+    from qaloop.gateway.server import bind_socket, http_limits, serve
 
-    serve(build_gateway_app(settings), settings.host, settings.port, settings.log_level)
+    sock = bind_socket(settings.host, settings.port)  # before the app's lifespan starts
+    serve(
+        build_gateway_app(settings),
+        settings.host,
+        settings.port,
+        settings.log_level,
+        limits=http_limits(settings),
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+        sock=sock,
+    )
 
 
 STAGES: dict[str, Callable[[Settings, asyncio.Event], Awaitable[None]]] = {

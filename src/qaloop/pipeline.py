@@ -20,7 +20,9 @@ from qaloop.core.cache import Cache, make_cache
 from qaloop.core.model import Envelope, QuestionState
 from qaloop.core.retry import RetryPolicy
 from qaloop.core.routing import GateConfig
+from qaloop.gateway.admission import Admission
 from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
+from qaloop.lifecycle import stop_embedded
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
 from qaloop.observability.lag import MemoryLag
@@ -95,7 +97,15 @@ class EmbeddedPipeline:
             settings.cache_policy, settings.cache_size, settings.cache_ttl_s or None
         )
         self.service = QuestionService(
-            self.repo, self.bus, self.topics, self.cache, board=self.board, clock=clock, metrics=m
+            self.repo,
+            self.bus,
+            self.topics,
+            self.cache,
+            board=self.board,
+            clock=clock,
+            metrics=m,
+            admission=Admission(registry=m.registry),  # checks added by the entry point
+            failed_recheck_s=settings.failed_recheck_s,
         )
         self.worker = Worker(
             self.provider,
@@ -163,12 +173,14 @@ class EmbeddedPipeline:
         self.retrier = Retrier(self.bus, self.bus.consumer("retrier", [t.delayed]), t, metrics=m)
         self.runners = {"worker": worker, "judge": judge, "store": store}
         await self._resume()
+        # One stop event per stage: they stop in order (qaloop.lifecycle.stop_embedded).
+        self._stops = {n: asyncio.Event() for n in ("worker", "judge", "store", "retrier", "hits")}
         for name, coro in (
-            ("worker", worker.run(self._stop)),
-            ("judge", judge.run(self._stop)),
-            ("store", store.run(self._stop)),
-            ("retrier", self.retrier.run(self._stop)),
-            ("hits", self.service.run_hit_flusher(self._stop)),
+            ("worker", worker.run(self._stops["worker"])),
+            ("judge", judge.run(self._stops["judge"])),
+            ("store", store.run(self._stops["store"])),
+            ("retrier", self.retrier.run(self._stops["retrier"])),
+            ("hits", self.service.run_hit_flusher(self._stops["hits"])),
         ):
             self._tasks.append(asyncio.create_task(coro, name=name))
 
@@ -200,7 +212,16 @@ class EmbeddedPipeline:
 
     async def stop(self) -> None:
         self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.service.closing.set()
+        t = self.topics
+        await stop_embedded(
+            getattr(self, "_stops", {}),
+            {task.get_name(): task for task in self._tasks},
+            bus=self.bus if isinstance(self.bus, MemoryBus) else None,
+            groups={"judge": [t.generated], "store": self.store.subscriptions()},
+            runners=self.runners,
+            timeout_s=self.settings.shutdown_timeout_s,
+        )
         await self.service.flush_hits()
         await self.provider.aclose()
         await self.bus.close()

@@ -1,4 +1,9 @@
-"""`qaloop serve`: the gateway with every stage in one process (embedded mode)."""
+"""`qaloop serve`: the gateway with every stage in one process (embedded mode).
+
+Before any stage starts: the port is bound and the embedded database locked, so a second
+`qaloop serve` (same port or same database) exits at once with a one-line error, having
+resumed nothing and made no LLM call. On SIGTERM the pipeline stops in order
+(qaloop.lifecycle)."""
 
 from __future__ import annotations
 
@@ -9,10 +14,20 @@ import click
 from fastapi import FastAPI
 
 from qaloop.cli.common import build_settings, setup_logging
-from qaloop.gateway.http import create_app
-from qaloop.gateway.server import serve
+from qaloop.gateway.guard import AuthSetupError, guard_gateway
+from qaloop.gateway.http import create_app, storage_ready
+from qaloop.gateway.server import PortInUse, bind_socket, http_limits, serve
 from qaloop.pipeline import EmbeddedPipeline
 from qaloop.settings import Settings
+from qaloop.storage.sqlite import DatabaseLock, DatabaseLocked
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of an embedded database URL, None for PostgreSQL or :memory:."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
+    return None if path in ("", ":memory:") else path
 
 
 def build_embedded_app(settings: Settings) -> FastAPI:
@@ -25,7 +40,25 @@ def build_embedded_app(settings: Settings) -> FastAPI:
             await pipeline.stop()
 
     pipeline = EmbeddedPipeline(settings)
-    return create_app(pipeline.service, settings, stats=pipeline.stats, lifespan=lifespan)
+    service = pipeline.service
+    auth = guard_gateway(
+        service,
+        settings,
+        backlog=lambda: len(service.in_flight),
+        backlog_is_slow=False,
+        llm_calls=lambda: pipeline.worker.stats.llm_calls,
+    )
+    storage = storage_ready(service)
+
+    async def ready() -> dict[str, str]:
+        parts = await storage()
+        dead = [t.get_name() for t in pipeline._tasks if t.done()]
+        parts["bus"] = "ok" if pipeline._tasks and not dead else f"stages stopped: {dead}"
+        return parts
+
+    return create_app(
+        service, settings, stats=pipeline.stats, auth=auth, ready=ready, lifespan=lifespan
+    )
 
 
 @click.command("serve")
@@ -42,7 +75,30 @@ def command(**flags: object) -> None:
     """Run the HTTP gateway with all stages in one process (no servers needed)."""
     settings = build_settings(**flags)
     setup_logging(settings.log_level, settings.log_json)
-    click.echo(
-        f"qaloop gateway on http://{settings.host}:{settings.port} (embedded, db {settings.db})"
-    )
-    serve(build_embedded_app(settings), settings.host, settings.port)
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except PortInUse as exc:
+        raise click.ClickException(str(exc)) from None
+    lock: DatabaseLock | None = None
+    path = sqlite_path(settings.db)
+    try:
+        if path is not None:
+            lock = DatabaseLock(path).acquire()
+        app = build_embedded_app(settings)
+    except (DatabaseLocked, AuthSetupError) as exc:
+        sock.close()
+        raise click.ClickException(str(exc)) from None
+    port = sock.getsockname()[1]
+    click.echo(f"qaloop gateway on http://{settings.host}:{port} (embedded, db {settings.db})")
+    try:
+        serve(
+            app,
+            settings.host,
+            port,
+            limits=http_limits(settings),
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            sock=sock,
+        )
+    finally:
+        if lock is not None:
+            lock.release()

@@ -25,6 +25,8 @@ from typing import Any
 import orjson
 import uvicorn
 
+from qaloop.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +35,14 @@ class HttpLimits:
     max_header_bytes: int = 32 * 1024
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    return HttpLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+    )
 
 
 class PortInUse(OSError):
