@@ -5,7 +5,8 @@ refused, with 429 and a `Retry-After`.
 
 A check is anything with `name` and `async check(ask) -> Rejection | None`, plus `admitted(ask)`
 called once the question is stored (for checks that count). `Admission` runs the checks in
-order; the first rejection wins and is counted in `qaloop_gateway_admission_rejected_total`.
+order; the first rejection wins. It is counted in `qaloop_gateway_admission_rejected_total`
+only when the question is refused (not when it turns out to be known or in flight).
 Built in: `BacklogLimit` (questions accepted and not final), `DailyCallBudget` (LLM calls per
 UTC day against `llm_rpd`) and the per-key quota of qaloop.gateway.auth. Spend budgets plug in
 the same way (`Admission.add`).
@@ -79,9 +80,13 @@ class Admission:
         for check in self.checks:
             rejection = await check.check(ask)
             if rejection is not None:
-                self.rejected.labels(rejection.reason).inc()
                 return rejection
         return None
+
+    def refused(self, rejection: Rejection) -> Rejected:
+        """Count a refusal (a rejection for a question storage did not know) and raise it."""
+        self.rejected.labels(rejection.reason).inc()
+        return Rejected(rejection)
 
     def admitted(self, ask: Ask) -> None:
         for check in self.checks:

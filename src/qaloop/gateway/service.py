@@ -34,7 +34,7 @@ from qaloop.bus.base import Bus, Topics
 from qaloop.core.cache import Cache
 from qaloop.core.ids import question_id
 from qaloop.core.model import Envelope, EventKind, QuestionRecord, QuestionState
-from qaloop.gateway.admission import Admission, Ask, Rejected
+from qaloop.gateway.admission import Admission, Ask
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
 from qaloop.services.runner import out
@@ -128,7 +128,7 @@ class QuestionService:
                 record = await asyncio.to_thread(self.repo.get, qid)
                 if record is None or (retry_failed and record.state is QuestionState.FAILED):
                     self.counters["refused"] += 1
-                    raise Rejected(rejection)
+                    raise self.admission.refused(rejection)
                 return self._known(record, reference)
         now = self.clock()
         envelope = Envelope(
