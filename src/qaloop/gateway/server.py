@@ -151,7 +151,8 @@ def limited_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
             )
 
         def _refuse(self, code: int, reason: str, message: str) -> None:
-            log.info("refusing a request from %s: %s", self.client, message)
+            # DEBUG: a flood of bad requests must not become a flood of log lines.
+            log.debug("refusing a request from %s: %s", self.client, message)
             self._cancel_timers()
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
