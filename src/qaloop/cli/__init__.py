@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "qaloop.cli.dlq",
     "qaloop.cli.report",
     "qaloop.cli.experiment",
+    "qaloop.cli.admin",
 ]
 
 
