@@ -4,7 +4,11 @@ Both servers run in the same way (uvicorn, one worker, uvloop + httptools, no ac
 are loaded by wrk (16 connections) in alternating rounds, so machine noise hits both alike;
 we report the medians and their ratio.
 
-    .venv/bin/python bench/bench_gateway.py [--seconds 10] [--rounds 3]
+    .venv/bin/python bench/bench_gateway.py [--seconds 10] [--rounds 3] [--auth]
+
+With `--auth` a third server runs alongside, the same gateway with API keys on (every request
+carries a key; its rate limit set high enough never to refuse one), in the same alternating
+rounds: the cost of the key check, side by side.
 
 Needs `wrk` (Debian package). Writes bench/results/gateway.json.
 """
@@ -57,12 +61,14 @@ def questions() -> list[dict[str, str]]:
     ]
 
 
-def lua_script(bodies: list[dict[str, str]], path: Path) -> None:
+def lua_script(bodies: list[dict[str, str]], path: Path, key: str | None = None) -> None:
     quoted = ",\n".join("[==[" + orjson.dumps(b).decode() + "]==]" for b in bodies)
+    auth = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
     path.write_text(
         'wrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f"local bodies = {{\n{quoted}\n}}\n"
+        + auth
+        + f"local bodies = {{\n{quoted}\n}}\n"
         "local i = 0\n"
         "request = function()\n"
         "  i = i % #bodies + 1\n"
@@ -112,77 +118,124 @@ def run_wrk(port: int, script: Path, seconds: int) -> dict[str, float]:
     return parse_wrk(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk not found: apt-get install -y wrk")
-    tmp = Path(tempfile.mkdtemp(prefix="qaloop-bench-"))
-    bodies = questions()
-    script = tmp / "post.lua"
-    lua_script(bodies, script)
-    py = sys.executable
-    env = {**os.environ, "QALOOP_LOG_LEVEL": "WARNING"}
-    qport, bport = free_port(), free_port()
-    qaloop = subprocess.Popen(
-        [py, "-m", "qaloop", "serve", "--port", str(qport), "--db", f"sqlite:///{tmp / 'g.db'}"],
+def start_gateway(port: int, db: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "qaloop", "serve", "--port", str(port), "--db", f"sqlite:///{db}"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    bare = subprocess.Popen(
-        [
-            py,
-            "-m",
-            "uvicorn",
-            "bare_app:app",
-            "--port",
-            str(bport),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=Path(__file__).parent,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+
+
+def prime(port: int, bodies: list[dict[str, str]], headers: dict[str, str]) -> int:
+    """Ask every question, wait until each is final, ask again: the cache is warm. Returns
+    how many were answered from the cache on the last pass."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers) as c:
+        ids = [c.post("/v1/questions", json=b).json()["id"] for b in bodies]
+        for qid in ids:
+            c.get(f"/v1/questions/{qid}", params={"wait": 20})
+        sources = [c.post("/v1/questions", json=b).json().get("source") for b in bodies]
+        sources = [c.post("/v1/questions", json=b).json().get("source") for b in bodies]
+    return sum(1 for s in sources if s == "cache")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--auth", action="store_true", help="also the gateway with API keys on")
+    parser.add_argument(
+        "--baseline-src",
+        default=None,
+        help="also a gateway run from this src/ (e.g. another checkout's), for a before/after",
     )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install -y wrk")
+    sys.path.insert(0, str(ROOT / "src"))
+    from qaloop.gateway.auth import ApiKey, format_key, hash_token, new_token
+
+    tmp = Path(tempfile.mkdtemp(prefix="qaloop-bench-"))
+    bodies = questions()
+    script = tmp / "post.lua"
+    lua_script(bodies, script)
+    env = {**os.environ, "QALOOP_LOG_LEVEL": "WARNING"}
+    qport, bport, aport = free_port(), free_port(), free_port()
+    procs = [start_gateway(qport, tmp / "g.db", env)]
+    servers = {"bare": (bport, script), "qaloop": (qport, script)}
+    token = new_token()
+    if args.auth:
+        keys = tmp / "keys.txt"
+        keys.write_text(format_key(ApiKey("bench", hash_token(token), "user", 1e9, 1e9)) + "\n")
+        auth_script = tmp / "post-auth.lua"
+        lua_script(bodies, auth_script, token)
+        auth_env = {**env, "QALOOP_AUTH": "on", "QALOOP_API_KEYS_FILE": str(keys)}
+        procs.append(start_gateway(aport, tmp / "a.db", auth_env))
+        servers["qaloop_auth"] = (aport, auth_script)
+    if args.baseline_src:
+        base_env = {**env, "PYTHONPATH": str(Path(args.baseline_src).resolve())}
+        baseport = free_port()
+        procs.append(start_gateway(baseport, tmp / "b.db", base_env))
+        servers["baseline"] = (baseport, script)
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bare_app:app",
+                "--port",
+                str(bport),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=Path(__file__).parent,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    warm: dict[str, int] = {}
     try:
         wait_up(qport)
         wait_up(bport, "/v1/questions", "POST")
-        with httpx.Client(base_url=f"http://127.0.0.1:{qport}", timeout=30) as client:
-            ids = [client.post("/v1/questions", json=b).json()["id"] for b in bodies]
-            for qid in ids:  # wait until every question is final
-                client.get(f"/v1/questions/{qid}", params={"wait": 20})
-            sources = [client.post("/v1/questions", json=b).json().get("source") for b in bodies]
-            sources = [client.post("/v1/questions", json=b).json().get("source") for b in bodies]
-        warm_hits = sum(1 for s in sources if s == "cache")
-        results: dict[str, list[dict[str, float]]] = {"bare": [], "qaloop": []}
-        run_wrk(bport, script, 2)  # warm-up
-        run_wrk(qport, script, 2)
+        warm["qaloop"] = prime(qport, bodies, {})
+        if args.auth:
+            wait_up(aport)
+            warm["qaloop_auth"] = prime(aport, bodies, {"Authorization": f"Bearer {token}"})
+        if "baseline" in servers:
+            wait_up(servers["baseline"][0])
+            warm["baseline"] = prime(servers["baseline"][0], bodies, {})
+        for port, lua in servers.values():  # warm-up
+            run_wrk(port, lua, 2)
         for _ in range(args.rounds):
-            results["bare"].append(run_wrk(bport, script, args.seconds))
-            results["qaloop"].append(run_wrk(qport, script, args.seconds))
+            for name, (port, lua) in servers.items():
+                results[name].append(run_wrk(port, lua, args.seconds))
         with httpx.Client(base_url=f"http://127.0.0.1:{qport}") as client:
             stats = client.get("/v1/stats").json()
     finally:
-        for proc in (qaloop, bare):
+        for proc in procs:
             proc.terminate()
-            proc.wait(timeout=20)
+            proc.wait(timeout=30)
 
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
-    summary = {
-        "command": f"python bench/bench_gateway.py --seconds {args.seconds} --rounds {args.rounds}",
+    flag = (" --auth" if args.auth else "") + (
+        f" --baseline-src {args.baseline_src}" if args.baseline_src else ""
+    )
+    summary: dict[str, object] = {
+        "command": f"python bench/bench_gateway.py --seconds {args.seconds} "
+        f"--rounds {args.rounds}{flag}",
         "wrk": "wrk -t2 -c16 --latency, POST of 100 cached questions in rotation",
-        "questions_served_from_cache_before_load": warm_hits,
+        "questions_served_from_cache_before_load": warm,
         "qaloop_cache_hit_rate_after": stats["cache"]["hit_rate"],
+        "load_average_after": os.getloadavg(),
         "rounds": results,
         "bare_rps": med("bare", "rps"),
         "qaloop_rps": med("qaloop", "rps"),
@@ -193,6 +246,21 @@ def main() -> None:
         "qaloop_p99_ms": med("qaloop", "p99_ms"),
         "qaloop_non_2xx": sum(r["non_2xx"] for r in results["qaloop"]),
     }
+    if args.auth:
+        summary |= {
+            "qaloop_auth_rps": med("qaloop_auth", "rps"),
+            "ratio_auth": round(med("qaloop_auth", "rps") / med("bare", "rps"), 3),
+            "qaloop_auth_p50_ms": med("qaloop_auth", "p50_ms"),
+            "qaloop_auth_p99_ms": med("qaloop_auth", "p99_ms"),
+            "qaloop_auth_non_2xx": sum(r["non_2xx"] for r in results["qaloop_auth"]),
+        }
+    if "baseline" in results:
+        summary |= {
+            "baseline_rps": med("baseline", "rps"),
+            "ratio_baseline": round(med("baseline", "rps") / med("bare", "rps"), 3),
+            "baseline_p50_ms": med("baseline", "p50_ms"),
+            "baseline_p99_ms": med("baseline", "p99_ms"),
+        }
     out = ROOT / "bench" / "results" / "gateway.json"
     out.write_text(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
     print(
