@@ -177,6 +177,12 @@ class Settings(BaseSettings):
         description="Prometheus port of a worker/judge/store/retrier process (0 = none; "
         "the gateway serves /metrics on its own port)",
     )
+    metrics_cache_s: float = Field(
+        1.0,
+        ge=0,
+        description="The gateway builds /metrics and the dashboard data at most this often "
+        "and reuses the bytes (0 = every request)",
+    )
     metrics_targets: str = Field(
         "",
         description="host:port list (comma-separated) of the services' metrics ports that the "

@@ -431,7 +431,9 @@ def create_app(
         return json_response(200 if ok else 503, {"status": "ok" if ok else "unavailable", **parts})
 
     # /metrics, /v1/questions/{id}/trace, /dashboard and its data (qaloop.gateway.dashboard)
-    dashboard.install(app, service, sampler, error_response, json_response)
+    dashboard.install(
+        app, service, sampler, error_response, json_response, settings.metrics_cache_s
+    )
 
     # HEAD wherever GET is served (Starlette's own routes do this; FastAPI's don't).
     for route in app.router.routes:
