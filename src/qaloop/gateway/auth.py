@@ -321,6 +321,8 @@ class Authenticator:
         """None for an open path; else the caller's key, or why it is refused."""
         if path in self.config.open_paths:
             return None
+        if not self.config.metrics_need_admin and path.startswith(METRICS_PATHS):
+            return None  # /metrics and the dashboard stay open unless QALOOP_METRICS_AUTH
         self.reload()
         token = _token(headers)
         if token is None:

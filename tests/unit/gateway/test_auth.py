@@ -139,3 +139,19 @@ def test_auth_setup_errors_are_one_line() -> None:
 
 def _service():  # type: ignore[no-untyped-def]
     return EmbeddedPipeline(Settings(db="sqlite://:memory:")).service
+
+
+async def test_metrics_stay_open_unless_metrics_auth(tmp_path: Path) -> None:
+    settings = Settings(
+        db=f"sqlite:///{tmp_path / 'm.db'}",
+        auth="on",
+        api_keys_file=str(_keys_file(tmp_path / "keys.txt")),
+    )
+    p = EmbeddedPipeline(settings)
+    auth = build_auth(settings, p.service)
+    app = create_app(p.service, settings, stats=p.stats, auth=auth)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+        assert (await c.get("/metrics")).status_code == 200  # Prometheus scrapes without a key
+        assert (await c.get("/v1/stats")).status_code == 401
+    p.repo.close()
