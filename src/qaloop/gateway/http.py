@@ -316,6 +316,7 @@ def create_app(
         **fastapi_kwargs,
     )
     app.auth = auth
+    app.state.closing = service.closing  # set by qaloop.gateway.server when a stop begins
     app.http_stats = HttpStats()
     service.metrics.registry.register(app.http_stats)  # type: ignore[arg-type]
 

@@ -220,4 +220,20 @@ def serve(
         app, host, port, log_level, limits=limits, shutdown_timeout_s=shutdown_timeout_s
     )
     listener = sock if sock is not None else bind_socket(host, port)
-    uvicorn.Server(config).run(sockets=[listener])
+    _Server(config, getattr(getattr(app, "state", None), "closing", None)).run(
+        sockets=[listener]
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app when a graceful stop begins (`app.state.closing`, an
+    asyncio.Event): long-polls return at once instead of holding the stop for their wait."""
+
+    def __init__(self, config: uvicorn.Config, closing: asyncio.Event | None) -> None:
+        super().__init__(config)
+        self.closing = closing
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.closing is not None:
+            self.closing.set()
+        await super().shutdown(sockets=sockets)
