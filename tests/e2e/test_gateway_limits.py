@@ -205,3 +205,75 @@ def test_a_second_server_on_the_same_database_exits_at_once(tmp_path: Path) -> N
         assert not (tmp_path / "two.db").exists()  # nothing started: no database opened
     finally:
         _stop(first)
+
+
+FLOOD = """
+import sys, threading, httpx
+url, key, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+import time
+end = time.monotonic() + seconds
+def run():
+    with httpx.Client(base_url=url, headers={"Authorization": "Bearer " + key}) as c:
+        while time.monotonic() < end:
+            c.post("/v1/questions", json={"question": "flood?"})
+threads = [threading.Thread(target=run) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+"""
+
+
+def test_a_flood_from_one_key_does_not_slow_another(tmp_path: Path) -> None:
+    from qaloop.gateway.auth import ApiKey, format_key, hash_token, new_token
+
+    flooder, other = new_token(), new_token()
+    keys = tmp_path / "keys.txt"
+    keys.write_text(
+        format_key(ApiKey("flooder", hash_token(flooder), "user", rate_per_s=5, burst=5))
+        + "\n"
+        + format_key(ApiKey("other", hash_token(other), "user", rate_per_s=1e6, burst=1e6))
+        + "\n"
+    )
+    port = _free_port()
+    proc = _serve(tmp_path / "flood.db", port, QALOOP_AUTH="on", QALOOP_API_KEYS_FILE=str(keys))
+    try:
+
+        def latencies(n: int) -> list[float]:
+            out = []
+            headers = {"Authorization": f"Bearer {other}"}
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers
+            ) as c:
+                c.post("/v1/questions", json={"question": "mine?"})
+                for _ in range(n):
+                    started = time.perf_counter()
+                    r = c.post("/v1/questions", json={"question": "mine?"})
+                    out.append(time.perf_counter() - started)
+                    assert r.status_code in (200, 202), r.text  # never the flooder's 429
+            return sorted(out)
+
+        idle = latencies(200)
+        flood = subprocess.Popen(
+            [sys.executable, "-c", FLOOD, f"http://127.0.0.1:{port}", flooder, "30"]
+        )
+        try:
+            time.sleep(1.0)
+            loaded = latencies(200)
+        finally:
+            flood.kill()
+            flood.wait()
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        _stop(proc)
+    refused = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('qaloop_gateway_auth_denied_total{reason="rate_limited"}')
+    ]
+    assert refused and refused[0] > 100  # the flood was refused, cheaply
+    idle_p50, loaded_p50 = statistics.median(idle), statistics.median(loaded)
+    print(
+        f"other key p50 idle {idle_p50 * 1e3:.2f} ms, during the flood {loaded_p50 * 1e3:.2f} "
+        f"ms; flood refused {refused[0]:.0f} times"
+    )
+    # The flood shares the event loop, so it costs something; it must not starve the other key.
+    assert loaded_p50 < max(10 * idle_p50, idle_p50 + 0.1)
