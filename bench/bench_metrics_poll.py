@@ -4,7 +4,8 @@ Two `qaloop serve` run side by side: one as shipped (the two are built at most o
 `QALOOP_METRICS_CACHE_S=1`), one building them on every request (`QALOOP_METRICS_CACHE_S=0`,
 the behaviour before). For each, in alternating rounds: the latency of sequential POSTs of
 new questions with nobody polling, then with 8 pollers (wrk, 4 connections on each path, as
-fast as they can). Medians over rounds; the machine's load hits both alike.
+fast as they can), and, for reference, with the same 8 clients on `/healthz`, the cheapest
+route (what any flood costs). Medians over rounds; the machine's load hits both alike.
 
     .venv/bin/python bench/bench_metrics_poll.py [--rounds 3] [--posts 300]
 
@@ -66,14 +67,14 @@ def posts(port: int, n: int) -> list[float]:
     return out
 
 
-def pollers(port: int, seconds: int) -> list[subprocess.Popen[bytes]]:
+def pollers(port: int, seconds: int, paths: tuple[str, ...]) -> list[subprocess.Popen[bytes]]:
     return [
         subprocess.Popen(
             ["wrk", "-t1", "-c4", f"-d{seconds}s", f"http://127.0.0.1:{port}{path}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for path in ("/metrics", "/v1/dashboard-data")
+        for path in paths
     ]
 
 
@@ -87,21 +88,27 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="qaloop-poll-"))
     servers = {"cached_1s": (free_port(), "1"), "every_request": (free_port(), "0")}
     procs = [start(port, tmp / f"{name}.db", c) for name, (port, c) in servers.items()]
-    p50: dict[str, dict[str, list[float]]] = {n: {"idle": [], "polled": []} for n in servers}
-    p95: dict[str, dict[str, list[float]]] = {n: {"idle": [], "polled": []} for n in servers}
+    phases = {
+        "idle": (),
+        "polled": ("/metrics", "/v1/dashboard-data"),
+        # the same flood on the cheapest route: what any 8 clients in a loop cost
+        "healthz_flood": ("/healthz", "/healthz"),
+    }
+    p50: dict[str, dict[str, list[float]]] = {n: {k: [] for k in phases} for n in servers}
+    p95: dict[str, dict[str, list[float]]] = {n: {k: [] for k in phases} for n in servers}
     try:
         for port, _ in servers.values():
             posts(port, 50)  # warm-up
         for _ in range(args.rounds):
             for name, (port, _) in servers.items():
-                idle = posts(port, args.posts)
-                load = pollers(port, 60)
-                time.sleep(0.5)
-                polled = posts(port, args.posts)
-                for proc in load:
-                    proc.terminate()
-                    proc.wait()
-                for phase, values in (("idle", idle), ("polled", polled)):
+                for phase, paths in phases.items():
+                    load = pollers(port, 60, paths)
+                    if load:
+                        time.sleep(0.5)
+                    values = posts(port, args.posts)
+                    for proc in load:
+                        proc.terminate()
+                        proc.wait()
                     values.sort()
                     p50[name][phase].append(statistics.median(values) * 1000)
                     p95[name][phase].append(values[int(len(values) * 0.95)] * 1000)
