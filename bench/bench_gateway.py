@@ -86,11 +86,13 @@ def parse_wrk(output: str) -> dict[str, float]:
         return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    total = float(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
     p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors = re.search(r"Socket errors: (.*)", output)
     return {
+        "requests": total,
         "rps": rps,
         "p50_ms": p50,
         "p99_ms": p99,
@@ -99,7 +101,14 @@ def parse_wrk(output: str) -> dict[str, float]:
     }
 
 
-def run_wrk(port: int, script: Path, seconds: int) -> dict[str, float]:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(port: int, script: Path, seconds: int, pid: int | None = None) -> dict[str, float]:
+    before = cpu_s(pid) if pid is not None else 0.0
     out = subprocess.run(
         [
             "wrk",
@@ -115,7 +124,11 @@ def run_wrk(port: int, script: Path, seconds: int) -> dict[str, float]:
         capture_output=True,
         text=True,
     ).stdout
-    return parse_wrk(out)
+    result = parse_wrk(out)
+    if pid is not None:
+        # The server's own CPU per request: far steadier than requests/s on a busy machine.
+        result["server_cpu_us_per_request"] = (cpu_s(pid) - before) / result["requests"] * 1e6
+    return result
 
 
 def start_gateway(port: int, db: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -162,7 +175,7 @@ def main() -> None:
     env = {**os.environ, "QALOOP_LOG_LEVEL": "WARNING"}
     qport, bport, aport = free_port(), free_port(), free_port()
     procs = [start_gateway(qport, tmp / "g.db", env)]
-    servers = {"bare": (bport, script), "qaloop": (qport, script)}
+    servers: dict[str, tuple[int, Path, int | None]] = {"qaloop": (qport, script, procs[0].pid)}
     token = new_token()
     if args.auth:
         keys = tmp / "keys.txt"
@@ -171,12 +184,12 @@ def main() -> None:
         lua_script(bodies, auth_script, token)
         auth_env = {**env, "QALOOP_AUTH": "on", "QALOOP_API_KEYS_FILE": str(keys)}
         procs.append(start_gateway(aport, tmp / "a.db", auth_env))
-        servers["qaloop_auth"] = (aport, auth_script)
+        servers["qaloop_auth"] = (aport, auth_script, procs[-1].pid)
     if args.baseline_src:
         base_env = {**env, "PYTHONPATH": str(Path(args.baseline_src).resolve())}
         baseport = free_port()
         procs.append(start_gateway(baseport, tmp / "b.db", base_env))
-        servers["baseline"] = (baseport, script)
+        servers["baseline"] = (baseport, script, procs[-1].pid)
     procs.append(
         subprocess.Popen(
             [
@@ -199,7 +212,9 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
     )
+    servers = {"bare": (bport, script, procs[-1].pid), **servers}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    cpu_key = "server_cpu_us_per_request"
     warm: dict[str, int] = {}
     try:
         wait_up(qport)
@@ -211,11 +226,11 @@ def main() -> None:
         if "baseline" in servers:
             wait_up(servers["baseline"][0])
             warm["baseline"] = prime(servers["baseline"][0], bodies, {})
-        for port, lua in servers.values():  # warm-up
+        for port, lua, _ in servers.values():  # warm-up
             run_wrk(port, lua, 2)
         for _ in range(args.rounds):
-            for name, (port, lua) in servers.items():
-                results[name].append(run_wrk(port, lua, args.seconds))
+            for name, (port, lua, pid) in servers.items():
+                results[name].append(run_wrk(port, lua, args.seconds, pid))
         with httpx.Client(base_url=f"http://127.0.0.1:{qport}") as client:
             stats = client.get("/v1/stats").json()
     finally:
@@ -245,6 +260,7 @@ def main() -> None:
         "qaloop_p50_ms": med("qaloop", "p50_ms"),
         "qaloop_p99_ms": med("qaloop", "p99_ms"),
         "qaloop_non_2xx": sum(r["non_2xx"] for r in results["qaloop"]),
+        "server_cpu_us_per_request": {name: round(med(name, cpu_key), 1) for name in results},
     }
     if args.auth:
         summary |= {

@@ -73,23 +73,28 @@ def _status(code: int, reason: str, message: str) -> bytes:
 
 
 def limited_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol with a bounded request head and read deadlines."""
+    """uvicorn's httptools protocol with a bounded request head and read deadlines.
+
+    A deadline is a float on the connection, checked by one sweeper task per server every
+    `tick` seconds: two timers per request (create + cancel) cost more CPU on the hot path
+    than the rest of this class."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    tick = min(1.0, limits.header_timeout_s / 4, limits.body_timeout_s / 4)
 
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _in_head = True
         _head_bytes = 0
-        _head_timer: asyncio.TimerHandle | None = None
-        _body_timer: asyncio.TimerHandle | None = None
+        _deadline: float | None = None  # loop time by which the current head/body must be in
+        _sweeper: asyncio.Task[None] | None = None  # one per server (class), started lazily
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             # A connection that sends nothing at all is a slow head too.
-            self._arm_head()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_timers()
-            super().connection_lost(exc)
+            self._deadline = self.loop.time() + limits.header_timeout_s
+            cls = type(self)
+            if cls._sweeper is None or cls._sweeper.done():
+                cls._sweeper = self.loop.create_task(_sweep(self.connections))
 
         def data_received(self, data: bytes) -> None:
             if self._in_head:
@@ -101,44 +106,36 @@ def limited_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
                         f"request head exceeds {limits.max_header_bytes} bytes",
                     )
                     return
-                if self._head_timer is None:
-                    self._arm_head()
+                if self._deadline is None:
+                    self._deadline = self.loop.time() + limits.header_timeout_s
             super().data_received(data)
 
         def on_headers_complete(self) -> None:
             self._in_head = False
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-            self._body_timer = self.loop.call_later(limits.body_timeout_s, self._body_late)
+            self._deadline = self.loop.time() + limits.body_timeout_s
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
             self._in_head = True
             self._head_bytes = 0
+            self._deadline = None  # between requests uvicorn's keep-alive timeout applies
             super().on_message_complete()
 
-        def _arm_head(self) -> None:
-            self._head_timer = self.loop.call_later(limits.header_timeout_s, self._head_late)
-
-        def _head_late(self) -> None:
-            self._head_timer = None
-            if self._in_head and not self.transport.is_closing():
+        def expire(self) -> None:
+            """Called by the sweeper once the deadline has passed."""
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            if self._in_head:
                 if self.cycle is not None and not self.cycle.response_complete:
-                    self._arm_head()  # a previous request is still being answered: wait
-                else:
-                    self._refuse(
-                        408,
-                        "header_timeout",
-                        f"request head not received within {limits.header_timeout_s:g} s",
-                    )
-
-        def _body_late(self) -> None:
-            self._body_timer = None
-            if self._in_head or self.transport.is_closing():
+                    # a previous request is still being answered: the next head can wait
+                    self._deadline = self.loop.time() + limits.header_timeout_s
+                    return
+                self._refuse(
+                    408,
+                    "header_timeout",
+                    f"request head not received within {limits.header_timeout_s:g} s",
+                )
                 return
             cycle = self.cycle
             if cycle is not None and cycle.response_started:
@@ -153,7 +150,7 @@ def limited_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
         def _refuse(self, code: int, reason: str, message: str) -> None:
             # DEBUG: a flood of bad requests must not become a flood of log lines.
             log.debug("refusing a request from %s: %s", self.client, message)
-            self._cancel_timers()
+            self._deadline = None
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
                 # The app may be waiting for the body: tell it the client is gone.
@@ -163,11 +160,15 @@ def limited_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
                 self.transport.write(_status(code, reason, message))
                 self.transport.close()
 
-        def _cancel_timers(self) -> None:
-            for timer in (self._head_timer, self._body_timer):
-                if timer is not None:
-                    timer.cancel()
-            self._head_timer = self._body_timer = None
+    async def _sweep(connections: set[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for conn in list(connections):
+                deadline = getattr(conn, "_deadline", None)
+                if deadline is not None and now > deadline:
+                    conn.expire()
 
     return LimitedHttpToolsProtocol
 
@@ -220,9 +221,7 @@ def serve(
         app, host, port, log_level, limits=limits, shutdown_timeout_s=shutdown_timeout_s
     )
     listener = sock if sock is not None else bind_socket(host, port)
-    _Server(config, getattr(getattr(app, "state", None), "closing", None)).run(
-        sockets=[listener]
-    )
+    _Server(config, getattr(getattr(app, "state", None), "closing", None)).run(sockets=[listener])
 
 
 class _Server(uvicorn.Server):
