@@ -157,35 +157,46 @@ def test_slow_head_and_slow_body_get_408(server: int) -> None:
 
 
 def test_a_second_server_on_the_same_database_exits_at_once(tmp_path: Path) -> None:
+    """The first server has questions in flight (a slow LLM): before the lock, a second one
+    resumed them and paid their LLM calls again. Now it exits before any stage starts."""
+    from tests.fakes.llm_server import FakeConfig, FakeLLMServer
+
     db = tmp_path / "one.db"
     first_port = _free_port()
-    first = _serve(db, first_port)
+    first = _serve(db, first_port, QALOOP_SIM_LATENCY_MS="30000", QALOOP_SHUTDOWN_TIMEOUT_S="1")
     try:
-        started = time.monotonic()
-        second = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "qaloop",
-                "serve",
-                "--port",
-                str(_free_port()),
-                "--db",
-                f"sqlite:///{db}",
-            ],
-            env={
-                **os.environ,
-                "QALOOP_LLM": "openai",
-                "QALOOP_LLM_BASE_URL": "http://127.0.0.1:9",
-                "QALOOP_LLM_API_KEY": "unused",
-            },
-            capture_output=True,
-            timeout=30,
-        )
+        with httpx.Client(base_url=f"http://127.0.0.1:{first_port}", timeout=10) as client:
+            for i in range(5):
+                r = client.post("/v1/questions", json={"question": f"in flight {i}?"})
+                assert r.status_code == 202
+        with FakeLLMServer(FakeConfig()) as llm:
+            started = time.monotonic()
+            second = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "qaloop",
+                    "serve",
+                    "--port",
+                    str(_free_port()),
+                    "--db",
+                    f"sqlite:///{db}",
+                ],
+                env={
+                    **os.environ,
+                    "QALOOP_LLM": "openai",
+                    "QALOOP_LLM_BASE_URL": f"{llm.base_url}/v1",
+                    "QALOOP_LLM_API_KEY": "unused",
+                },
+                capture_output=True,
+                timeout=30,
+            )
+            took = time.monotonic() - started
+            calls = len(llm.stats.arrivals)
         assert second.returncode == 1
         err = second.stderr.decode().strip()
         assert len(err.splitlines()) == 1 and "in use by another qaloop process" in err, err
-        assert time.monotonic() - started < 10
+        assert took < 10 and calls == 0
         taken = subprocess.run(
             [
                 sys.executable,
