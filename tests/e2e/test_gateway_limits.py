@@ -17,6 +17,9 @@ import httpx
 import pytest
 
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

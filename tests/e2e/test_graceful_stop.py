@@ -20,6 +20,9 @@ import pytest
 from qaloop.storage.sqlite import SQLiteRepository
 
 
+pytestmark = [pytest.mark.e2e]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
