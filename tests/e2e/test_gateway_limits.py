@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 

@@ -19,7 +19,6 @@ import pytest
 
 from qaloop.storage.sqlite import SQLiteRepository
 
-
 pytestmark = [pytest.mark.e2e]
 
 
