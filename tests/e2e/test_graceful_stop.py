@@ -159,9 +159,10 @@ async def test_a_distributed_worker_stop_is_bounded_and_keeps_finished_answers(
         pytest.skip('no Kafka: run `scripts/infra up` and eval "$(scripts/infra env)"')
     from qaloop.bus.kafka import KafkaBus, KafkaSettings
     from qaloop.core.model import Envelope, EventKind
-    from qaloop.distributed import run_worker, topics_for
-    from qaloop.services.runner import out
+    from qaloop.core.wire import out
+    from qaloop.distributed import run_worker
     from qaloop.settings import Settings
+    from qaloop.wiring import topics_for
 
     async def one_run(latency_ms: int, bound_s: float, n: int) -> tuple[float, int, int]:
         prefix = f"t{uuid.uuid4().hex[:10]}"

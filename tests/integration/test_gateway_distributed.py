@@ -57,7 +57,7 @@ async def test_readiness_retry_failed_and_backlog(
     gateway: tuple[httpx.AsyncClient, object, Settings],
 ) -> None:
     from qaloop.bus.kafka import KafkaBus, KafkaSettings
-    from qaloop.distributed import topics_for
+    from qaloop.wiring import topics_for
 
     client, repo, settings = gateway
     ready = await client.get("/readyz")

@@ -12,7 +12,8 @@ import httpx
 
 from qaloop.cli.common import build_settings
 from qaloop.gateway.auth import ApiKey, db_add_key, db_revoke_key, format_key, hash_token, new_token
-from qaloop.storage.base import Resettable, open_repository
+from qaloop.storage.base import Resettable
+from qaloop.storage.factory import open_repository
 
 
 @click.group("keys")
@@ -156,8 +157,9 @@ async def _reset_in_storage(url: str, settings: object, qid: str, reference: str
         if new is None:
             raise click.ClickException(f"question {qid} is {current.state.value}, not failed")
         if settings.bus == "kafka":
-            from qaloop.distributed import make_bus, topics_for
-            from qaloop.services.runner import out
+            from qaloop.core.wire import out
+            from qaloop.distributed import make_bus
+            from qaloop.wiring import topics_for
 
             kafka = make_bus(settings)
             await kafka.start()

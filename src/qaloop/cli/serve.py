@@ -14,6 +14,7 @@ import click
 from fastapi import FastAPI
 
 from qaloop.cli.common import build_settings, setup_logging
+from qaloop.cli.errors import check_port, check_storage
 from qaloop.gateway.guard import AuthSetupError, guard_gateway
 from qaloop.gateway.http import create_app, storage_ready
 from qaloop.gateway.server import PortInUse, bind_socket, http_limits, serve
@@ -47,6 +48,7 @@ def build_embedded_app(settings: Settings) -> FastAPI:
         backlog=lambda: len(service.in_flight),
         backlog_is_slow=False,
         llm_calls=lambda: pipeline.worker.stats.llm_calls,
+        budget=pipeline.worker.budget,  # the worker's own ledger: what it has spent
     )
     storage = storage_ready(service)
 
@@ -74,8 +76,11 @@ def build_embedded_app(settings: Settings) -> FastAPI:
 def command(**flags: object) -> None:
     """Run the HTTP gateway with all stages in one process (no servers needed)."""
     settings = build_settings(**flags)
+    check_storage(settings.db)
+    check_port(settings.host, settings.port)
     setup_logging(settings.log_level, settings.log_json)
     try:
+        # Held from here on: between the check and uvicorn's own bind, nobody can take it.
         sock = bind_socket(settings.host, settings.port)
     except PortInUse as exc:
         raise click.ClickException(str(exc)) from None

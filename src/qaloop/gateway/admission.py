@@ -8,8 +8,8 @@ called once the question is stored (for checks that count). `Admission` runs the
 order; the first rejection wins. It is counted in `qaloop_gateway_admission_rejected_total`
 only when the question is refused (not when it turns out to be known or in flight).
 Built in: `BacklogLimit` (questions accepted and not final), `DailyCallBudget` (LLM calls per
-UTC day against `llm_rpd`) and the per-key quota of qaloop.gateway.auth. Spend budgets plug in
-the same way (`Admission.add`).
+UTC day against `llm_rpd`) and the per-key quota of qaloop.gateway.auth; the spend budget
+(qaloop.llm.budget.BudgetAdmission) plugs in the same way (`Admission.add`).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class DailyCallBudget:
     """LLM calls per UTC day (`llm_rpd`): once today's calls reach the budget, a new question
     would only be parked until tomorrow, so it is refused until the day turns."""
 
-    name = "budget"
+    name = "daily_calls"
 
     def __init__(
         self, limit: int, calls: Callable[[], int], clock: Callable[[], float] = time.time
@@ -174,7 +174,7 @@ class DailyCallBudget:
         used = self.calls() - self._at_day_start
         if used >= self.limit:
             return Rejection(
-                "budget",
+                "daily_calls",
                 f"today's LLM budget is spent ({used} of {self.limit} calls); retry tomorrow",
                 max(1.0, (day + 1) * DAY_S - now),
             )

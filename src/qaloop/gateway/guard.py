@@ -8,7 +8,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from qaloop.gateway.admission import Admission, BacklogLimit, DailyCallBudget
+from qaloop.gateway.admission import Admission, BacklogLimit, DailyCallBudget, Rejection
 from qaloop.gateway.auth import AuthConfig, Authenticator, DbKeys, FileKeys, KeySource, QuotaCheck
 from qaloop.gateway.http import Readiness, storage_ready
 from qaloop.gateway.service import QuestionService
@@ -18,6 +18,7 @@ from qaloop.storage.base import Repository
 if TYPE_CHECKING:
     from qaloop.bus.base import Topics
     from qaloop.bus.kafka import KafkaBus
+    from qaloop.llm.budget import Budget
 
 
 class AuthSetupError(ValueError):
@@ -76,8 +77,10 @@ def guard_gateway(
     backlog: Callable[[], int],
     backlog_is_slow: bool,
     llm_calls: Callable[[], int] | None = None,
+    budget: Budget | None = None,
 ) -> Authenticator | None:
-    """Add the admission checks to `service` and return the authenticator (None: auth off)."""
+    """Add the admission checks to `service` and return the authenticator (None: auth off).
+    `budget`: the spend budget (qaloop.llm.budget) whose hard limit refuses new questions."""
     if service.admission is None:
         service.admission = Admission(registry=service.metrics.registry)
     admission = service.admission
@@ -85,6 +88,10 @@ def guard_gateway(
         admission.add(BacklogLimit(settings.max_backlog, backlog, slow=backlog_is_slow))
     if settings.llm_rpd and llm_calls is not None:
         admission.add(DailyCallBudget(settings.llm_rpd, llm_calls))
+    if budget is not None:
+        from qaloop.llm.budget import BudgetAdmission
+
+        admission.add(BudgetAdmission(budget, Rejection))
     auth = build_auth(settings, service)
     if auth is not None:
         admission.add(QuotaCheck(auth))

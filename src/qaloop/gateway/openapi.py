@@ -1,5 +1,5 @@
-"""The gateway's OpenAPI schema, written by hand: the handlers read their input themselves
-(qaloop.gateway.http), so FastAPI can't infer bodies, parameters or responses. `/openapi.json`
+"""The gateway's OpenAPI schema, completed by hand: the handlers read their input themselves
+(qaloop.gateway.http), so FastAPI can't infer bodies or responses. `/openapi.json`
 is served; the `/docs` and `/redoc` pages are disabled, because FastAPI's pages load their
 JavaScript from a CDN (broken offline, and a third party in the page): point any OpenAPI
 viewer at `/openapi.json` instead.
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 ERROR = {
     "type": "object",
@@ -112,7 +113,7 @@ SECURITY: list[dict[str, list[str]]] = [
 ]  # {}: auth off (loopback default)
 
 
-def paths() -> dict[str, Any]:
+def paths(ask_body: dict[str, Any] = ASK_BODY) -> dict[str, Any]:
     common = (401, 408, 429, 431, 503)
     return {
         "/v1/questions": {
@@ -121,7 +122,7 @@ def paths() -> dict[str, Any]:
                 "security": SECURITY,
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": ASK_BODY}},
+                    "content": {"application/json": {"schema": ask_body}},
                 },
                 "responses": {
                     "200": _json("answered (or failed) from cache or storage", ANSWER),
@@ -213,20 +214,51 @@ def paths() -> dict[str, Any]:
     }
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, ask_body: dict[str, Any] | None = None) -> None:
+    """FastAPI's generated schema (routes declared with decorators keep their summaries and
+    parameters), with the hand-written operations merged in: POST /v1/questions (a plain
+    Starlette route, invisible to FastAPI), response schemas and the 4xx answers everywhere."""
+    generate = app.openapi
+    body = ask_body or ASK_BODY
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = {
-                "openapi": "3.1.0",
-                "info": {"title": app.title, "version": app.version},
-                "paths": paths(),
-                "components": {
-                    "securitySchemes": {
-                        "bearer": {"type": "http", "scheme": "bearer"},
-                        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-                    }
-                },
-            }
-        return app.openapi_schema
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        # HEAD is served wherever GET is; documenting it twice would duplicate operation ids.
+        heads = [
+            r.methods
+            for r in app.router.routes
+            if isinstance(r, APIRoute) and r.methods is not None and "HEAD" in r.methods
+        ]
+        for methods in heads:
+            methods.discard("HEAD")
+        try:
+            schema = generate()
+        finally:
+            for methods in heads:
+                methods.add("HEAD")
+        found = schema.setdefault("paths", {})
+        for path, operations in paths(body).items():
+            for method, mine in operations.items():
+                existing = found.setdefault(path, {}).get(method)
+                if existing is None:
+                    found[path][method] = mine
+                    continue
+                existing["responses"] = mine["responses"]
+                existing.setdefault("summary", mine["summary"])
+                if "security" in mine:
+                    existing["security"] = mine["security"]
+                names = {p.get("name") for p in existing.get("parameters", [])}
+                for parameter in mine.get("parameters", []):
+                    if parameter["name"] not in names:
+                        existing.setdefault("parameters", []).append(parameter)
+                if "requestBody" in mine:
+                    existing["requestBody"] = mine["requestBody"]
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        app.openapi_schema = schema
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

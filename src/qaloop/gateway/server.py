@@ -57,7 +57,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise PortInUse(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what holds it or "
+            "choose another --port"
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -7,7 +7,7 @@
   accepted question is never lost, whatever crashes next.
 - Hit counts are summed in memory and flushed in batches, off the hot path.
 - Admission (qaloop.gateway.admission) is asked only for a question that would be new: known
-  answers and joins are served whatever the backlog or budget.
+  answers and joins are served whatever the backlog, budget or quota.
 - A failed question is asked again only when the request says so (`retry_failed`) or an admin
   resets it: storage replaces the row by a new run (Repository.reset_failed). A failure is
   served from the cache for at most `failed_recheck_s`, so a reset made through another
@@ -34,10 +34,11 @@ from qaloop.bus.base import Bus, Topics
 from qaloop.core.cache import Cache
 from qaloop.core.ids import question_id
 from qaloop.core.model import Envelope, EventKind, QuestionRecord, QuestionState
+from qaloop.core.paraphrase import ParaphraseIndex
+from qaloop.core.wire import out
 from qaloop.gateway.admission import Admission, Ask
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
-from qaloop.services.runner import out
 from qaloop.storage.base import Repository, Resettable
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,8 @@ class QuestionService:
         failed_recheck_s: float = 10.0,
     ) -> None:
         self.repo = repo
-        self.admission = admission
         self.failed_recheck_s = failed_recheck_s
-        self.closing = asyncio.Event()  # set on shutdown: long-polls return at once
+        self.closing = asyncio.Event()  # set when a graceful stop begins: long-polls return
         self.bus = bus
         self.topics = topics
         self.cache = cache
@@ -102,12 +102,19 @@ class QuestionService:
         # In flight is known where finals are seen: the embedded pipeline (it has the board).
         in_flight = (lambda: len(self.in_flight)) if board is not None else None
         self.metrics.watch_gateway(self.counters, cache, in_flight)
+        self.paraphrases: ParaphraseIndex | None = None  # off by default (docs/spend.md)
+        # Checks are added by the entry point (qaloop.gateway.guard); none: all admitted.
+        self.admission = (
+            admission if admission is not None else Admission(registry=self.metrics.registry)
+        )
 
     async def ask(
         self,
         question: str,
         reference: str | None,
         *,
+        lane: str = "interactive",
+        paraphrase: bool = True,
         caller: str | None = None,
         retry_failed: bool = False,
     ) -> tuple[int, dict[str, Any]]:
@@ -120,8 +127,12 @@ class QuestionService:
             self.counters["answered_failed" if cached.failed else "answered_cache"] += 1
             self._pending_hits[qid] += 1
             return 200, _answered(qid, cached, "cache", reference)
+        if self.paraphrases is not None and paraphrase:
+            served = await self._paraphrased(qid, question)
+            if served is not None:
+                return served
         ask = Ask(qid, question, reference, caller)
-        if self.admission is not None and self.admission.checks:
+        if self.admission.checks:
             rejection = await self.admission.check(ask)
             if rejection is not None:
                 # Only a new question is refused: what storage knows is still served.
@@ -137,18 +148,18 @@ class QuestionService:
             reference_answer=reference,
             trace_id=uuid.uuid4().hex,
             first_seen=now,
+            caller=caller,
+            lane=lane,
         ).with_event(EventKind.ACCEPTED, now)
         inserted, record = await self._accept(envelope)
         if inserted:
             self.counters["accepted"] += 1
-            if self.admission is not None:
-                self.admission.admitted(ask)
+            self.admission.admitted(ask)
             return 202, {"id": qid, "status": "queued"}
         if retry_failed and record.state is QuestionState.FAILED:
             reset = await self.reset(qid, by=caller or "a request (retry_failed)")
             if reset is not None:
-                if self.admission is not None:
-                    self.admission.admitted(ask)
+                self.admission.admitted(ask)
                 body: dict[str, Any] = {"id": qid, "status": "queued", "retried": True}
                 if reference is not None and reference != record.reference_answer:
                     body["reference_ignored"] = True
@@ -241,13 +252,10 @@ class QuestionService:
         qid = record.question_id
         self._pending_hits[qid] += 1
         if record.state is QuestionState.VALIDATED:
-            answer = CachedAnswer(
-                record.answer,
-                record.score,
-                reference=record.reference_answer,
-                at=time.monotonic(),
-            )
+            answer = CachedAnswer(record.answer, record.score, reference=record.reference_answer)
             self.cache.put(qid, answer)
+            if self.paraphrases is not None:
+                self.paraphrases.add(qid, record.question)
             self.counters["answered_storage"] += 1
             return 200, _answered(qid, answer, "storage", reference)
         if record.state is QuestionState.FAILED:
@@ -292,22 +300,57 @@ class QuestionService:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.closing.is_set():
                 return body
-            event = asyncio.Event()
-            self._waiters.setdefault(qid, []).append(event)
-            try:
-                # Notified in-process by the store; otherwise re-read storage with backoff.
-                await asyncio.wait_for(event.wait(), timeout=min(delay, remaining))
-            except TimeoutError:
+            # Notified in-process by the store; otherwise re-read storage with backoff.
+            if not await self.final_signal(qid, min(delay, remaining)):
                 delay = min(delay * 2, 1.0)
-            finally:
-                waiters = self._waiters.get(qid)
-                if waiters is not None and event in waiters:
-                    waiters.remove(event)
-                    if not waiters:
-                        del self._waiters[qid]
+
+    async def final_signal(self, qid: str, timeout_s: float) -> bool:
+        """True as soon as this process's store finishes `qid` (embedded mode), False after
+        timeout_s. Reads nothing: the caller re-reads storage (the SSE stream uses it too)."""
+        event = asyncio.Event()
+        self._waiters.setdefault(qid, []).append(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout=timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(qid)
+            if waiters is not None and event in waiters:
+                waiters.remove(event)
+                if not waiters:
+                    del self._waiters[qid]
+
+    async def _paraphrased(self, qid: str, question: str) -> tuple[int, dict[str, Any]] | None:
+        """A validated answer to a question that means the same (the paraphrase cache), or
+        None. Only for a question not answered itself: an exact answer always wins."""
+        index = self.paraphrases
+        if index is None or qid in index:
+            return None
+        found = index.lookup(question)
+        if found is None:
+            return None
+        match, similarity = found
+        cached = self.cache.get(match)
+        if cached is None:
+            record = await asyncio.to_thread(self.repo.get, match)
+            if record is None or record.state is not QuestionState.VALIDATED:
+                index.discard(match)
+                return None
+            cached = CachedAnswer(record.answer, record.score)
+        if cached.failed:
+            return None
+        self.counters["answered_paraphrase"] += 1
+        self._pending_hits[match] += 1
+        body = _answered(match, cached, "paraphrase")
+        body["asked_id"] = qid
+        body["similarity"] = round(similarity, 3)
+        return 200, body
 
     def notify_final(self, envelope: Envelope) -> None:
         qid = envelope.question_id
+        if self.paraphrases is not None and envelope.state is QuestionState.VALIDATED:
+            self.paraphrases.add(qid, envelope.question)
         self.in_flight.discard(qid)
         if self.board is not None:
             self.board.finished(qid)

@@ -58,6 +58,12 @@ class Repository(Protocol):
         """The last envelope of every question not yet validated or failed (for resume)."""
         ...
 
+    def stale(self, older_than_s: float, limit: int = 1000) -> list[Envelope]:
+        """Questions accepted more than `older_than_s` ago with nothing recorded since (state
+        queued, no event after `accepted`), oldest first: the gateway may have stored them and
+        died before publishing them (qaloop.services.recovery)."""
+        ...
+
     def events(self, question_id: str) -> list[Event]: ...
 
     def record_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...
@@ -73,6 +79,14 @@ class Repository(Protocol):
     def export_questions(self) -> list[dict[str, Any]]: ...
 
     def export_events(self) -> list[dict[str, Any]]: ...
+
+    def usage_totals(self) -> dict[str, Any]:
+        """Spend grouped for qaloop.llm.accounting.summarise: {"groups": [...], "questions": n}."""
+        ...
+
+    def export_usage(self) -> list[dict[str, Any]]:
+        """Every priced LLM call (qaloop.storage.usage), ordered by question and seq."""
+        ...
 
     def close(self) -> None: ...
 
@@ -116,17 +130,6 @@ def reset_envelope(
     return fresh.with_event(EventKind.RESET, at, detail=f"reset by {by}"[:300])
 
 
-@runtime_checkable
-class StaleQueries(Protocol):
-    """Optional repository query for the distributed mode's safety sweep (qaloop.distributed)."""
-
-    def stale(self, older_than_s: float, limit: int = 1000) -> list[Envelope]:
-        """Questions accepted more than `older_than_s` ago with nothing recorded since (state
-        queued, no event after `accepted`), oldest first: the gateway may have stored them and
-        died before publishing them."""
-        ...
-
-
 def dedupe_batch(envelopes: Sequence[Envelope]) -> list[Envelope]:
     """One envelope per question (the highest progress, the first of equal ones), sorted by
     id: shared by every adapter so a batch never touches the same row twice."""
@@ -137,15 +140,3 @@ def dedupe_batch(envelopes: Sequence[Envelope]) -> list[Envelope]:
         if seen is None or progress > seen[0]:
             best[envelope.question_id] = (progress, envelope)
     return [best[qid][1] for qid in sorted(best)]
-
-
-def open_repository(url: str) -> Repository:
-    """`sqlite:///path.db`, `sqlite://:memory:` or a plain path; `postgresql://...`."""
-    if url.startswith(("postgresql://", "postgres://")):
-        from qaloop.storage.postgres import PostgresRepository  # optional dependency
-
-        return PostgresRepository(url)
-    from qaloop.storage.sqlite import SQLiteRepository
-
-    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SQLiteRepository(path or ":memory:")
