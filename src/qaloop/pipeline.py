@@ -153,6 +153,7 @@ class EmbeddedPipeline:
             self.webhooks.outbox.close()
         await self.provider.aclose()
         await self.worker_stage.aclose()
+        await self.judge.aclose()  # the LLM judge's provider
         await self.bus.close()
 
     def stats(self) -> dict[str, Any]:
@@ -166,6 +167,7 @@ class EmbeddedPipeline:
                 "held_parked": self.retrier.held,
                 "judge_decisions": dict(self.judge.decisions),
                 "judge_unscored": self.judge.unscored,
+                "judge_gates": self.judge.stats(),
                 "judge_quality": dict(self.judge.quality),
                 "resumed_at_start": self.resumed,
                 "in_flight": len(self.service.in_flight),

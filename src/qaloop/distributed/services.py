@@ -134,8 +134,7 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
         return {
             "group": group,
             **runner_stats(stage.runner),
-            "decisions": dict(stage.judge.decisions),
-            "unscored": stage.judge.unscored,
+            **stage.judge.stats(),
         }
 
     await run_stage(
@@ -144,6 +143,7 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
         [stage.runner.run, *observers],
         stats,
         stop,
+        [stage.judge.aclose],  # the LLM judge's provider
         unhealthy=batch_failed(bus, stage.runner),
     )
 
