@@ -157,7 +157,7 @@ class QuestionService:
             self.admission.admitted(ask)
             return 202, {"id": qid, "status": "queued"}
         if retry_failed and record.state is QuestionState.FAILED:
-            reset = await self.reset(qid, by=caller or "a request (retry_failed)")
+            reset = await self.reset(qid, by=caller or "a request (retry_failed)", caller=caller)
             if reset is not None:
                 self.admission.admitted(ask)
                 body: dict[str, Any] = {"id": qid, "status": "queued", "retried": True}
@@ -174,6 +174,7 @@ class QuestionService:
         by: str,
         reference: str | None = None,
         replace_reference: bool = False,
+        caller: str | None = None,
     ) -> Envelope | None:
         """Ask a failed question again (a new run). None if it is not failed (or unknown).
         Only an admin reset replaces the reference (`replace_reference`)."""
@@ -190,6 +191,7 @@ class QuestionService:
                 trace_id=uuid.uuid4().hex,
                 reference_answer=reference if replace_reference else current.reference_answer,
                 by=by,
+                caller=caller,
             )
         )
         if new is None:

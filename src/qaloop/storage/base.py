@@ -96,7 +96,14 @@ class Resettable(Protocol):
     """Optional: re-ask a failed question (qaloop.gateway: `retry_failed`, the admin reset)."""
 
     def reset_failed(
-        self, question_id: str, *, at: float, trace_id: str, reference_answer: str | None, by: str
+        self,
+        question_id: str,
+        *,
+        at: float,
+        trace_id: str,
+        reference_answer: str | None,
+        by: str,
+        caller: str | None = None,
     ) -> Envelope | None:
         """In one transaction: if the question is failed, replace its row by a new run
         (`reset_envelope`) and return it; else None (not failed, or unknown)."""
@@ -104,7 +111,13 @@ class Resettable(Protocol):
 
 
 def reset_envelope(
-    old: Envelope, *, at: float, trace_id: str, reference_answer: str | None, by: str
+    old: Envelope,
+    *,
+    at: float,
+    trace_id: str,
+    reference_answer: str | None,
+    by: str,
+    caller: str | None = None,
 ) -> Envelope:
     """A new run of a failed question: attempt 1, state queued, no answer, a new trace id.
     The history goes on (a `reset` event), so event keys (question id, seq) never collide.
@@ -126,6 +139,9 @@ def reset_envelope(
         due_at=None,
         llm_calls=0,
         tries_in_attempt=0,
+        feedback=None,  # the judge's feedback and experiment arm belong to the old run
+        arm=None,
+        caller=caller if caller is not None else old.caller,  # who pays for the new run
     )
     return fresh.with_event(EventKind.RESET, at, detail=f"reset by {by}"[:300])
 

@@ -489,7 +489,14 @@ class PostgresRepository:
 
     @_retry_transient
     def reset_failed(
-        self, question_id: str, *, at: float, trace_id: str, reference_answer: str | None, by: str
+        self,
+        question_id: str,
+        *,
+        at: float,
+        trace_id: str,
+        reference_answer: str | None,
+        by: str,
+        caller: str | None = None,
     ) -> Envelope | None:
         with self._tx() as conn:
             row = conn.execute(
@@ -505,6 +512,7 @@ class PostgresRepository:
                 trace_id=trace_id,
                 reference_answer=reference_answer,
                 by=by,
+                caller=caller,
             )
             values = _clean_question_row(question_row(new, at))
             conn.execute(

@@ -401,7 +401,14 @@ class SQLiteRepository:
         return [codec.decode(r[0]) for r in rows]
 
     def reset_failed(
-        self, question_id: str, *, at: float, trace_id: str, reference_answer: str | None, by: str
+        self,
+        question_id: str,
+        *,
+        at: float,
+        trace_id: str,
+        reference_answer: str | None,
+        by: str,
+        caller: str | None = None,
     ) -> Envelope | None:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -419,6 +426,7 @@ class SQLiteRepository:
                     trace_id=trace_id,
                     reference_answer=reference_answer,
                     by=by,
+                    caller=caller,
                 )
                 values = question_row(new, at)
                 self._conn.execute(_RESET, (*values[2:], question_id))
