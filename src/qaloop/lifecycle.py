@@ -10,7 +10,12 @@ requests finish, for at most `shutdown_timeout_s`; long-polls return at once):
    says queued, so the restart resumes it (the one call cut short is the only one paid twice);
 2. the judge and the store go on until they have consumed everything the worker published
    (bounded by `shutdown_timeout_s` too): every answer that came back is scored and stored;
-3. then the judge, store, retrier and hit flusher stop, and the bus closes.
+3. then the judge, store, retrier and hit flusher stop (a judge batch still waiting for
+   LLM-judge calls after one more bound is cancelled: its answers are stored as scoring and
+   judged again after the restart), and the bus closes.
+
+So a stop takes at most about three times `shutdown_timeout_s` (plus uvicorn's own wait for
+open requests), and usually the length of the slowest LLM call in flight.
 
 The distributed stages need no ordering (each is its own process, and Kafka keeps what one
 published for the next): there only the worker's wait is bounded (ConcurrentRunner
@@ -82,5 +87,13 @@ async def stop_embedded(
             )
     for event in stops.values():
         event.set()
+    # A judge batch still waiting for LLM-judge calls is cut after the bound too: uncommitted,
+    # its answers stay stored as scoring and are judged again after the restart.
+    pending = [t for t in tasks.values() if not t.done()]
+    if pending:
+        _, late = await asyncio.wait(pending, timeout=timeout_s)
+        for task in late:
+            log.warning("stop: %s still busy after %.0f s: cancelled", task.get_name(), timeout_s)
+            task.cancel()
     await asyncio.gather(*tasks.values(), return_exceptions=True)
     log.info("pipeline stopped in %.1f s", time.monotonic() - started)

@@ -62,7 +62,11 @@ def _ask(port: int, n: int, tag: str) -> list[str]:
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         ids = []
         for i in range(n):
-            r = client.post("/v1/questions", json={"question": f"{tag} question {i}?"})
+            # With a reference and no unsure band the cheap gate decides (no LLM judge call).
+            r = client.post(
+                "/v1/questions",
+                json={"question": f"{tag} question {i}?", "reference_answer": "a reference"},
+            )
             assert r.status_code == 202
             ids.append(r.json()["id"])
     return ids
@@ -88,6 +92,7 @@ def test_sigterm_keeps_every_answer_that_came_back(tmp_path: Path) -> None:
         "QALOOP_SIM_LATENCY_MS": "3000",
         "QALOOP_SHUTDOWN_TIMEOUT_S": "10",
         "QALOOP_THRESHOLD": "0",
+        "QALOOP_JUDGE_UNSURE_BAND": "0",
     }
     proc = _serve(db, port, **env)
     ids = _ask(port, 20, "kept")
@@ -133,7 +138,9 @@ def test_sigterm_hands_back_calls_slower_than_the_bound(tmp_path: Path) -> None:
     assert all(repo.get(q).state.value == "queued" for q in ids)  # type: ignore[union-attr]
     repo.close()
     assert _generated(db) == {}
-    proc = _serve(db, port, QALOOP_SIM_LATENCY_MS="1", QALOOP_THRESHOLD="0")
+    proc = _serve(
+        db, port, QALOOP_SIM_LATENCY_MS="1", QALOOP_THRESHOLD="0", QALOOP_JUDGE_UNSURE_BAND="0"
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             for q in ids:
