@@ -306,6 +306,45 @@ class Settings(BaseSettings):
     sse_max_s: float = Field(
         600.0, gt=0, description="Longest GET /v1/questions/{id}/events stream"
     )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Largest request head (request line + headers): 431"
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="Time to send a request head: 408")
+    body_timeout_s: float = Field(30.0, gt=0, description="Time to send a request body: 408")
+    shutdown_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Bound of each step of a graceful stop (open requests, then LLM calls in "
+        "flight); what is not done by then is handed back for redelivery",
+    )
+    failed_recheck_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long a failed answer is served from the cache before storage "
+        "is read again (a reset elsewhere shows after this)",
+    )
+    max_backlog: int = Field(
+        10000,
+        ge=0,
+        description="Questions accepted but not final before new ones get 429 (0 = no limit)",
+    )
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="API keys: auto = on unless the gateway binds a loopback address"
+    )
+    api_keys_file: str | None = Field(
+        None, description="File of hashed API keys (`qaloop keys add`; docs/security.md)"
+    )
+    api_keys_db: bool = Field(False, description="Also read hashed API keys from the database")
+    metrics_auth: bool = Field(
+        False, description="/metrics and the dashboard data need the admin key (auth on)"
+    )
+    key_rate_per_s: float = Field(
+        50.0, gt=0, description="Default per-key request rate (token bucket), a key may override"
+    )
+    key_burst: float = Field(100.0, ge=1, description="Default per-key burst of requests")
+    key_quota_per_day: int = Field(
+        0, ge=0, description="Default new questions per key per day (0 = no quota)"
+    )
 
     # Completion webhooks (callback_url; qaloop.services.webhooks)
     webhook_secret: SecretStr | None = Field(
@@ -325,6 +364,12 @@ class Settings(BaseSettings):
         le=65535,
         description="Prometheus port of a worker/judge/store/retrier process (0 = none; "
         "the gateway serves /metrics on its own port)",
+    )
+    metrics_cache_s: float = Field(
+        1.0,
+        ge=0,
+        description="The gateway builds /metrics and the dashboard data at most this often "
+        "and reuses the bytes (0 = every request)",
     )
     metrics_targets: str = Field(
         "",

@@ -364,6 +364,7 @@ class Wiring:
             board=board,
             clock=self.clock,
             metrics=metrics,
+            failed_recheck_s=self.settings.failed_recheck_s,
         )
         if self.settings.paraphrase_cache:  # off by default (docs/spend.md)
             service.paraphrases = ParaphraseIndex(

@@ -86,6 +86,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Offline experiments: cache policies, synchronous vs asynchronous.",
     ),
+    "keys": (
+        "qaloop.cli.admin",
+        "keys",
+        "Create and revoke API keys (stored hashed: the key is shown once).",
+    ),
+    "reset": (
+        "qaloop.cli.admin",
+        "reset",
+        "Ask the failed question QUESTION_ID again (a new run).",
+    ),
 }
 
 # Kept for callers that listed the modules (tests, docs): every module a command lives in.

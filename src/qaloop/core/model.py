@@ -73,6 +73,7 @@ class EventKind(enum.StrEnum):
     RESUMED = "resumed"  # a parked question is due again
     SCORED = "scored"  # the judge scored an answer and decided
     GAVE_UP = "gave_up"
+    RESET = "reset"  # a failed question asked again (a new run: attempt 1, new trace id)
     BATCHED = "batched"  # handed to a provider batch job (the batch lane)
 
 
