@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "qaloop.cli.serve",
     "qaloop.cli.traffic",
     "qaloop.cli.calibrate",
+    "qaloop.cli.gate_bench",
     "qaloop.cli.services",
     "qaloop.cli.flink",
     "qaloop.cli.up",

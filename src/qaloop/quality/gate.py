@@ -106,7 +106,7 @@ _LIST_OR_LINK = re.compile(
 )
 
 # Words whose insertion or removal flips a claim (after "n't" -> " not", "cannot" -> "can not").
-_NEGATIONS = frozenset("not no never nor none nobody nothing neither nunca".split())
+_NEGATIONS = frozenset(("not", "no", "never", "nor", "none", "nobody", "nothing", "neither"))
 _POLAR_SWAPS = frozenset(
     {
         frozenset({"always", "never"}),
@@ -119,7 +119,10 @@ _POLAR_SWAPS = frozenset(
     }
 )
 _MONTHS = frozenset(
-    "january february march april may june july august september october november december".split()
+    (
+        *("january", "february", "march", "april", "may", "june"),
+        *("july", "august", "september", "october", "november", "december"),
+    )
 )
 _WORD = re.compile(r"\w+(?:[.,]\d+)*", re.UNICODE)
 _CONTEXT = 2  # equal tokens needed on each side of a change to call it a restatement
@@ -172,7 +175,7 @@ def is_truncated(answer: str) -> bool:
     last_line = text.rsplit("\n", 1)[-1]
     if last_line.count("**") % 2 or last_line.count("(") > last_line.count(")"):
         return True  # bold or a parenthesis left open
-    label, colon, rest = last_line.partition(":")
+    _, colon, rest = last_line.partition(":")
     if colon and len(rest.split()) >= 2:
         return True  # "**Label:** a description" that stops before its full stop
     # A short last list item ("* Dallas Cowboys") or a link may end without a full stop.
