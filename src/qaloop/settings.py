@@ -57,9 +57,7 @@ class Settings(BaseSettings):
         description="Gate: scores in [this, threshold) are UNSURE (the cascade's LLM judge "
         "decides); default: the calibrated band's lower edge, at most the threshold",
     )
-    gate_max_chars: int = Field(
-        20_000, ge=1, description="Gate: longer answers fail as malformed"
-    )
+    gate_max_chars: int = Field(20_000, ge=1, description="Gate: longer answers fail as malformed")
     gate_checks: str = Field(
         "language,contradiction,truncation",
         description="Gate: optional checks on (comma list of language, contradiction, "

@@ -275,6 +275,18 @@ def build_scorers(names: Sequence[str]) -> tuple[dict[str, Scorer], dict[str, st
     return scorers, skipped
 
 
+def enable_text_cache(scorers: Sequence[Scorer], size: int) -> None:
+    """Memoise encodings in every embedding model the scorers use, composites' parts included
+    (a composite has no `model` of its own: before, `--scorers composite_embedding` encoded
+    every answer twice, once for the true pairs and once for the shuffled control)."""
+    for scorer in scorers:
+        parts = getattr(scorer, "parts", None)
+        for part in [scorer, *(parts.values() if isinstance(parts, dict) else ())]:
+            model = getattr(part, "model", None)
+            if model is not None and hasattr(model, "text_cache_size"):
+                model.text_cache_size = max(model.text_cache_size, size)
+
+
 @click.command("calibrate")
 @click.option(
     "--answers",
@@ -340,11 +352,7 @@ def command(
         click.echo(f"skipping scorer {name}: {why}", err=True)
     if not scorers:
         raise click.ClickException("no scorer could be loaded")
-    for scorer in scorers.values():
-        # Embedding scorers share one model: memoise its encodings for this run.
-        model = getattr(scorer, "model", None)
-        if model is not None and hasattr(model, "text_cache_size"):
-            model.text_cache_size = 4 * len(pairs)
+    enable_text_cache(list(scorers.values()), 4 * len(pairs))
     click.echo(f"{len(pairs)} pairs; scoring with {', '.join(scorers)}", err=True)
     result = calibrate(
         pairs,

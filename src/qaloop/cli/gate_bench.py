@@ -8,15 +8,17 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 
+from qaloop.cli.calibrate import build_scorers, enable_text_cache
 from qaloop.quality.base import Scorer, scorer_names
 from qaloop.quality.calibration import CalibrationInputError, load_pairs
-from qaloop.quality.gate import build_gate
+from qaloop.quality.gate import DefaultGate, GateSpec, build_gate
 from qaloop.quality.gate_bench import (
     CALIBRATION,
     FAMILIES,
@@ -24,10 +26,12 @@ from qaloop.quality.gate_bench import (
     HELD_OUT,
     REAL,
     Benchmark,
+    Case,
     FamilyRow,
     build_benchmark,
     choose_band,
     family_rows,
+    fit_relevance,
     threshold_for_real,
 )
 from qaloop.quality.verdict import Outcome, Verdict
@@ -43,6 +47,7 @@ DEFAULT_SCORERS = (
     "embedding",
     "composite_embedding",
 )
+NEAR_DUPLICATE = 0.75
 KEEP_REAL = 0.90  # each scorer alone is shown at the threshold keeping 90 % of real answers
 
 
@@ -50,20 +55,10 @@ def _pct(x: float) -> str:
     return "–" if math.isnan(x) else f"{100 * x:.1f} %"
 
 
-def enable_text_cache(scorers: Sequence[Scorer], size: int) -> None:
-    """Memoise encodings in every embedding model the scorers use (composites included), so
-    a text shared by several scorers, the gate and the control is encoded once per run."""
-    for scorer in scorers:
-        parts = getattr(scorer, "parts", None)
-        for part in [scorer, *(parts.values() if isinstance(parts, dict) else ())]:
-            model = getattr(part, "model", None)
-            if model is not None and hasattr(model, "text_cache_size"):
-                model.text_cache_size = max(model.text_cache_size, size)
-
-
 def embedding_most_similar(scorer: Scorer | None) -> Any:
-    """Most similar other question by MiniLM cosine (near-duplicates, cosine >= 0.92, are
-    skipped: they may be the same question); None without the embedding model."""
+    """Most similar other question by MiniLM cosine; near-duplicates (cosine >= 0.75: from
+    there on the recorded questions are the same question reworded, docs/quality.md) are
+    skipped. None without the embedding model."""
     model = getattr(scorer, "model", None)
     if model is None:
         return None
@@ -74,7 +69,7 @@ def embedding_most_similar(scorer: Scorer | None) -> Any:
         vectors = model.encode(list(questions))
         sims = vectors @ vectors.T
         np.fill_diagonal(sims, -1.0)
-        sims[sims >= 0.92] = -1.0
+        sims[sims >= NEAR_DUPLICATE] = -1.0
         return [int(j) if sims[i, j] > -1.0 else -1 for i, j in enumerate(sims.argmax(axis=1))]
 
     return nearest
@@ -279,6 +274,7 @@ def render(
     seconds: dict[str, float],
     plots: list[str],
     notes: list[str],
+    fitted: dict[str, Any] | None = None,
 ) -> str:
     counts = Counter(c.family for c in bench.cases)
     lines = [
@@ -302,6 +298,18 @@ def render(
         f"of real answers failed by the score): pass >= {band[0]:.2f}, unsure >= {band[1]:.2f}.",
         "",
     ]
+    if fitted:
+        lines += [
+            "## Refit on the calibration split (`--fit`)",
+            "",
+            f"Logistic-regression weights (w0, then RELEVANCE_FEATURES): "
+            f"`{fitted['relevance']}`; band chosen on the calibration split (every family <= 5 %"
+            f" false accepts): pass >= {fitted['pass_threshold']:.2f}, unsure >= "
+            f"{fitted['unsure_threshold']:.2f}. The held-out column is the honest number.",
+            "",
+            *_table(fitted["rows"], unsure=True),
+            "",
+        ]
     for plot in plots:
         lines += [f"![{plot}]({plot})", ""]
     lines += [
@@ -362,6 +370,12 @@ def render(
     help="Use only the first N rows of the file (a quick run).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option(
+    "--fit",
+    is_flag=True,
+    help="Also refit the relevance weights and the band on the calibration split and report "
+    "that gate on both splits (how the defaults were made).",
+)
 def command(
     answers: Path,
     out_dir: Path,
@@ -369,6 +383,7 @@ def command(
     seed: int,
     limit: int | None,
     no_plots: bool,
+    fit: bool,
 ) -> None:
     """Pass rate of real answers and false-accept rate of each adversarial family, for every
     scorer and for the gate as configured (QALOOP_SCORER, QALOOP_THRESHOLD, QALOOP_GATE_*)."""
@@ -386,8 +401,6 @@ def command(
     if limit is not None:
         pairs = pairs[:limit]
     spec = gate_spec_from_settings(Settings())
-    from qaloop.cli.calibrate import build_scorers
-
     scorers, skipped = build_scorers(list(dict.fromkeys([*names, spec.scorer])))
     for name, why in skipped.items():
         click.echo(f"skipping scorer {name}: {why}", err=True)
@@ -418,6 +431,7 @@ def command(
     gate_scores = [v.score for v in verdicts]
     reached = [v.score is not None for v in verdicts]
     band = choose_band(gate_scores, cases, reached)
+    fitted = refit(gate, spec, scorers[spec.scorer], cases, reached, verdicts) if fit else {}
     reasons: dict[str, Counter[str]] = {}
     for c, v in zip(cases, verdicts, strict=True):
         reasons.setdefault(c.family, Counter())[f"{v.outcome.value}/{v.reason.value}"] += 1
@@ -470,6 +484,7 @@ def command(
             seconds,
             plots,
             notes,
+            fitted,
         )
     )
     with (out_dir / "families.csv").open("w", newline="") as fh:
@@ -520,6 +535,7 @@ def command(
             n: {"threshold": thresholds[n], "rows": [_row(r) for r in rows]}
             for n, rows in scorer_rows.items()
         },
+        "refit": {k: ([_row(r) for r in v] if k == "rows" else v) for k, v in fitted.items()},
         "seconds": seconds,
         "pairs_per_s_gate": len(cases) / gate_seconds if gate_seconds else None,
     }
@@ -533,6 +549,51 @@ def command(
         f"wrote {out_dir / 'report.md'}; held out: real answers validated {_pct(real)}, "
         f"worst family false accepts {_pct(worst)}"
     )
+
+
+def refit(
+    gate: DefaultGate,
+    spec: GateSpec,
+    scorer: Scorer,
+    cases: Sequence[Case],
+    reached: Sequence[bool],
+    verdicts: Sequence[Verdict],
+) -> dict[str, Any]:
+    """Refit the relevance weights and choose the band on the calibration split; the refit
+    gate's verdicts on both splits (checks unchanged: only the score-decided cases move)."""
+    if gate.model is None:
+        return {}
+    idx = [i for i, ok in enumerate(reached) if ok]
+    feats = gate.relevance_features([cases[i].item for i in idx])
+    full: list[list[float]] = [[] for _ in cases]
+    for i, f in zip(idx, feats, strict=True):
+        full[i] = f
+    weights = fit_relevance(full, cases, reached)
+    scores: list[float | None] = [None] * len(cases)
+    refit_gate = build_gate(replace(spec, relevance=weights), scorer)
+    for i, score in zip(idx, refit_gate.relevance([cases[i].item for i in idx]), strict=True):
+        scores[i] = score
+    pass_t, unsure_t = choose_band(scores, cases, reached, max_false_accept=0.05)
+    banded = build_gate(
+        replace(spec, relevance=weights, pass_threshold=pass_t, unsure_threshold=unsure_t),
+        scorer,
+    )
+    moved = [
+        banded.decide(score) if score is not None else v
+        for score, v in zip(scores, verdicts, strict=True)
+    ]
+    click.echo(f"  refit: relevance={weights}, pass {pass_t}, unsure {unsure_t}", err=True)
+    return {
+        "relevance": weights,
+        "pass_threshold": pass_t,
+        "unsure_threshold": unsure_t,
+        "rows": family_rows(
+            "refit",
+            cases,
+            [v.outcome is Outcome.PASS for v in moved],
+            [v.outcome is Outcome.UNSURE for v in moved],
+        ),
+    }
 
 
 def _row(r: FamilyRow) -> dict[str, Any]:

@@ -24,10 +24,13 @@ this order (docs/quality.md says what each one catches on the gate benchmark):
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from qaloop.quality.base import Scorer, get_scorer
 from qaloop.quality.lang import UNDETERMINED, detect_language
@@ -37,8 +40,27 @@ from qaloop.quality.verdict import GateInput, Outcome, Reason, Verdict
 
 # The calibrated default (docs/quality.md "How the thresholds were chosen").
 DEFAULT_SCORER = "embedding"
-DEFAULT_PASS = 0.30
-DEFAULT_UNSURE = 0.20
+DEFAULT_PASS = 0.40
+DEFAULT_UNSURE = 0.03
+# Relevance = sigmoid(w0 + w . features) over RELEVANCE_FEATURES, fitted by logistic
+# regression on the calibration split of the gate benchmark (`qaloop gate-bench --fit`).
+RELEVANCE_FEATURES = (
+    "cos(answer, reference)",
+    "cos(answer, question)",
+    "cos(reference, question)",
+    "question words in the answer",
+    "cos(a, r) * cos(a, q)",
+    "cos(a, r) * cos(r, q)",
+)
+DEFAULT_RELEVANCE: tuple[float, ...] = (
+    -6.7939,
+    2.7012,
+    9.1745,
+    -3.0506,
+    1.4878,
+    10.7352,
+    -9.0377,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +76,9 @@ class GateSpec:
     check_language: bool = True
     check_contradiction: bool = True
     check_truncation: bool = True
+    # (w0, w1..w6) over RELEVANCE_FEATURES when the scorer has an embedding model; empty: the
+    # score is the scorer's own score(answer, reference).
+    relevance: tuple[float, ...] = DEFAULT_RELEVANCE
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.unsure_threshold <= self.pass_threshold <= 1.0:
@@ -61,6 +86,8 @@ class GateSpec:
                 "gate thresholds need 0 <= unsure_threshold <= pass_threshold <= 1, got "
                 f"{self.unsure_threshold} and {self.pass_threshold}"
             )
+        if self.relevance and len(self.relevance) != len(RELEVANCE_FEATURES) + 1:
+            raise ValueError(f"relevance needs {len(RELEVANCE_FEATURES) + 1} weights")
         if self.max_chars < 1 or self.echo_min_new < 0 or self.non_answer_max_words < 0:
             raise ValueError("max_chars must be >= 1, echo_min_new and non_answer_max_words >= 0")
 
@@ -127,6 +154,7 @@ _MONTHS = frozenset(
 _WORD = re.compile(r"\w+(?:[.,]\d+)*", re.UNICODE)
 _CONTEXT = 2  # equal tokens needed on each side of a change to call it a restatement
 _MAX_ALIGN = 1_500  # tokens of each side the alignment reads
+_VECTOR_CACHE = 8_192  # reference and question embeddings kept (~12 MB)
 
 
 def _control_share(text: str) -> float:
@@ -251,6 +279,14 @@ def contradiction(answer: str, reference: str) -> str | None:
     return None
 
 
+def question_coverage(question: str, answer: str) -> float:
+    """Share of the question's content words (3+ letters, not stop words) in the answer."""
+    wanted = {t for t in tokens(question) if t not in STOPWORDS and len(t) > 2}
+    if not wanted:
+        return 0.0
+    return len(wanted & set(tokens(answer))) / len(wanted)
+
+
 def _expected_language(question: str, reference: str | None) -> str:
     lang = detect_language(question)
     if lang == UNDETERMINED and reference:
@@ -267,7 +303,57 @@ class DefaultGate:
     def __init__(self, spec: GateSpec, scorer: Scorer) -> None:
         self.spec = spec
         self.scorer = scorer
-        self.name = f"gate:{scorer.name}"
+        # The question-aware relevance needs the scorer's sentence encoder (embedding scorers).
+        model = getattr(scorer, "model", None)
+        self.model: Any = model if spec.relevance and hasattr(model, "encode") else None
+        self.name = f"gate:{scorer.name}" + ("+question" if self.model is not None else "")
+        self._vectors: OrderedDict[str, Any] = OrderedDict()  # references and questions
+
+    def _encode(self, texts: Sequence[str], cache: bool) -> Any:
+        import numpy as np
+
+        if not cache:  # answers are new; the model's own memo is on only in benchmarks
+            encode = getattr(self.model, "encode_cached", self.model.encode)
+            return encode([t[: self.spec.max_chars] for t in texts])
+        missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        if missing:
+            encode = getattr(self.model, "encode_cached", self.model.encode)
+            for text, vector in zip(missing, encode(missing), strict=True):
+                self._vectors[text] = vector
+        out = np.stack([self._vectors[t] for t in texts])
+        for t in texts:
+            self._vectors.move_to_end(t)
+        while len(self._vectors) > _VECTOR_CACHE:
+            self._vectors.popitem(last=False)
+        return out
+
+    def relevance_features(self, items: Sequence[GateInput]) -> list[list[float]]:
+        """RELEVANCE_FEATURES of each item (needs the embedding model; references and
+        questions are cached: a regenerated question brings the same two back)."""
+        if self.model is None:
+            raise ValueError("relevance features need an embedding scorer")
+        if not items:
+            return []
+        a = self._encode([i.answer for i in items], cache=False)
+        r = self._encode([i.reference or "" for i in items], cache=True)
+        q = self._encode([i.question for i in items], cache=True)
+        ar, aq, rq = (a * r).sum(axis=1), (a * q).sum(axis=1), (r * q).sum(axis=1)
+        out = []
+        for k, item in enumerate(items):
+            x, y, z = float(ar[k]), float(aq[k]), float(rq[k])
+            out.append([x, y, z, question_coverage(item.question, item.answer), x * y, x * z])
+        return out
+
+    def relevance(self, items: Sequence[GateInput]) -> list[float]:
+        """The relevance score in [0, 1] of each item (the band decides on it)."""
+        if self.model is None:
+            return self.scorer.score_batch([(i.answer, i.reference or "") for i in items])
+        w = self.spec.relevance
+        scores = []
+        for f in self.relevance_features(items):
+            z = w[0] + sum(wi * fi for wi, fi in zip(w[1:], f, strict=True))
+            scores.append(1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z)))))
+        return scores
 
     def precheck(self, item: GateInput) -> Verdict | None:
         """The checks that need no score (all but relevance); None when all pass."""
@@ -313,8 +399,8 @@ class DefaultGate:
         verdicts: list[Verdict | None] = [self.precheck(item) for item in items]
         todo = [i for i, v in enumerate(verdicts) if v is None]
         if todo:
-            pairs = [(items[i].answer, (items[i].reference or "")) for i in todo]
-            for i, score in zip(todo, self.scorer.score_batch(pairs), strict=True):
+            scores = self.relevance([items[i] for i in todo])
+            for i, score in zip(todo, scores, strict=True):
                 verdicts[i] = self.decide(score)
         return [v for v in verdicts if v is not None]
 

@@ -494,3 +494,41 @@ def choose_band(
         if sum(1 for i in real if (scores[i] or 0.0) < t) / n_real <= max_real_fail:
             unsure_t = t
     return pass_t, unsure_t
+
+
+FIT_FAMILIES = ("off_topic_random", "off_topic_similar", "truncated")
+SIMILAR_WEIGHT = 3.0  # the hardest family counts 3x in the fit
+
+
+def fit_relevance(
+    features: Sequence[Sequence[float]],
+    cases: Sequence[Case],
+    reached: Sequence[bool],
+    *,
+    steps: int = 4000,
+    rate_: float = 0.5,
+) -> tuple[float, ...]:
+    """Logistic regression, real answers (1) vs the families the score must stop (0), on the
+    calibration cases that got past every check; returns (w0, w1..) on the raw features (the
+    standardisation folded in), for GateSpec.relevance. Deterministic (full-batch descent)."""
+    import numpy as np
+
+    idx = [
+        i
+        for i, c in enumerate(cases)
+        if reached[i] and c.split == CALIBRATION and c.family in (REAL, *FIT_FAMILIES)
+    ]
+    if not idx:
+        raise ValueError("no calibration cases to fit on")
+    x = np.array([features[i] for i in idx], dtype=np.float64)
+    y = np.array([1.0 if cases[i].family == REAL else 0.0 for i in idx])
+    wt = np.array([SIMILAR_WEIGHT if cases[i].family == "off_topic_similar" else 1.0 for i in idx])
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
+    z = np.hstack([(x - mu) / sd, np.ones((len(x), 1))])
+    w = np.zeros(z.shape[1])
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(z @ w)))
+        w -= rate_ * z.T @ ((p - y) * wt) / len(y)
+    raw = w[:-1] / sd
+    bias = w[-1] - float((w[:-1] * mu / sd).sum())
+    return (round(float(bias), 4), *(round(float(v), 4) for v in raw))

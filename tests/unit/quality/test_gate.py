@@ -134,3 +134,76 @@ def test_spec_validates_and_keeps_verdicts_in_order() -> None:
     assert [v.reason for v in verdicts] == [Reason.OK, Reason.EMPTY, Reason.OK, Reason.ECHO]
     assert all(v.judged_by == g.name for v in verdicts)
     assert all(REF not in v.detail for v in verdicts)
+
+
+class _BagModel:
+    """A stand-in sentence encoder: unit bag-of-words vectors over a tiny hashed space."""
+
+    dim = 64
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def encode(self, texts: list[str]) -> object:
+        import numpy as np
+
+        from qaloop.quality.text import tokens
+
+        self.encoded += len(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for t in tokens(text):
+                out[i, hash(t) % self.dim] += 1.0
+            norm = float(np.linalg.norm(out[i]))
+            if norm:
+                out[i] /= norm
+        return out
+
+
+class _ModelScorer:
+    name = "bag"
+
+    def __init__(self) -> None:
+        self.model = _BagModel()
+
+    def score(self, answer: str, reference: str) -> float:
+        return 0.0
+
+    def score_batch(self, pairs: object) -> list[float]:
+        return []
+
+
+def test_question_aware_relevance_uses_the_scorers_model() -> None:
+    scorer = _ModelScorer()
+    g = build_gate(GateSpec(scorer="bag"), scorer)  # type: ignore[arg-type]
+    assert g.name.endswith("+question")
+    items = [GateInput(Q, GOOD, REF), GateInput(Q, GOOD + " More.", REF)]
+    feats = g.relevance_features(items)
+    assert len(feats) == 2 and all(len(f) == 6 for f in feats)
+    assert all(-1.0 <= x <= 1.0 for f in feats for x in f)
+    encoded = scorer.model.encoded
+    g.relevance(items)  # reference and question come from the gate's cache the second time
+    assert scorer.model.encoded == encoded + 2
+    (v,) = g.judge_batch([GateInput(Q, GOOD, REF)])
+    assert v.score is not None and 0.0 <= v.score <= 1.0
+    # Without relevance weights the plain scorer score decides.
+    plain = build_gate(GateSpec(scorer="keyword_recall", relevance=()))
+    assert not plain.name.endswith("+question")
+    with pytest.raises(ValueError, match="relevance needs"):
+        GateSpec(relevance=(1.0, 2.0))
+
+
+def test_gate_spec_from_settings() -> None:
+    from qaloop.gate_config import gate_spec_from_settings
+    from qaloop.settings import Settings
+
+    assert gate_spec_from_settings(Settings()) == GateSpec()  # unset: the calibrated default
+    spec = gate_spec_from_settings(
+        Settings(scorer="composite", threshold=0.2, gate_checks="language", gate_max_chars=99)
+    )
+    assert (spec.scorer, spec.pass_threshold, spec.max_chars) == ("composite", 0.2, 99)
+    assert spec.unsure_threshold <= spec.pass_threshold
+    assert spec.check_language and not spec.check_contradiction and not spec.check_truncation
+    assert gate_spec_from_settings(Settings(threshold=0.5)).scorer == GateSpec().scorer
+    with pytest.raises(ValueError, match="unknown gate check"):
+        gate_spec_from_settings(Settings(gate_checks="language,nope"))
