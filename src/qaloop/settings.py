@@ -45,10 +45,16 @@ class Settings(BaseSettings):
 
     # Quality gate
     scorer: str = Field(
-        "composite", description="Scorer name (docs/quality.md: chosen by qaloop calibrate)"
+        "composite",
+        description="Scorer of the plain score path; set explicitly, also the gate's relevance "
+        "scorer (unset: the calibrated gate, embedding + question; docs/quality.md)",
     )
     threshold: float = Field(
-        0.14, ge=0, le=1, description="Gate: pass threshold on the relevance score (>= passes)"
+        0.14,
+        ge=0,
+        le=1,
+        description="Pass threshold on the score (>=); set explicitly, also the gate's "
+        "(unset: the calibrated gate's 0.29)",
     )
     gate_unsure_threshold: float | None = Field(
         None,

@@ -40,7 +40,7 @@ from qaloop.quality.verdict import GateInput, Outcome, Reason, Verdict
 
 # The calibrated default (docs/quality.md "How the thresholds were chosen").
 DEFAULT_SCORER = "embedding"
-DEFAULT_PASS = 0.40
+DEFAULT_PASS = 0.29
 DEFAULT_UNSURE = 0.03
 # Relevance = sigmoid(w0 + w . features) over RELEVANCE_FEATURES, fitted by logistic
 # regression on the calibration split of the gate benchmark (`qaloop gate-bench --fit`).
@@ -53,13 +53,13 @@ RELEVANCE_FEATURES = (
     "cos(a, r) * cos(r, q)",
 )
 DEFAULT_RELEVANCE: tuple[float, ...] = (
-    -6.7939,
-    2.7012,
-    9.1745,
-    -3.0506,
-    1.4878,
-    10.7352,
-    -9.0377,
+    -6.9896,
+    1.6028,
+    10.8448,
+    -4.4692,
+    1.6451,
+    8.8268,
+    -5.0941,
 )
 
 
