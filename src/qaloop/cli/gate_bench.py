@@ -16,6 +16,7 @@ import click
 import orjson
 
 from qaloop.cli.calibrate import build_scorers, enable_text_cache
+from qaloop.cli.common import build_settings
 from qaloop.quality.base import Scorer, scorer_names
 from qaloop.quality.calibration import CalibrationInputError, load_pairs
 from qaloop.quality.gate import DefaultGate, GateSpec, build_gate
@@ -388,7 +389,6 @@ def command(
     """Pass rate of real answers and false-accept rate of each adversarial family, for every
     scorer and for the gate as configured (QALOOP_SCORER, QALOOP_THRESHOLD, QALOOP_GATE_*)."""
     from qaloop.gate_config import gate_spec_from_settings
-    from qaloop.settings import Settings
 
     names = [n.strip() for n in scorer_list.split(",")] if scorer_list else list(DEFAULT_SCORERS)
     unknown = [n for n in names if n not in scorer_names()]
@@ -400,7 +400,10 @@ def command(
         raise click.ClickException(str(exc)) from exc
     if limit is not None:
         pairs = pairs[:limit]
-    spec = gate_spec_from_settings(Settings())
+    try:
+        spec = gate_spec_from_settings(build_settings())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     scorers, skipped = build_scorers(list(dict.fromkeys([*names, spec.scorer])))
     for name, why in skipped.items():
         click.echo(f"skipping scorer {name}: {why}", err=True)
