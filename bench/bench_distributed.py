@@ -47,15 +47,15 @@ from qaloop.core import codec
 from qaloop.core.ids import question_id
 from qaloop.core.model import Envelope, EventKind
 from qaloop.core.routing import Decision, judge
+from qaloop.core.wire import out
 from qaloop.dataset import load_sample
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE, GenerationRequest, render_prompt
 from qaloop.llm.factory import simulated_config
 from qaloop.llm.simulated import SimulatedProvider
-from qaloop.pipeline import gate_config
 from qaloop.quality import get_scorer
-from qaloop.services.runner import out
 from qaloop.settings import Settings
 from qaloop.storage.postgres import PostgresRepository
+from qaloop.wiring import gate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ("worker", "judge", "store", "retrier")

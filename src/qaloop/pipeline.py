@@ -1,8 +1,9 @@
 """The embedded mode: every stage in one process over the in-process bus and SQLite.
 
-At start, every question storage knows as unfinished is put back on the topic its state says
-(queued -> pending questions, or delayed when parked; generating -> pending questions; scoring
--> generated answers): together with the write-before-202 in the gateway, a crash (even
+The stages are built by qaloop.wiring, as in the distributed mode; this module only chooses
+the adapters (MemoryBus, a private repository) and runs the stages as tasks. At start, every
+question storage knows as unfinished is put back on the topic its state says
+(qaloop.services.recovery): together with the write-before-202 in the gateway, a crash (even
 SIGKILL) and restart loses no accepted question. Replays are harmless: writes are idempotent.
 """
 
@@ -14,65 +15,31 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from qaloop.bus.base import Bus, OutMessage, Topics
+from qaloop.bus.base import Bus
 from qaloop.bus.memory import MemoryBus
-from qaloop.core.cache import Cache, make_cache
-from qaloop.core.model import Envelope, QuestionState
-from qaloop.core.retry import RetryPolicy
-from qaloop.core.routing import GateConfig
-from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
+from qaloop.gateway.service import StatusBoard
+from qaloop.llm.accounting import cost_stats
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
+from qaloop.llm.fallback import fallback_stats
 from qaloop.observability.lag import MemoryLag
 from qaloop.observability.metrics import Metrics
-from qaloop.quality import get_scorer
-from qaloop.services.judge import Judge
+from qaloop.services.recovery import Recovery
 from qaloop.services.retrier import Retrier
-from qaloop.services.runner import BatchRunner, ConcurrentRunner, out
-from qaloop.services.store import Store
-from qaloop.services.worker import Worker, WorkerConfig
+from qaloop.services.runner import BatchRunner, ConcurrentRunner
+from qaloop.services.webhooks import chain, webhook_dispatcher
 from qaloop.settings import Settings
-from qaloop.storage.base import Repository, open_repository
+from qaloop.storage.base import Repository
+from qaloop.storage.factory import open_repository
+from qaloop.wiring import WORKER, Wiring
 
 log = logging.getLogger(__name__)
 
 
-def retry_policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
-        overload_tries=settings.overload_tries,
-        backoff_base_s=settings.backoff_base_s,
-        backoff_cap_s=settings.backoff_cap_s,
-        quota_default_delay_s=settings.quota_default_delay_s,
-        quota_day_delay_s=settings.quota_day_delay_s,
-        max_parks=settings.max_parks,
-        max_total_s=settings.retry_max_total_s,
-    )
-
-
-def gate_config(settings: Settings) -> GateConfig:
-    return GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts)
-
-
-def worker_config(settings: Settings) -> WorkerConfig:
-    return WorkerConfig(
-        concurrency=settings.llm_concurrency,
-        # the provider's own timeout + the longest rate-limit wait (qaloop.llm.protection)
-        request_timeout_s=settings.llm_timeout_s + settings.llm_max_queue_wait_s + 5.0,
-        prompt_template=settings.prompt_template,
-        seed=settings.sim_seed,
-    )
-
-
-def resume_message(envelope: Envelope, topics: Topics) -> OutMessage:
-    """Where an unfinished question goes back to after a restart."""
-    if envelope.state is QuestionState.SCORING and envelope.answer is not None:
-        return out(topics.generated, envelope)
-    if envelope.due_at is not None:
-        return out(topics.delayed, envelope)
-    return out(topics.questions, envelope.evolve(state=QuestionState.QUEUED))
-
-
 class EmbeddedPipeline:
+    """Every stage (qaloop.wiring) as an asyncio task of this process, over the in-process bus
+    and a private repository."""
+
     def __init__(
         self,
         settings: Settings,
@@ -86,108 +53,69 @@ class EmbeddedPipeline:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()  # one registry per pipeline
         m = self.metrics
-        self.topics = Topics.with_prefix(settings.topic_prefix)
+        self.wiring = Wiring(settings, shared_bus=False, clock=clock)
+        self.topics = self.wiring.topics
         self.bus: Bus = bus or MemoryBus(self.topics)
         self.repo = repo or open_repository(settings.db)
         self.provider = provider or make_provider(settings)
         self.board = StatusBoard()
-        self.cache: Cache[str, CachedAnswer] = make_cache(
-            settings.cache_policy, settings.cache_size, settings.cache_ttl_s or None
-        )
-        self.service = QuestionService(
-            self.repo, self.bus, self.topics, self.cache, board=self.board, clock=clock, metrics=m
-        )
-        self.worker = Worker(
-            self.provider,
-            self.topics,
-            worker_config(settings),
-            retry_policy(settings),
-            clock=clock,
-            on_start=self.board.started,
-            metrics=m,
-        )
-        self.judge = Judge(
-            get_scorer(settings.scorer),
-            gate_config(settings),
-            self.topics,
-            clock=clock,
-            metrics=m,
-        )
-        self.store = Store(
-            self.repo, self.topics, on_final=self.service.notify_final, clock=clock, metrics=m
-        )
+        self.service = self.wiring.question_service(self.repo, self.bus, m, board=self.board)
+        self.cache = self.service.cache
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.resumed = 0
-        self.retrier: Retrier | None = None
-        self.runners: dict[str, Any] = {}
+        w = self.wiring
+        # The stages' consumers join their groups at once; nothing is polled before start().
+        worker = w.worker(self.bus, self.provider, m, on_start=self.board.started)
+        self.worker_stage = worker
+        judge = w.judge(self.bus, m)
+        # Callbacks (callback_url) are delivered next to the store, which sees every final.
+        self.webhooks = webhook_dispatcher(settings, self.repo, clock)
+        on_final = chain(
+            self.service.notify_final, self.webhooks.notify_final if self.webhooks else None
+        )
+        store = w.store(self.bus, self.repo, m, on_final=on_final)
+        self.worker = worker.worker
+        self.judge = judge.judge
+        self.store = store.store
+        self.retrier: Retrier = w.retrier(self.bus, m)
+        self.recovery: Recovery = w.recovery(self.repo, self.bus)
+        self.runners: dict[str, ConcurrentRunner | BatchRunner] = {
+            "worker": worker.runner,
+            "judge": judge.runner,
+            "store": store.runner,
+        }
 
     async def start(self) -> None:
         await self.bus.start()
-        t = self.topics
-        m = self.metrics
         if isinstance(self.bus, MemoryBus):
-            groups = {
-                "worker": [t.questions],
-                "judge": [t.generated],
-                "store": self.store.subscriptions(),
-                "retrier": [t.delayed],
-            }
-            m.watch_lag(MemoryLag(self.bus, groups))
-        worker = ConcurrentRunner(
-            "worker",
-            self.bus,
-            self.bus.consumer("worker", [t.questions]),
-            self.worker.handle,
-            concurrency=self.settings.llm_concurrency,
-            dead_letter_topic=t.dead_letter,
-            metrics=m,
-        )
-        judge = BatchRunner(
-            "judge",
-            self.bus,
-            self.bus.consumer("judge", [t.generated]),
-            self.judge.handle_batch,
-            max_batch=256,
-            metrics=m,
-        )
-        store = BatchRunner(
-            "store",
-            self.bus,
-            self.bus.consumer("store", self.store.subscriptions()),
-            self.store.handle_batch,
-            max_batch=2000,
-            poll_timeout_s=0.05,
-            metrics=m,
-        )
-        self.retrier = Retrier(self.bus, self.bus.consumer("retrier", [t.delayed]), t, metrics=m)
-        self.runners = {"worker": worker, "judge": judge, "store": store}
+            self.metrics.watch_lag(MemoryLag(self.bus, self.wiring.groups()))
         await self._resume()
         for name, coro in (
-            ("worker", worker.run(self._stop)),
-            ("judge", judge.run(self._stop)),
-            ("store", store.run(self._stop)),
+            *((name, runner.run(self._stop)) for name, runner in self.runners.items()),
             ("retrier", self.retrier.run(self._stop)),
             ("hits", self.service.run_hit_flusher(self._stop)),
+            *([("webhooks", self.webhooks.run(self._stop))] if self.webhooks else []),
+            *self._spend_tasks(),
         ):
             self._tasks.append(asyncio.create_task(coro, name=name))
 
+    def _spend_tasks(self) -> list[tuple[str, Any]]:
+        lane = self.worker_stage.batch_lane
+        return [("batch", lane.run(self._stop))] if lane is not None else []
+
     async def _resume(self) -> None:
-        unfinished = await asyncio.to_thread(self.repo.unfinished)
-        if not unfinished:
-            return
-        messages = [resume_message(e, self.topics) for e in unfinished]
+        """The in-process bus starts empty: every unfinished question goes back (Recovery)."""
+        unfinished = await self.recovery.republish_unfinished()
         self.service.in_flight.update(e.question_id for e in unfinished)
-        await self.bus.publish_many(messages)
         self.resumed = len(unfinished)
-        log.info("resumed %d unfinished questions from storage", len(unfinished))
 
     def pause_workers(self) -> None:
         """Stop handing pending questions to the LLM worker (accepting still works)."""
-        self.runners["worker"].consumer.pause()
+        self.runners[WORKER].consumer.pause()
 
     def resume_workers(self) -> None:
-        self.runners["worker"].consumer.resume()
+        self.runners[WORKER].consumer.resume()
 
     async def drain(self, timeout_s: float = 60.0) -> bool:
         """Wait until every question accepted or resumed here is final."""
@@ -202,21 +130,29 @@ class EmbeddedPipeline:
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.flush_hits()
+        if self.webhooks is not None:
+            self.webhooks.outbox.close()
         await self.provider.aclose()
+        await self.worker_stage.aclose()
         await self.bus.close()
 
     def stats(self) -> dict[str, Any]:
+        counts = self.repo.state_counts()
+        lane = self.worker_stage.batch_lane
         return {
             **self.service.stats(),
             "pipeline": {
                 **self.worker.stats.as_dict(),
-                "resumed_from_park": self.retrier.resumed if self.retrier else 0,
-                "held_parked": self.retrier.held if self.retrier else 0,
+                "resumed_from_park": self.retrier.resumed,
+                "held_parked": self.retrier.held,
                 "judge_decisions": dict(self.judge.decisions),
                 "judge_unscored": self.judge.unscored,
                 "judge_quality": dict(self.judge.quality),
                 "resumed_at_start": self.resumed,
                 "in_flight": len(self.service.in_flight),
             },
-            "storage": self.repo.state_counts(),
+            "storage": counts,
+            "cost": cost_stats(self.repo, counts),
+            "fallbacks": fallback_stats(self.provider),
+            "batch_lane": lane.stats.as_dict() if lane is not None else {},
         }

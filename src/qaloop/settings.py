@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
@@ -71,6 +71,48 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(3, ge=1, description="Generation attempts before giving up")
 
+    # Flink judge (`qaloop flink-job`, `flink run -pym qaloop.flink.job`; docs/flink.md). The
+    # gate itself (scorer, threshold, max attempts) is the plain judge's settings above.
+    flink_group: str | None = Field(
+        None, description="Consumer group the job commits (default <prefix>.judge, as the judge)"
+    )
+    flink_delivery: Literal["exactly-once", "at-least-once"] = Field(
+        "exactly-once", description="Guarantee of the job's Kafka sinks"
+    )
+    flink_checkpoint_interval_ms: int = Field(
+        200, ge=100, description="Checkpoint interval: with exactly-once, the latency floor"
+    )
+    flink_state_dir: str = Field(
+        ".qaloop/flink", description="Checkpoints and logs: <dir>/<group>/{checkpoints,logs}"
+    )
+    flink_checkpoint_dir: str | None = Field(
+        None, description="Override <state dir>/<group>/checkpoints (shared storage on a cluster)"
+    )
+    flink_resume: str = Field(
+        "latest", description="latest retained checkpoint, none, or the path of one"
+    )
+    flink_execution_mode: Literal["thread", "process"] = Field(
+        "thread", description="Where the Python judge runs: in the JVM or in a Python process"
+    )
+    flink_bundle_size: int = Field(100, ge=1, description="Records per Python bundle")
+    flink_bundle_time_ms: int = Field(50, ge=1, description="Longest wait to fill a bundle")
+    flink_parallelism: int = Field(1, ge=1, description="Parallelism of the job")
+    flink_metrics_window_s: float = Field(
+        60.0, ge=1, description="Tumbling window of the job's <prefix>.metrics records"
+    )
+    flink_partition_discovery_ms: int = Field(
+        5000, ge=1, description="How soon the job reads a partition added while it runs"
+    )
+    flink_transaction_timeout_ms: int = Field(
+        600_000,
+        gt=0,
+        le=900_000,
+        description="Kafka transaction timeout (<= the broker's transaction.max.timeout.ms)",
+    )
+    flink_connector_jar: str | None = Field(
+        None, description="flink-sql-connector-kafka jar (default: the `make flink-venv` cache)"
+    )
+
     # LLM
     llm: Literal["simulated", "replay", "gemini", "openai"] = Field(
         "simulated", description="LLM provider"
@@ -133,6 +175,63 @@ class Settings(BaseSettings):
         0, ge=0, description="LLM calls allowed per question, retries included (0 = no cap)"
     )
 
+    # Spend (docs/spend.md)
+    llm_fallbacks: str = Field(
+        "",
+        description="Deployments tried after the primary (provider/model[@base_url], comma "
+        "separated, or a JSON list): on a daily quota, an open circuit, a model error",
+    )
+    llm_escalation: str = Field(
+        "", description="provider/model per attempt (1, 2, ...), each the primary or a fallback"
+    )
+    price_table: str | None = Field(
+        None, description="TOML price table (USD per 1M tokens); default: the shipped one"
+    )
+    price_as: str = Field(
+        "gemini/gemini-2.5-flash-lite",
+        description="provider/model whose prices simulated and replayed calls are charged at",
+    )
+
+    budget_usd: float = Field(
+        0.0, ge=0, description="Global spend budget per period, USD (0 = none)"
+    )
+    budget_key_usd: float = Field(
+        0.0, ge=0, description="Spend budget per API key per period, USD (0 = none)"
+    )
+    budget_period: Literal["hour", "day", "month"] = Field(
+        "day", description="Budget period (UTC hour, day or calendar month)"
+    )
+    budget_soft_fraction: float = Field(
+        0.8, gt=0, le=1, description="Share of a budget that logs a warning and counts a metric"
+    )
+    budget_action: Literal["park", "reject"] = Field(
+        "park",
+        description="At the hard limit: park questions (reason budget), or also answer 429 "
+        "to new questions",
+    )
+    budget_backend: Literal["local", "postgres"] = Field(
+        "local", description="Spend counters: per process, or shared in PostgreSQL"
+    )
+    budget_dsn: str | None = Field(
+        None, description="PostgreSQL DSN of the shared spend ledger (default: db if postgresql://)"
+    )
+
+    batch_lane: bool = Field(
+        False, description="Send batch-priority questions to the provider's batch API (half price)"
+    )
+    batch_max_size: int = Field(100, ge=1, description="Questions per batch job")
+    batch_max_wait_s: float = Field(
+        60.0, ge=0, description="Longest wait of a batch question before its job is submitted"
+    )
+    batch_poll_s: float = Field(30.0, gt=0, description="How often a batch job's status is read")
+
+    paraphrase_cache: bool = Field(
+        False, description="Serve a validated answer to a question that means the same"
+    )
+    paraphrase_threshold: float = Field(
+        0.7, gt=0, le=1, description="Paraphrase similarity needed (calibrated: docs/spend.md)"
+    )
+
     # Retry policy
     overload_tries: int = Field(4, ge=1, description="In-process tries on 503/5xx before parking")
     backoff_base_s: float = Field(0.25, ge=0, description="Backoff base (full jitter)")
@@ -150,7 +249,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest accepted request body")
     max_question_chars: int = Field(4000, ge=1, description="Longest accepted question")
     max_reference_chars: int = Field(20000, ge=1, description="Longest accepted reference answer")
-    max_wait_s: float = Field(30.0, ge=0, description="Longest ?wait= long-poll")
+    max_wait_s: float = Field(
+        30.0, ge=0, description="Longest ?wait= long-poll (a longer one is a 422)"
+    )
+    sse_max_s: float = Field(
+        600.0, gt=0, description="Longest GET /v1/questions/{id}/events stream"
+    )
+
+    # Completion webhooks (callback_url; qaloop.services.webhooks)
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC key that signs callbacks; unset = callback_url refused"
+    )
+    webhook_allow_hosts: str = Field(
+        "", description="Non-loopback callback hosts allowed (comma-separated; * = any)"
+    )
+    webhook_tries: int = Field(6, ge=1, description="Delivery attempts per callback")
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one callback POST")
+    webhook_backoff_base_s: float = Field(1.0, ge=0, description="Callback retry backoff base")
+    webhook_backoff_cap_s: float = Field(60.0, ge=0, description="Callback retry backoff cap")
 
     metrics_port: int = Field(
         0,
@@ -167,6 +283,22 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Logging level")
     log_json: bool = Field(False, description="Log one JSON object per line")
+
+    @field_validator("llm_fallbacks")
+    @classmethod
+    def _check_fallbacks(cls, value: str) -> str:
+        from qaloop.llm.deployments import parse
+
+        parse(value)  # DeploymentError (a ValueError): a clear message at start
+        return value
+
+    @field_validator("llm_escalation")
+    @classmethod
+    def _check_escalation(cls, value: str) -> str:
+        from qaloop.llm.deployments import parse_keys
+
+        parse_keys(value)
+        return value
 
     def api_key(self) -> str | None:
         if self.llm_api_key is not None:

@@ -262,3 +262,24 @@ async def test_pause_before_assignment_holds_for_partitions_assigned_later(
         assert len(got) == 12
     finally:
         await consumer.close()
+
+
+async def test_poll_returns_what_is_there_without_waiting_for_a_full_batch(
+    harness: Harness,
+) -> None:
+    """A poll for many records returns as soon as there is one: a stage under a light load
+    must not wait out its poll timeout at every hop (bench/bench_latency.py)."""
+    bus = harness.bus
+    consumer = bus.consumer(harness.group("eager"), [bus.topics.questions])
+    try:
+        await quiet(consumer, harness.settle_s)  # joined, assigned, nothing there yet
+        await bus.publish_many([OutMessage(bus.topics.questions, "k", b"one")])
+        started = time.monotonic()
+        got: list[Message] = []
+        while not got and time.monotonic() - started < 20:
+            got = await consumer.poll(1000, 10.0)
+        waited = time.monotonic() - started
+        assert [m.value for m in got] == [b"one"]
+        assert waited < 5.0, f"poll waited {waited:.1f} s for a batch of 1000"
+    finally:
+        await consumer.close()

@@ -23,7 +23,7 @@ from qaloop.core.model import (
     QuestionState,
     progress_key,
 )
-from qaloop.storage.base import DeadLetter, Repository, StaleQueries
+from qaloop.storage.base import DeadLetter, Repository
 from qaloop.storage.sqlite import SQLiteRepository
 
 PG_DSN = os.environ.get("QALOOP_PG_DSN", "")
@@ -181,8 +181,6 @@ def test_accept_many_is_accept_for_each_in_order(repo: Repository) -> None:
 
 
 def test_stale_finds_accepted_questions_that_never_moved(repo: Repository) -> None:
-    if not isinstance(repo, StaleQueries):
-        pytest.skip(f"{type(repo).__name__} has no stale() query")
     q1, q2 = queued("q1"), queued("q2")
     repo.accept_many([q1, q2, queued("q3"), queued("q4")])
     repo.apply([scoring(generating(queued("q3")))])  # moved on

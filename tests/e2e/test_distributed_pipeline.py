@@ -50,7 +50,7 @@ def seed_stuck_questions(db: str, n: int) -> set[str]:
     """Questions stored as accepted but never published (a gateway that died in between)."""
     from qaloop.core.ids import question_id
     from qaloop.core.model import Envelope, EventKind
-    from qaloop.storage.base import open_repository
+    from qaloop.storage.factory import open_repository
 
     repo = open_repository(db)
     ids = set()

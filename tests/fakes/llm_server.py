@@ -45,6 +45,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+try:  # as a module of the tests package, or run as a script
+    from tests.fakes.llm_batch import BatchEndpoints
+except ImportError:  # pragma: no cover
+    from llm_batch import BatchEndpoints  # type: ignore[no-redef]
+
 DIRECTIVE = re.compile(r"\[\[fake:([a-z0-9]+)(?:\*(\d+))?\]\]")
 
 
@@ -56,6 +61,11 @@ class FakeConfig:
     hang_s: float = 30.0  # how long a "timeout" request sleeps
     retry_delay_s: int = 2
     api_key: str | None = None  # when set, requests must carry it
+    # a directive for every request without one of its own: two servers then stand for two
+    # deployments that behave differently on the same prompt (fallback tests)
+    force: str | None = None
+    batch_polls: int = 1  # batch status reads that say "running" before the batch ends
+    batch_outcome: str = "complete"  # or "fail" (the whole job), "expire" (tests/fakes/llm_batch)
 
 
 @dataclass
@@ -132,8 +142,14 @@ class FakeLLMServer:
         self.config = config or FakeConfig()
         self.stats = FakeStats()
         self._lock = threading.Lock()
+        self.batch = BatchEndpoints(self)  # the batch protocols (tests/fakes/llm_batch.py)
         self.app = Starlette(
             routes=[
+                Route("/v1/files", self.batch.upload, methods=["POST"]),
+                Route("/v1/files/{file_id}/content", self.batch.file_content, methods=["GET"]),
+                Route("/v1/batches", self.batch.create_openai, methods=["POST"]),
+                Route("/v1/batches/{batch_id}", self.batch.get_openai, methods=["GET"]),
+                Route("/v1beta/batches/{batch_id}", self.batch.get_gemini, methods=["GET"]),
                 Route("/v1beta/models/{model_action:path}", self._gemini, methods=["POST"]),
                 Route("/v1/models/{model_action:path}", self._gemini, methods=["POST"]),
                 Route("/v1/chat/completions", self._openai, methods=["POST"]),
@@ -227,7 +243,7 @@ class FakeLLMServer:
             self.stats.seen[prompt] += 1
             calls = self.stats.seen[prompt]
         if match is None:
-            return None
+            return self.config.force
         kind, times = match.group(1), match.group(2)
         if times is not None and calls > int(times):
             return None
@@ -250,6 +266,9 @@ class FakeLLMServer:
     # ------------------------------------------------------------------ gemini
 
     async def _gemini(self, request: Request) -> Response:
+        action = request.path_params["model_action"]
+        if action.endswith(":batchGenerateContent"):
+            return await self.batch.create_gemini(request, action.split(":", 1)[0])
         key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
         if not self._arrive(key):
             self._outcome("429-limit")

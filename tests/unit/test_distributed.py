@@ -1,5 +1,5 @@
-"""Distributed-mode pieces that need no servers: the stale sweep, dead-letter replay plans,
-`qaloop up --scale` parsing, and the services refusing the in-process bus."""
+"""Distributed-mode pieces that need no servers: the stale sweep (Recovery), dead-letter
+replay plans, `qaloop up --scale` parsing, and the services refusing the in-process bus."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from qaloop.cli.up import parse_scale
 from qaloop.core import codec
 from qaloop.core.ids import question_id
 from qaloop.core.model import Envelope, EventKind, QuestionState
-from qaloop.distributed import StaleSweep, make_bus
-from qaloop.services.runner import out
+from qaloop.core.wire import out
+from qaloop.distributed import make_bus
+from qaloop.services.recovery import Recovery
 from qaloop.settings import Settings
 from qaloop.storage.base import DeadLetter
 from qaloop.storage.sqlite import SQLiteRepository
@@ -53,7 +54,7 @@ async def test_sweep_republishes_only_questions_that_never_progressed() -> None:
     # `moving` was published and a worker parked it: an event after `accepted` exists.
     repo.apply([moving.with_event(EventKind.PARKED, time.time(), wait_s=5.0)])
     await asyncio.sleep(0.3)  # storage ages rows by the time they were written
-    with_time = StaleSweep(repo, bus, TOPICS, older_than_s=0.2)
+    with_time = Recovery(repo, bus, TOPICS, older_than_s=0.2)
     assert await with_time.sweep_once() == 1
     assert [e.question_id for e in await drain(bus, TOPICS.questions)] == [stuck.question_id]
     assert await with_time.sweep_once() == 0  # not again within older_than_s
@@ -65,14 +66,14 @@ async def test_sweep_waits_for_fresh_questions_and_for_the_backlog() -> None:
     bus = MemoryBus(TOPICS)
     await bus.start()
     repo.accept(accepted("fresh", time.time()))
-    assert await StaleSweep(repo, bus, TOPICS, older_than_s=30).sweep_once() == 0
+    assert await Recovery(repo, bus, TOPICS, older_than_s=30).sweep_once() == 0
     repo.accept(accepted("old", time.time() - 100))
     await asyncio.sleep(0.3)
 
     async def busy() -> int:
         return 5000
 
-    skipping = StaleSweep(repo, bus, TOPICS, older_than_s=0.2, backlog=busy)
+    skipping = Recovery(repo, bus, TOPICS, older_than_s=0.2, backlog=busy)
     assert await skipping.sweep_once() == 0
     assert skipping.skipped == 1
 

@@ -11,8 +11,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
+
+from qaloop.core.wire import Message, OutMessage
+
+__all__ = ["Bus", "Consumer", "Message", "OffsetTracker", "OutMessage", "Topics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,25 +40,6 @@ class Topics:
 
     def all(self) -> list[str]:
         return [self.questions, self.generated, self.validated, self.delayed, self.dead_letter]
-
-
-@dataclass(frozen=True, slots=True)
-class OutMessage:
-    topic: str
-    key: str
-    value: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    value: bytes | None
-    headers: dict[str, str] = field(default_factory=dict)
-    timestamp: float = 0.0
 
 
 class Consumer(Protocol):

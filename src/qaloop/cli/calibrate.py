@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import orjson
 
-from qaloop.quality.base import Scorer, get_scorer, scorer_names
+from qaloop.quality.base import Scorer
 from qaloop.quality.calibration import (
     CalibrationInputError,
     CalibrationResult,
@@ -20,6 +20,7 @@ from qaloop.quality.calibration import (
     load_pairs,
     summary_json,
 )
+from qaloop.quality.registry import get_scorer, scorer_names
 
 log = logging.getLogger(__name__)
 

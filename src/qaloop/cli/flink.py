@@ -8,11 +8,8 @@ import os
 import sys
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
 
 import click
-
-from qaloop.cli.common import build_settings
 
 
 def flink_python() -> Path | None:
@@ -30,73 +27,27 @@ def flink_python() -> Path | None:
     return None
 
 
-def job_argv(settings: Any, flags: dict[str, Any]) -> list[str]:
-    """The job's own flags (qaloop.flink.job.parse_args) from settings + CLI flags."""
-    argv = [
-        "--bootstrap",
-        settings.kafka_bootstrap,
-        "--topic-prefix",
-        settings.topic_prefix,
-        "--partitions",
-        str(settings.kafka_partitions),
-        "--scorer",
-        settings.scorer,
-        "--threshold",
-        str(settings.threshold),
-        "--max-attempts",
-        str(settings.max_attempts),
-        "--log-level",
-        settings.log_level,
-    ]
-    for name, value in flags.items():
-        if value is not None:
-            argv += [f"--{name.replace('_', '-')}", str(value)]
-    return argv
-
-
-@click.command("flink-job")
-@click.option("--kafka-bootstrap", default=None, help="Kafka bootstrap [QALOOP_KAFKA_BOOTSTRAP]")
-@click.option("--topic-prefix", default=None, help="Prefix of topics [QALOOP_TOPIC_PREFIX]")
-@click.option("--scorer", default=None, help="Scorer name [QALOOP_SCORER]")
-@click.option("--threshold", type=float, default=None, help="Validation threshold")
-@click.option("--max-attempts", type=int, default=None, help="Generation attempts")
-@click.option("--log-level", default=None, help="Logging level [QALOOP_LOG_LEVEL]")
-@click.option("--group", default=None, help="Consumer group whose offsets the job commits")
-@click.option(
-    "--delivery",
-    type=click.Choice(["exactly-once", "at-least-once"]),
-    default=None,
-    help="Kafka sink guarantee [exactly-once]",
+@click.command(
+    "flink-job",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
 )
-@click.option("--checkpoint-interval-ms", type=int, default=None, help="[2000]")
-@click.option("--state-dir", default=None, help="Checkpoints and logs [.qaloop/flink]")
-@click.option("--checkpoint-dir", default=None, help="Override <state-dir>/<group>/checkpoints")
-@click.option("--resume", default=None, help="latest (default) | none | PATH of a checkpoint")
-@click.option("--execution-mode", type=click.Choice(["thread", "process"]), default=None)
-@click.option("--bundle-size", type=int, default=None, help="Python bundle size [100]")
-@click.option("--bundle-time-ms", type=int, default=None, help="Python bundle time [50]")
-@click.option("--parallelism", type=int, default=None, help="[1]")
-@click.option("--metrics-window-s", type=float, default=None, help="Tumbling window [60]")
-@click.option("--connector-jar", default=None, help="flink-sql-connector-kafka jar")
-def command(
-    kafka_bootstrap: str | None,
-    topic_prefix: str | None,
-    scorer: str | None,
-    threshold: float | None,
-    max_attempts: int | None,
-    log_level: str | None,
-    **flags: Any,
-) -> None:
-    """Run the quality gate as an Apache Flink job (local mini-cluster, blocks)."""
-    settings = build_settings(
-        kafka_bootstrap=kafka_bootstrap,
-        topic_prefix=topic_prefix,
-        scorer=scorer,
-        threshold=threshold,
-        max_attempts=max_attempts,
-        log_level=log_level,
-    )
-    argv = job_argv(settings, flags)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def command(args: tuple[str, ...]) -> None:
+    """Run the quality gate as an Apache Flink job (local mini-cluster, blocks).
+
+    Configured like every service: the QALOOP_* environment, then flags named after the
+    settings (`--threshold 0.2`, `--flink-checkpoint-interval-ms 500`, `--help` lists them),
+    passed to the job unchanged (qaloop.flink.job)."""
+    from pydantic_settings import SettingsError
+
+    from qaloop.flink.core import settings_from_args
+
+    argv = list(args)
+    try:  # a bad flag is a one-line error here, before a JVM starts; --help prints and exits
+        settings_from_args(argv, prog="qaloop flink-job")
+    except (SettingsError, ValueError) as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from exc
     if find_spec("pyflink") is None:
         python = flink_python()
         if python is None:

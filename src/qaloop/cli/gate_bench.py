@@ -17,7 +17,7 @@ import orjson
 
 from qaloop.cli.calibrate import build_scorers, enable_text_cache
 from qaloop.cli.common import build_settings
-from qaloop.quality.base import Scorer, scorer_names
+from qaloop.quality.base import Scorer
 from qaloop.quality.calibration import CalibrationInputError, load_pairs
 from qaloop.quality.gate import DefaultGate, GateSpec, build_gate
 from qaloop.quality.gate_bench import (
@@ -35,6 +35,7 @@ from qaloop.quality.gate_bench import (
     fit_relevance,
     threshold_for_real,
 )
+from qaloop.quality.registry import scorer_names
 from qaloop.quality.verdict import Outcome, Verdict
 
 DEFAULT_SCORERS = (
@@ -386,8 +387,10 @@ def command(
     no_plots: bool,
     fit: bool,
 ) -> None:
-    """Pass rate of real answers and false-accept rate of each adversarial family, for every
-    scorer and for the gate as configured (QALOOP_SCORER, QALOOP_THRESHOLD, QALOOP_GATE_*)."""
+    """Real answers vs seeded adversarial families, for every scorer and the default gate.
+
+    Pass rate of real answers and false-accept rate of each family, per calibration / held-out
+    half; the gate is the one configured (QALOOP_SCORER, QALOOP_THRESHOLD, QALOOP_GATE_*)."""
     from qaloop.gate_config import gate_spec_from_settings
 
     names = [n.strip() for n in scorer_list.split(",")] if scorer_list else list(DEFAULT_SCORERS)

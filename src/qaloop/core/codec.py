@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from qaloop.core.model import SCHEMA_VERSION, Envelope, ErrorClass, Event, QuestionState
+from qaloop.core.model import LANES, SCHEMA_VERSION, Envelope, ErrorClass, Event, QuestionState
 
 
 class InvalidMessage(ValueError):
@@ -113,4 +113,12 @@ def _from_dict(data: dict[str, Any]) -> Envelope:
         tries_in_attempt=int(data.get("tries_in_attempt", 0)),
         history=tuple(Event.from_dict(e) for e in history_raw),
         schema_version=SCHEMA_VERSION,
+        caller=_str(data, "caller", optional=True),
+        lane=_lane(data.get("lane", "interactive")),
     )
+
+
+def _lane(value: Any) -> str:
+    if value not in LANES:
+        raise ValueError(f"lane must be one of {LANES}, got {value!r}")
+    return str(value)

@@ -14,13 +14,13 @@ only they expose per-record keys, headers and target topics to a Python job: PyF
 DataStream KafkaSink can set neither a key taken from a field nor headers.
 
 Run it with `qaloop flink-job` (local mini-cluster, inside .venv-flink) or submit this module
-to a cluster: `flink run -py src/qaloop/flink/job.py -- --bootstrap kafka:9092 ...`.
+to a cluster: `flink run -pym qaloop.flink.job [--<setting> value ...]`. Either way the job's
+configuration is the process's Settings (QALOOP_* environment, then flags named after the
+fields), so it judges exactly as the plain judge does with the same environment.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
 import os
 import signal
@@ -35,6 +35,7 @@ from pyflink.common import Configuration, Row, Types
 from pyflink.datastream import MapFunction, RuntimeContext, StreamExecutionEnvironment
 from pyflink.table import Schema, StreamTableEnvironment
 
+from qaloop import wiring
 from qaloop.flink.core import (
     JUDGED_ANSWERS_VIEW,
     SINK_INSERT,
@@ -47,6 +48,7 @@ from qaloop.flink.core import (
     metrics_ddl,
     metrics_insert,
     resume_path,
+    settings_from_args,
     sink_ddl,
     source_ddl,
 )
@@ -82,10 +84,8 @@ class JudgeMap(MapFunction):  # type: ignore[misc]
         self.counters: dict[str, Any] = {}
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        from qaloop.quality import get_scorer
-
         _setup_udf_logging(self.log_level, self.log_file)
-        self.gate = GateFunction(get_scorer(self.cfg.scorer), self.cfg.gate, self.cfg.topics)
+        self.gate = GateFunction.from_settings(self.cfg.settings)
         group = runtime_context.get_metrics_group().add_group("qaloop")
         self.counters = {
             name: group.counter(name) for name in ("validate", "regenerate", "give_up", "poison")
@@ -141,35 +141,16 @@ def _python_path() -> str:
 def ensure_topics(cfg: FlinkJobConfig) -> None:
     """Create the five pipeline topics (as the services do) and the metrics topic, before the
     job starts: never rely on auto-creation or on partition discovery (pitfall 2)."""
-    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
-    from confluent_kafka.cimpl import NewTopic
 
-    from qaloop.bus.kafka import KafkaBus, KafkaSettings
+    from qaloop.bus.kafka import KafkaBus
+    from qaloop.bus.kafka.admin import TopicSpec
+    from qaloop.bus.kafka.admin import ensure_topics as create_topics
+    from qaloop.bus.kafka.config import base_config
 
-    bus = KafkaBus(
-        KafkaSettings(
-            cfg.bootstrap, partitions=cfg.partitions, cold_partitions=cfg.cold_partitions
-        ),
-        cfg.topics,
-    )
-
-    async def create() -> None:
-        await bus.start()
-        await bus.close()
-
-    asyncio.run(create())
-    admin = AdminClient({"bootstrap.servers": cfg.bootstrap})
-    if cfg.metrics_topic not in admin.list_topics(timeout=30).topics:
-        future = admin.create_topics([NewTopic(cfg.metrics_topic, num_partitions=1)])[
-            cfg.metrics_topic
-        ]
-        try:
-            future.result()
-            log.info("created topic %s", cfg.metrics_topic)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+    bus = KafkaBus(wiring.kafka_settings(cfg.settings), cfg.topics)
+    specs = {**bus.topic_specs(), cfg.metrics_topic: TopicSpec(1, bus.settings.replication_factor)}
+    create_topics(AdminClient(base_config(bus.settings)), specs)
 
 
 def build(cfg: FlinkJobConfig, *, log_level: str = "INFO") -> StreamExecutionEnvironment:
@@ -298,55 +279,16 @@ def run_local(env: StreamExecutionEnvironment, name: str, cfg: FlinkJobConfig) -
     client.cancel()
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[FlinkJobConfig, str]:
-    """The job's own flags (also what `flink run -py job.py -- ...` passes)."""
-    d = FlinkJobConfig()
-    p = argparse.ArgumentParser(prog="qaloop-flink-job", description=__doc__.splitlines()[0])
-    p.add_argument("--bootstrap", default=d.bootstrap)
-    p.add_argument("--topic-prefix", default=d.topic_prefix)
-    p.add_argument("--group", default=None)
-    p.add_argument("--scorer", default=d.scorer)
-    p.add_argument("--threshold", type=float, default=d.threshold)
-    p.add_argument("--max-attempts", type=int, default=d.max_attempts)
-    p.add_argument("--delivery", choices=["exactly-once", "at-least-once"], default=d.delivery)
-    p.add_argument("--checkpoint-interval-ms", type=int, default=d.checkpoint_interval_ms)
-    p.add_argument("--state-dir", type=Path, default=d.state_dir)
-    p.add_argument("--checkpoint-dir", type=Path, default=None)
-    p.add_argument("--resume", default=d.resume)
-    p.add_argument("--execution-mode", choices=["thread", "process"], default=d.execution_mode)
-    p.add_argument("--bundle-size", type=int, default=d.bundle_size)
-    p.add_argument("--bundle-time-ms", type=int, default=d.bundle_time_ms)
-    p.add_argument("--parallelism", type=int, default=d.parallelism)
-    p.add_argument("--metrics-window-s", type=float, default=d.metrics_window_s)
-    p.add_argument("--partitions", type=int, default=d.partitions)
-    p.add_argument("--connector-jar", type=Path, default=None)
-    p.add_argument("--log-level", default="INFO")
-    a = p.parse_args(argv)
-    cfg = FlinkJobConfig(
-        bootstrap=a.bootstrap,
-        topic_prefix=a.topic_prefix,
-        group=a.group,
-        scorer=a.scorer,
-        threshold=a.threshold,
-        max_attempts=a.max_attempts,
-        delivery=a.delivery,
-        checkpoint_interval_ms=a.checkpoint_interval_ms,
-        state_dir=a.state_dir,
-        checkpoint_dir_override=a.checkpoint_dir,
-        resume=a.resume,
-        execution_mode=a.execution_mode,
-        bundle_size=a.bundle_size,
-        bundle_time_ms=a.bundle_time_ms,
-        parallelism=a.parallelism,
-        metrics_window_s=a.metrics_window_s,
-        partitions=a.partitions,
-        connector_jar=a.connector_jar,
-    )
-    return cfg, a.log_level
+def parse_args(argv: list[str]) -> FlinkJobConfig:
+    """The job's settings: the QALOOP_* environment (the same variables as every service's),
+    then flags, one per Settings field (`--threshold 0.2`, `--flink-parallelism 2`; see
+    `--help`). `qaloop flink-job` passes its arguments through unchanged."""
+    return FlinkJobConfig(settings_from_args(argv, prog="qaloop.flink.job"))
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, level = parse_args(argv)
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    level = cfg.settings.log_level
     _setup_logging(level)
     run(cfg, log_level=level)
 

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from qaloop.llm.base import Provider
+from qaloop.llm.deployments import Deployment, DeploymentError
+from qaloop.llm.protection import (
+    DAY_S,
+    CircuitBreaker,
+    Limit,
+    LocalRateLimiter,
+    ProtectedProvider,
+    RateLimiter,
+)
 from qaloop.llm.simulated import SimulatedConfig, SimulatedProvider
 from qaloop.settings import Settings
 
@@ -16,6 +25,44 @@ def simulated_config(settings: Settings) -> SimulatedConfig:
         quota_retry_after_s=settings.sim_quota_retry_after_s,
         permanent_rate=settings.sim_permanent_rate,
     )
+
+
+def default_model(provider: str) -> str:
+    """The model a provider calls when `llm_model` is unset (simulated/replay: their name)."""
+    if provider == "gemini":
+        return "gemini-2.5-flash-lite"
+    if provider == "openai":
+        return "gpt-4o-mini"
+    return provider
+
+
+def configured_deployments(settings: Settings) -> list[tuple[str, str]]:
+    """Every provider/model these settings may call, primary first (the price table must
+    list each one)."""
+    from qaloop.llm.deployments import parse
+
+    primary = (settings.llm, settings.llm_model or default_model(settings.llm))
+    return [primary, *((d.provider, d.model) for d in parse(settings.llm_fallbacks))]
+
+
+def deployment_settings(settings: Settings, deployment: Deployment) -> Settings:
+    """The settings of one fallback deployment: the primary's, with its provider, model, URL,
+    key and limits (its own buckets: the rate key is provider:model)."""
+    update: dict[str, object] = {
+        "llm": deployment.provider,
+        "llm_model": deployment.model,
+        "llm_base_url": deployment.base_url,
+        "llm_rate_key": None,
+    }
+    if deployment.api_key_file is not None:
+        update |= {"llm_api_key": None, "llm_api_key_file": deployment.api_key_file}
+    elif deployment.provider != settings.llm:  # another provider's key would be wrong
+        update |= {"llm_api_key": None, "llm_api_key_file": None}
+    for name in ("rpm", "tpm", "rpd"):
+        value = getattr(deployment, name)
+        if value is not None:
+            update[f"llm_{name}"] = value
+    return settings.model_copy(update=update)
 
 
 def make_raw_provider(settings: Settings) -> Provider:
@@ -58,6 +105,73 @@ def make_raw_provider(settings: Settings) -> Provider:
 def make_provider(settings: Settings) -> Provider:
     """The configured provider behind the protection every provider shares
     (qaloop.llm.protection): budget, circuit breaker, concurrency bound, rate limit, timeout."""
-    from qaloop.llm.protection import protect
+    from qaloop.llm.deployments import parse, parse_keys
+    from qaloop.llm.fallback import FallbackProvider
 
-    return protect(make_raw_provider(settings), settings)
+    primary = protect(make_raw_provider(settings), settings)
+    fallbacks = parse(settings.llm_fallbacks)
+    escalation = parse_keys(settings.llm_escalation)
+    if not fallbacks and not escalation:
+        return primary
+    main = Deployment(settings.llm, settings.llm_model or default_model(settings.llm))
+    chain: list[tuple[Deployment, Provider]] = [(main, primary)]
+    for deployment in fallbacks:
+        if deployment.key == main.key:
+            raise DeploymentError(f"fallbacks: {main.key} is the primary model already")
+        own = deployment_settings(settings, deployment)
+        chain.append((deployment, protect(make_raw_provider(own), own)))
+    return FallbackProvider(
+        chain, escalation=escalation, quota_day_rest_s=settings.quota_day_delay_s
+    )
+
+
+# The protection's factories live here, not in qaloop.llm.protection: the PostgreSQL limiter
+# builds on protection's buckets, so protection importing it back made a cycle.
+
+
+def limits_from_settings(settings: Settings) -> list[Limit]:
+    limits: list[Limit] = []
+    if settings.llm_rpm:
+        limits.append(Limit.make("rpm", settings.llm_rpm, 60.0, burst=settings.llm_rate_burst))
+    if settings.llm_tpm:
+        limits.append(Limit.make("tpm", settings.llm_tpm, 60.0))
+    if settings.llm_rpd:
+        limits.append(Limit.make("rpd", settings.llm_rpd, DAY_S, per_day=True))
+    return limits
+
+
+def make_limiter(settings: Settings, key: str) -> RateLimiter | None:
+    limits = limits_from_settings(settings)
+    if not limits:
+        return None
+    if settings.llm_rate_backend == "local":
+        return LocalRateLimiter(limits)
+    dsn = settings.llm_rate_dsn or (
+        settings.db if settings.db.startswith(("postgresql://", "postgres://")) else None
+    )
+    if not dsn:
+        raise ValueError(
+            "llm_rate_backend=postgres needs QALOOP_LLM_RATE_DSN (or a postgresql:// QALOOP_DB)"
+        )
+    from qaloop.llm.ratelimit_pg import PostgresRateLimiter
+
+    return PostgresRateLimiter(dsn, key, limits)
+
+
+def protect(inner: Provider, settings: Settings) -> ProtectedProvider:
+    """Wrap a provider with the protection configured in Settings."""
+    model = str(getattr(inner, "model", None) or settings.llm_model or inner.name)
+    key = settings.llm_rate_key or f"{inner.name}:{model}"
+    failures = settings.llm_breaker_failures
+    if failures is None:
+        failures = 5 if inner.name in ("gemini", "openai") else 0
+    return ProtectedProvider(
+        inner,
+        limiter=make_limiter(settings, key),
+        breaker=CircuitBreaker(failures, settings.llm_breaker_cooldown_s) if failures else None,
+        max_in_flight=settings.llm_max_in_flight or None,
+        timeout_s=settings.llm_timeout_s,
+        max_queue_wait_s=settings.llm_max_queue_wait_s,
+        max_calls_per_question=settings.llm_max_calls or None,
+        expected_output_tokens=min(256, settings.llm_max_output_tokens),
+    )

@@ -156,12 +156,15 @@ def generation_from_response(response: Any, model: str, latency_ms: float) -> Ge
     out = getattr(usage, "candidates_token_count", None) if usage else None
     thoughts = getattr(usage, "thoughts_token_count", None) if usage else None
     output_tokens = None if out is None and thoughts is None else (out or 0) + (thoughts or 0)
+    # promptTokenCount includes the cached part; cachedContentTokenCount is billed cheaper
+    cached = getattr(usage, "cached_content_token_count", None) if usage else None
     return Generation(
         text=text,
         latency_ms=latency_ms,
         model=str(getattr(response, "model_version", None) or model),
         input_tokens=input_tokens,
         output_tokens=output_tokens,
+        cached_tokens=cached if isinstance(cached, int) else None,
     )
 
 

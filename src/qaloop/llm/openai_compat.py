@@ -92,13 +92,23 @@ def generation_from_completion(body: Any, model: str, latency_ms: float) -> Gene
     if not text:
         raise PermanentError(f"openai-compatible: empty answer (finish_reason={finish})")
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Generation(
         text=text,
         latency_ms=latency_ms,
         model=str(body.get("model") or model),
-        input_tokens=usage.get("prompt_tokens"),
-        output_tokens=usage.get("completion_tokens"),
+        input_tokens=_int_or_none(usage.get("prompt_tokens")),
+        output_tokens=_int_or_none(usage.get("completion_tokens")),
+        cached_tokens=_int_or_none(cached),
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    """A token count, or None when absent or not a count (then the cost is estimated)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 class OpenAICompatProvider:

@@ -33,6 +33,7 @@ from typing import Protocol
 from qaloop.core.model import ErrorClass
 from qaloop.llm.base import (
     BudgetError,
+    CircuitOpenError,
     Generation,
     GenerationRequest,
     LLMError,
@@ -42,7 +43,6 @@ from qaloop.llm.base import (
     QuotaMinuteError,
     ServerError,
 )
-from qaloop.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class CircuitBreaker:
             remaining = self.opened_at + self.cooldown_s - self.clock()
             if remaining > 0:
                 self.fast_fails += 1
-                raise OverloadError(
+                raise CircuitOpenError(
                     f"circuit open after {self.consecutive_failures} consecutive failures; "
                     f"cooling down {remaining:.1f} s more",
                     retry_after_s=remaining,
@@ -248,7 +248,7 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             if self.probes_out >= self.half_open_probes:
                 self.fast_fails += 1
-                raise OverloadError("circuit half-open: waiting for the probe call")
+                raise CircuitOpenError("circuit half-open: waiting for the probe call")
             self.probes_out += 1
             return True
         return False
@@ -430,51 +430,3 @@ class ProtectedProvider:
 
 
 # --------------------------------------------------------------------------- from settings
-
-
-def limits_from_settings(settings: Settings) -> list[Limit]:
-    limits: list[Limit] = []
-    if settings.llm_rpm:
-        limits.append(Limit.make("rpm", settings.llm_rpm, 60.0, burst=settings.llm_rate_burst))
-    if settings.llm_tpm:
-        limits.append(Limit.make("tpm", settings.llm_tpm, 60.0))
-    if settings.llm_rpd:
-        limits.append(Limit.make("rpd", settings.llm_rpd, DAY_S, per_day=True))
-    return limits
-
-
-def make_limiter(settings: Settings, key: str) -> RateLimiter | None:
-    limits = limits_from_settings(settings)
-    if not limits:
-        return None
-    if settings.llm_rate_backend == "local":
-        return LocalRateLimiter(limits)
-    dsn = settings.llm_rate_dsn or (
-        settings.db if settings.db.startswith(("postgresql://", "postgres://")) else None
-    )
-    if not dsn:
-        raise ValueError(
-            "llm_rate_backend=postgres needs QALOOP_LLM_RATE_DSN (or a postgresql:// QALOOP_DB)"
-        )
-    from qaloop.llm.ratelimit_pg import PostgresRateLimiter
-
-    return PostgresRateLimiter(dsn, key, limits)
-
-
-def protect(inner: Provider, settings: Settings) -> ProtectedProvider:
-    """Wrap a provider with the protection configured in Settings."""
-    model = str(getattr(inner, "model", None) or settings.llm_model or inner.name)
-    key = settings.llm_rate_key or f"{inner.name}:{model}"
-    failures = settings.llm_breaker_failures
-    if failures is None:
-        failures = 5 if inner.name in ("gemini", "openai") else 0
-    return ProtectedProvider(
-        inner,
-        limiter=make_limiter(settings, key),
-        breaker=CircuitBreaker(failures, settings.llm_breaker_cooldown_s) if failures else None,
-        max_in_flight=settings.llm_max_in_flight or None,
-        timeout_s=settings.llm_timeout_s,
-        max_queue_wait_s=settings.llm_max_queue_wait_s,
-        max_calls_per_question=settings.llm_max_calls or None,
-        expected_output_tokens=min(256, settings.llm_max_output_tokens),
-    )

@@ -1,8 +1,8 @@
-"""The scorer interface and the registry the judge selects from by name."""
+"""The scorer interface (the registry the judge selects from by name: qaloop.quality.registry)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -40,29 +40,3 @@ def score_details(scorer: Scorer, pairs: Sequence[tuple[str, str]]) -> list[Scor
     if isinstance(scorer, DetailedScorer):
         return scorer.score_batch_detailed(pairs)
     return [ScoreDetail(score=s) for s in scorer.score_batch(pairs)]
-
-
-_REGISTRY: dict[str, Callable[[], Scorer]] = {}
-
-
-def register(name: str, factory: Callable[[], Scorer]) -> None:
-    _REGISTRY[name] = factory
-
-
-def scorer_names() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
-
-
-def get_scorer(name: str) -> Scorer:
-    _load_builtins()
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown scorer {name!r}; choose one of {sorted(_REGISTRY)}") from None
-    return factory()
-
-
-def _load_builtins() -> None:
-    # Imported lazily so that `qaloop.quality.base` stays free of heavy optional imports.
-    import qaloop.quality.scorers  # noqa: F401

@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qaloop.quality.base import Scorer, get_scorer
+from qaloop.quality.base import Scorer
 from qaloop.quality.lang import UNDETERMINED, detect_language
+from qaloop.quality.registry import get_scorer
 from qaloop.quality.scorers import STOPWORDS
 from qaloop.quality.text import tokens
 from qaloop.quality.verdict import GateInput, Outcome, Reason, Verdict

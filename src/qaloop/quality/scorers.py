@@ -12,12 +12,12 @@ Every scorer:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
 from rapidfuzz.distance import LCSseq
 
-from qaloop.quality.base import ScoreDetail, Scorer, get_scorer, register
+from qaloop.quality.base import ScoreDetail, Scorer
 from qaloop.quality.lang import UNDETERMINED, clear_language_cache, detect_language
 from qaloop.quality.text import normalize
 from qaloop.quality.text import tokens as _tokens
@@ -253,16 +253,31 @@ DEFAULT_COMPOSITE = {"keyword_recall": 0.5, "rouge_l": 0.5}
 EMBEDDING_COMPOSITE = {"embedding": 0.5, "chrf": 0.5}
 
 
+def _lexical(name: str) -> Scorer:
+    try:
+        return LEXICAL[name]()
+    except KeyError:
+        raise ValueError(f"unknown scorer {name!r}; choose one of {sorted(LEXICAL)}") from None
+
+
 class CompositeScorer(BaseScorer):
     """Weighted mean of other scorers (weights normalised to sum 1); each part is batched."""
 
-    def __init__(self, weights: Mapping[str, float], name: str = "composite") -> None:
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        name: str = "composite",
+        resolve: Callable[[str], Scorer] | None = None,
+    ) -> None:
         if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
             raise ValueError(f"composite weights must be >= 0 with a positive sum: {weights}")
         total = sum(weights.values())
         self.name = name
         self.weights = {k: w / total for k, w in weights.items()}
-        self.parts: dict[str, Scorer] = {k: get_scorer(k) for k in self.weights}
+        # Parts by name: this module's scorers, or any registered one (the registry passes its
+        # own lookup, which keeps this module free of an import of the registry).
+        lookup = resolve or _lexical
+        self.parts: dict[str, Scorer] = {k: lookup(k) for k in self.weights}
 
     def score(self, answer: str, reference: str) -> float:
         return self.score_batch([(answer, reference)])[0]
@@ -276,25 +291,12 @@ class CompositeScorer(BaseScorer):
         return [min(1.0, max(0.0, t)) for t in totals]
 
 
-def _embedding() -> Scorer:
-    from qaloop.quality.embedding import EmbeddingScorer
-
-    return EmbeddingScorer()
-
-
-def _embedding_int8() -> Scorer:
-    from qaloop.quality.embedding import EmbeddingScorer, shared_model
-
-    return EmbeddingScorer(shared_model("int8"), name="embedding_int8")
-
-
-register("jaccard", JaccardScorer)
-register("multi_metric", MultiMetricScorer)
-register("token_f1", TokenF1Scorer)
-register("rouge_l", RougeLScorer)
-register("chrf", ChrFScorer)
-register("keyword_recall", KeywordRecallScorer)
-register("composite", lambda: CompositeScorer(DEFAULT_COMPOSITE, "composite"))
-register("embedding", _embedding)
-register("embedding_int8", _embedding_int8)
-register("composite_embedding", lambda: CompositeScorer(EMBEDDING_COMPOSITE, "composite_embedding"))
+# The scorers this module defines, by name (qaloop.quality.registry adds the rest).
+LEXICAL: dict[str, Callable[[], Scorer]] = {
+    "jaccard": JaccardScorer,
+    "multi_metric": MultiMetricScorer,
+    "token_f1": TokenF1Scorer,
+    "rouge_l": RougeLScorer,
+    "chrf": ChrFScorer,
+    "keyword_recall": KeywordRecallScorer,
+}

@@ -201,7 +201,7 @@ async def run_async(
 ) -> PathResult:
     from qaloop.pipeline import EmbeddedPipeline
     from qaloop.settings import Settings
-    from qaloop.storage.base import open_repository
+    from qaloop.storage.factory import open_repository
 
     questions, reqs = workload(cfg)
     f = cfg.time_factor

@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 from qaloop.bus.base import Message, OutMessage, Topics
 from qaloop.core.model import Envelope
 from qaloop.core.routing import Decision, GateConfig, judge
+from qaloop.core.wire import out
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import LabelCache, Metrics
 from qaloop.quality.base import Scorer, score_details
-from qaloop.services.runner import decode_batch, out
+from qaloop.services.runner import decode_batch
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from qaloop.bus.base import Bus, Consumer, Message, Topics
 from qaloop.core import codec
 from qaloop.core.model import Envelope, EventKind
+from qaloop.core.wire import out, poison
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
-from qaloop.services.runner import out, poison
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class Retrier:
         topics: Topics,
         *,
         max_held: int = 100_000,
+        poll_timeout_s: float = 0.2,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
@@ -37,6 +38,7 @@ class Retrier:
         self.consumer = consumer
         self.topics = topics
         self.max_held = max_held
+        self.poll_timeout_s = poll_timeout_s
         self.clock = clock
         self._heap: list[tuple[float, int, Envelope, Message]] = []
         self._order = itertools.count()
@@ -55,7 +57,7 @@ class Retrier:
         try:
             while not stop.is_set():
                 await self._release_due()
-                wait = 0.2
+                wait = self.poll_timeout_s
                 if self._heap:
                     wait = max(0.0, min(wait, self._heap[0][0] - self.clock()))
                 self._flow_control()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from qaloop.bus.base import Bus, Consumer, Message, OutMessage
 from qaloop.core import codec
 from qaloop.core.model import Envelope
+from qaloop.core.wire import poison
 from qaloop.observability.logs import question_fields
 from qaloop.observability.metrics import Metrics
 
@@ -24,45 +25,6 @@ log = logging.getLogger(__name__)
 
 OneHandler = Callable[[Envelope], Awaitable[list[OutMessage]]]
 BatchHandler = Callable[[list[Envelope]], Awaitable[list[OutMessage]]]
-
-
-def envelope_headers(envelope: Envelope, **extra: str) -> dict[str, str]:
-    headers = {
-        "qaloop-id": envelope.question_id,
-        "qaloop-attempt": str(envelope.attempt),
-        "qaloop-trace-id": envelope.trace_id,
-        "qaloop-first-seen": f"{envelope.first_seen:.6f}",
-        "qaloop-schema": str(envelope.schema_version),
-    }
-    if envelope.error_class is not None:
-        headers["qaloop-error-class"] = envelope.error_class.value
-    if envelope.due_at is not None:
-        headers["qaloop-due-at"] = f"{envelope.due_at:.6f}"
-    headers.update(extra)
-    return headers
-
-
-def out(topic: str, envelope: Envelope, **headers: str) -> OutMessage:
-    return OutMessage(
-        topic, envelope.question_id, codec.encode(envelope), envelope_headers(envelope, **headers)
-    )
-
-
-def poison(dead_letter_topic: str, message: Message, reason: str) -> OutMessage:
-    """The original bytes, untouched, with where they came from and why they were rejected."""
-    return OutMessage(
-        dead_letter_topic,
-        message.key or "",
-        message.value or b"",
-        {
-            **message.headers,
-            "qaloop-reason": reason[:500],
-            "qaloop-source-topic": message.topic,
-            "qaloop-source-partition": str(message.partition),
-            "qaloop-source-offset": str(message.offset),
-            "qaloop-poison": "1",
-        },
-    )
 
 
 def observe_queue_wait(metrics: Metrics, stage: str, messages: Sequence[Message]) -> None:
@@ -100,6 +62,7 @@ class ConcurrentRunner:
         *,
         concurrency: int,
         dead_letter_topic: str,
+        poll_timeout_s: float = 0.2,
         metrics: Metrics | None = None,
     ) -> None:
         self.name = name
@@ -108,6 +71,7 @@ class ConcurrentRunner:
         self.handler = handler
         self.concurrency = concurrency
         self.dead_letter_topic = dead_letter_topic
+        self.poll_timeout_s = poll_timeout_s
         self.stats = StageStats()
         self.metrics = metrics if metrics is not None else Metrics()
         self._consumed = self.metrics.consumed.labels(name)
@@ -122,7 +86,7 @@ class ConcurrentRunner:
                 await self._slots.acquire()
                 self._slots.release()
                 free = self._slots._value
-                messages = await self.consumer.poll(max(1, free), 0.2)
+                messages = await self.consumer.poll(max(1, free), self.poll_timeout_s)
                 if messages:
                     observe_queue_wait(self.metrics, self.name, messages)
                     self._consumed.inc(len(messages))

@@ -15,14 +15,16 @@ import time
 from collections.abc import Callable, Sequence
 
 from qaloop.bus.base import Message, OutMessage, Topics
-from qaloop.core import codec
-from qaloop.core.model import Envelope
+from qaloop.core import codec, wire
+from qaloop.core.model import Envelope, QuestionState, progress_key
+from qaloop.core.wire import poison
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import LabelCache, Metrics
-from qaloop.services.runner import poison
 from qaloop.storage.base import DeadLetter, Repository
 
 log = logging.getLogger(__name__)
+
+FINAL_PROGRESS = progress_key(QuestionState.VALIDATED, 1)  # every final ranks the same
 
 
 def dead_letter_key(*parts: object) -> str:
@@ -48,10 +50,6 @@ class Store:
         self.dead_letters = 0
         self.metrics = metrics if metrics is not None else Metrics()
         self._stored = LabelCache(self.metrics.stored)
-
-    def subscriptions(self) -> list[str]:
-        t = self.topics
-        return [t.questions, t.generated, t.delayed, t.validated, t.dead_letter]
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[OutMessage]:
         envelopes: list[Envelope] = []
@@ -101,28 +99,26 @@ class Store:
     def _superseded(self, messages: Sequence[Message]) -> set[int]:
         """Mirrored-topic messages that a more advanced message of the same question in this
         batch makes redundant: its envelope carries their history too, and storage keeps only
-        the most advanced state anyway. Decided from the key and headers, without decoding —
-        when a backlog drains, most of a batch is such messages."""
-        t = self.topics
-        rank = {t.questions: 1, t.delayed: 1, t.generated: 3}
+        the most advanced state anyway. Decided from the key and the state and attempt
+        headers (the same progress key storage ranks by), without decoding — when a backlog
+        drains, most of a batch is such messages. Records on the topics the store owns
+        (validated, dead letters) are never skipped."""
+        owned = (self.topics.validated, self.topics.dead_letter)
         best: dict[str, tuple[int, int]] = {}  # question id -> (progress, index)
-        mirrored: list[tuple[str, int, int]] = []
+        mirrored: list[tuple[str, int]] = []
         for index, message in enumerate(messages):
             key = message.key
-            attempt = message.headers.get("qaloop-attempt", "")
-            if not key or not attempt.isdigit():
-                continue  # no usable metadata: decode it like any other
-            if message.topic in rank:
-                progress = int(attempt) * 10 + rank[message.topic]
-                mirrored.append((key, progress, index))
-            elif message.topic in (t.validated, t.dead_letter):
-                progress = 1_000_000
+            progress = wire.header_progress(message.headers)
+            if not key or progress is None or message.headers.get(wire.POISON) == "1":
+                continue  # no usable metadata (or no envelope to apply): decode it as usual
+            if message.topic in owned:
+                progress = FINAL_PROGRESS
             else:
-                continue
+                mirrored.append((key, index))
             seen = best.get(key)
             if seen is None or progress > seen[0]:
                 best[key] = (progress, index)
-        return {index for key, progress, index in mirrored if best[key][1] != index}
+        return {index for key, index in mirrored if best[key][1] != index}
 
     def _write(self, envelopes: list[Envelope], letters: list[DeadLetter]) -> None:
         self.repo.apply(envelopes)
@@ -131,13 +127,13 @@ class Store:
 
     def _dead_letter(self, message: Message, now: float) -> tuple[DeadLetter, Envelope | None]:
         headers = message.headers
-        reason = headers.get("qaloop-reason", "unknown")
-        if headers.get("qaloop-poison") == "1":
-            source = headers.get("qaloop-source-topic", message.topic)
+        reason = headers.get(wire.REASON, "unknown")
+        if headers.get(wire.POISON) == "1":
+            source = headers.get(wire.SOURCE_TOPIC, message.topic)
             key = dead_letter_key(
                 source,
-                headers.get("qaloop-source-partition"),
-                headers.get("qaloop-source-offset"),
+                headers.get(wire.SOURCE_PARTITION),
+                headers.get(wire.SOURCE_OFFSET),
                 message.value,
             )
             return DeadLetter(key, reason, source, now, message.key, message.value), None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from qaloop.core.model import Envelope, Event, QuestionRecord, progress_key
 
@@ -51,6 +51,12 @@ class Repository(Protocol):
         """The last envelope of every question not yet validated or failed (for resume)."""
         ...
 
+    def stale(self, older_than_s: float, limit: int = 1000) -> list[Envelope]:
+        """Questions accepted more than `older_than_s` ago with nothing recorded since (state
+        queued, no event after `accepted`), oldest first: the gateway may have stored them and
+        died before publishing them (qaloop.services.recovery)."""
+        ...
+
     def events(self, question_id: str) -> list[Event]: ...
 
     def record_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...
@@ -67,18 +73,15 @@ class Repository(Protocol):
 
     def export_events(self) -> list[dict[str, Any]]: ...
 
-    def close(self) -> None: ...
-
-
-@runtime_checkable
-class StaleQueries(Protocol):
-    """Optional repository query for the distributed mode's safety sweep (qaloop.distributed)."""
-
-    def stale(self, older_than_s: float, limit: int = 1000) -> list[Envelope]:
-        """Questions accepted more than `older_than_s` ago with nothing recorded since (state
-        queued, no event after `accepted`), oldest first: the gateway may have stored them and
-        died before publishing them."""
+    def usage_totals(self) -> dict[str, Any]:
+        """Spend grouped for qaloop.llm.accounting.summarise: {"groups": [...], "questions": n}."""
         ...
+
+    def export_usage(self) -> list[dict[str, Any]]:
+        """Every priced LLM call (qaloop.storage.usage), ordered by question and seq."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def dedupe_batch(envelopes: Sequence[Envelope]) -> list[Envelope]:
@@ -91,15 +94,3 @@ def dedupe_batch(envelopes: Sequence[Envelope]) -> list[Envelope]:
         if seen is None or progress > seen[0]:
             best[envelope.question_id] = (progress, envelope)
     return [best[qid][1] for qid in sorted(best)]
-
-
-def open_repository(url: str) -> Repository:
-    """`sqlite:///path.db`, `sqlite://:memory:` or a plain path; `postgresql://...`."""
-    if url.startswith(("postgresql://", "postgres://")):
-        from qaloop.storage.postgres import PostgresRepository  # optional dependency
-
-        return PostgresRepository(url)
-    from qaloop.storage.sqlite import SQLiteRepository
-
-    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SQLiteRepository(path or ":memory:")

@@ -204,7 +204,7 @@ class FlinkJob:
                     self.bootstrap,
                     "--topic-prefix",
                     self.prefix,
-                    "--state-dir",
+                    "--flink-state-dir",
                     str(self.workdir / "state"),
                     *self.args,
                 ],

@@ -39,9 +39,9 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkJob]:
         bootstrap,
         workdir,
         args=[
-            "--checkpoint-interval-ms",
+            "--flink-checkpoint-interval-ms",
             "1000",
-            "--metrics-window-s",
+            "--flink-metrics-window-s",
             str(METRICS_WINDOW_S),
             "--threshold",
             "0.5",

@@ -10,17 +10,12 @@ from click.testing import CliRunner
 
 from qaloop.cli import flink as cli_flink
 from qaloop.cli import main
-from qaloop.cli.common import build_settings
 
 
-def test_job_argv_from_settings_and_flags() -> None:
-    settings = build_settings(topic_prefix="p", threshold=0.6, max_attempts=2)
-    argv = cli_flink.job_argv(settings, {"delivery": "at-least-once", "bundle_size": 10, "x": None})
-    assert argv[argv.index("--topic-prefix") + 1] == "p"
-    assert argv[argv.index("--threshold") + 1] == "0.6"
-    assert argv[argv.index("--max-attempts") + 1] == "2"
-    assert argv[-4:] == ["--delivery", "at-least-once", "--bundle-size", "10"]
-    assert "--x" not in argv
+def test_bad_flag_is_a_one_line_error_before_any_jvm() -> None:
+    result = CliRunner().invoke(main, ["flink-job", "--threshold", "7"])
+    assert result.exit_code == 1
+    assert "invalid configuration" in result.output and "threshold" in result.output
 
 
 def test_reexecs_with_the_flink_venv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -35,13 +30,15 @@ def test_reexecs_with_the_flink_venv(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setattr(cli_flink, "find_spec", lambda name: None)
     monkeypatch.setenv("QALOOP_FLINK_PYTHON", str(python))
     monkeypatch.setattr(cli_flink.os, "execv", fake_execv)
-    result = CliRunner().invoke(main, ["flink-job", "--topic-prefix", "zz", "--resume", "none"])
+    result = CliRunner().invoke(
+        main, ["flink-job", "--topic-prefix", "zz", "--flink-resume", "none"]
+    )
     assert result.exit_code == 0, result.output
     [(path, argv)] = calls
     assert path == str(python)
     assert argv[:3] == [str(python), "-m", "qaloop.flink.job"]
-    assert argv[argv.index("--topic-prefix") + 1] == "zz"
-    assert argv[argv.index("--resume") + 1] == "none"
+    # the arguments pass through unchanged: the job parses them into the same Settings
+    assert argv[3:] == ["--topic-prefix", "zz", "--flink-resume", "none"]
 
 
 def test_clear_error_without_pyflink(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from qaloop.flink.core import (
     source_ddl,
 )
 from qaloop.services.judge import Judge
+from qaloop.settings import Settings
 from tests.cases.routing_cases import ROUTING_CASES
 
 TOPICS = Topics.with_prefix("t")
@@ -161,26 +163,31 @@ def test_message_from_row() -> None:
 # ---------------------------------------------------------------------------- configuration
 
 
+def job_config(**settings: Any) -> FlinkJobConfig:
+    return FlinkJobConfig(Settings(**settings))
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError):
-        FlinkJobConfig(threshold=1.5)
-    with pytest.raises(ValueError, match="transaction timeout"):
-        FlinkJobConfig(transaction_timeout_ms=3_600_000)  # Flink's default, > broker max
+        job_config(threshold=1.5)
+    with pytest.raises(ValueError, match="flink_transaction_timeout_ms"):
+        job_config(flink_transaction_timeout_ms=3_600_000)  # Flink's default, > broker max
     with pytest.raises(ValueError):
-        FlinkJobConfig(delivery="at-most-once")  # type: ignore[arg-type]
+        job_config(flink_delivery="at-most-once")
     with pytest.raises(ValueError):
-        FlinkJobConfig(bundle_size=0)
+        job_config(flink_bundle_size=0)
 
 
 def test_defaults_and_names() -> None:
-    cfg = FlinkJobConfig(topic_prefix="p")
+    cfg = job_config(topic_prefix="p")
     assert cfg.group_id == "p.judge"  # the plain judge's group: switching resumes
     assert cfg.metrics_topic == "p.metrics"
     assert cfg.checkpoint_dir == Path(".qaloop/flink/p.judge/checkpoints")
     assert cfg.log_dir == Path(".qaloop/flink/p.judge/logs")
     conf = cfg.flink_configuration()
     assert conf["python.execution-mode"] == "thread"
-    assert conf["execution.checkpointing.interval"] == "2000 ms"
+    assert conf["execution.checkpointing.interval"] == "200 ms"  # the exactly-once latency floor
+    assert conf["execution.checkpointing.min-pause"] == "100 ms"
     assert conf["execution.checkpointing.externalized-checkpoint-retention"] == (
         "RETAIN_ON_CANCELLATION"
     )
@@ -189,7 +196,7 @@ def test_defaults_and_names() -> None:
 
 
 def test_source_reads_committed_offsets_then_earliest_and_discovers_partitions() -> None:
-    ddl = source_ddl(FlinkJobConfig(topic_prefix="p", partition_discovery_ms=3000))
+    ddl = source_ddl(job_config(topic_prefix="p", flink_partition_discovery_ms=3000))
     assert "'topic' = 'p.generated'" in ddl
     assert "'scan.startup.mode' = 'group-offsets'" in ddl
     assert "'properties.auto.offset.reset' = 'earliest'" in ddl
@@ -198,7 +205,7 @@ def test_source_reads_committed_offsets_then_earliest_and_discovers_partitions()
 
 
 def test_sinks_exactly_once_with_transactions() -> None:
-    cfg = FlinkJobConfig(topic_prefix="p")
+    cfg = job_config(topic_prefix="p")
     out, metrics = sink_ddl(cfg), metrics_ddl(cfg)
     for ddl in (out, metrics):
         assert "'sink.delivery-guarantee' = 'exactly-once'" in ddl
@@ -211,7 +218,7 @@ def test_sinks_exactly_once_with_transactions() -> None:
 
 
 def test_sinks_at_least_once_without_transactions() -> None:
-    ddl = sink_ddl(FlinkJobConfig(delivery="at-least-once"))
+    ddl = sink_ddl(job_config(flink_delivery="at-least-once"))
     assert "'sink.delivery-guarantee' = 'at-least-once'" in ddl
     assert "transactional" not in ddl
 
@@ -220,7 +227,7 @@ def test_metrics_window() -> None:
     assert _interval(60) == "INTERVAL '0 00:01:00.000' DAY TO SECOND(3)"
     assert _interval(2.5) == "INTERVAL '0 00:00:02.500' DAY TO SECOND(3)"
     assert _interval(90_061) == "INTERVAL '1 01:01:01.000' DAY TO SECOND(3)"
-    sql = metrics_insert(FlinkJobConfig(metrics_window_s=60))
+    sql = metrics_insert(job_config(flink_metrics_window_s=60))
     assert "TUMBLE(TABLE judged_answers, DESCRIPTOR(`pt`), INTERVAL '0 00:01:00.000'" in sql
     assert "GROUP BY window_start, window_end, `attempt`" in sql
 
@@ -252,14 +259,14 @@ def test_latest_checkpoint_across_runs(tmp_path: Path) -> None:
 
 
 def test_resume_path(tmp_path: Path) -> None:
-    cfg = FlinkJobConfig(checkpoint_dir_override=tmp_path)
+    cfg = job_config(flink_checkpoint_dir=str(tmp_path))
     assert resume_path(cfg) is None
     chk = _checkpoint(tmp_path, "j", 1, age_s=0)
     assert resume_path(cfg) == chk
-    assert resume_path(FlinkJobConfig(checkpoint_dir_override=tmp_path, resume="none")) is None
-    assert resume_path(FlinkJobConfig(resume=str(chk))) == chk
+    assert resume_path(job_config(flink_checkpoint_dir=str(tmp_path), flink_resume="none")) is None
+    assert resume_path(job_config(flink_resume=str(chk))) == chk
     with pytest.raises(ValueError, match="_metadata"):
-        resume_path(FlinkJobConfig(resume=str(tmp_path / "nope")))
+        resume_path(job_config(flink_resume=str(tmp_path / "nope")))
 
 
 def test_connector_jar_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,7 +281,7 @@ def test_connector_jar_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_metrics_json_columns() -> None:
-    ddl = metrics_ddl(FlinkJobConfig())
+    ddl = metrics_ddl(job_config())
     for column in ("window_start", "attempt", "answers", "pass_rate", "mean_score"):
         assert f"`{column}`" in ddl
     assert "'format' = 'json'" in ddl

@@ -23,6 +23,7 @@ from qaloop.llm.base import (
     QuotaMinuteError,
     ServerError,
 )
+from qaloop.llm.factory import limits_from_settings, protect
 from qaloop.llm.protection import (
     BreakerState,
     BucketState,
@@ -30,8 +31,6 @@ from qaloop.llm.protection import (
     Limit,
     LocalRateLimiter,
     ProtectedProvider,
-    limits_from_settings,
-    protect,
     reserve_all,
 )
 from qaloop.llm.simulated import SimulatedProvider

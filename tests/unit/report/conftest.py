@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState
-from qaloop.storage.base import DeadLetter, Repository, open_repository
+from qaloop.storage.base import DeadLetter, Repository
+from qaloop.storage.factory import open_repository
 
 G, E, S = EventKind.GENERATED, EventKind.LLM_ERROR, EventKind.SCORED
 

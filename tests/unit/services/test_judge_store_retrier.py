@@ -147,7 +147,7 @@ async def test_retrier_releases_in_due_order_without_blocking() -> None:
     soon = Envelope("b2" * 16, "soon", "r", "t", 0.0, due_at=101.0).with_event(
         EventKind.PARKED, 100.0
     )
-    from qaloop.services.runner import out
+    from qaloop.core.wire import out
 
     await bus.publish_many([out(TOPICS.delayed, late), out(TOPICS.delayed, soon)])
     stop = asyncio.Event()
@@ -170,7 +170,7 @@ async def test_retrier_releases_in_due_order_without_blocking() -> None:
 
 
 async def test_store_skips_mirrored_messages_a_later_one_supersedes() -> None:
-    from qaloop.services.runner import out
+    from qaloop.core.wire import out
 
     repo = SQLiteRepository()
     store = Store(repo, TOPICS)
@@ -189,9 +189,13 @@ async def test_store_skips_mirrored_messages_a_later_one_supersedes() -> None:
         out(TOPICS.validated, final),
     ]
     # a corrupt mirrored message of the first question is superseded: never even decoded
-    corrupt = Message(TOPICS.generated, 0, 9, "c1" * 16, b"{", {"qaloop-attempt": "1"})
+    headers = {"qaloop-attempt": "1", "qaloop-state": "scoring"}
+    corrupt = Message(TOPICS.generated, 0, 9, "c1" * 16, b"{", headers)
     batch = [Message(o.topic, 0, i, o.key, o.value, o.headers) for i, o in enumerate(outs)]
     assert store._superseded([*batch, corrupt]) == {0, 1, 4}
+    # without a state header (an older producer) the headers don't say: it is decoded
+    bare = Message(TOPICS.generated, 0, 10, "c1" * 16, b"{", {"qaloop-attempt": "1"})
+    assert store._superseded([*batch, bare]) == {0, 1}
     assert await store.handle_batch([*batch, corrupt]) == []
     record = repo.get("c1" * 16)
     assert record is not None and record.state is QuestionState.VALIDATED

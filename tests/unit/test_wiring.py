@@ -1,0 +1,44 @@
+"""qaloop.wiring: both modes get their stages, topics and groups from one place."""
+
+from __future__ import annotations
+
+from qaloop import wiring
+from qaloop.bus.memory import MemoryBus
+from qaloop.llm.simulated import SimulatedProvider
+from qaloop.observability.metrics import Metrics
+from qaloop.pipeline import EmbeddedPipeline
+from qaloop.settings import Settings
+from qaloop.storage.sqlite import SQLiteRepository
+
+
+def test_one_group_map_covers_every_topic() -> None:
+    w = wiring.Wiring(Settings(topic_prefix="p"), shared_bus=True)
+    groups = w.groups()
+    assert set(groups) == {"p.worker", "p.judge", "p.store", "p.retrier"}
+    assert set(groups["p.store"]) == set(w.topics.all())
+    assert groups["p.worker"] == [w.topics.questions]
+    # an in-process bus is private to its pipeline: groups are the stage names
+    assert set(wiring.Wiring(Settings(), shared_bus=False).groups()) == set(wiring.STAGES)
+
+
+def test_stages_follow_the_settings() -> None:
+    s = Settings(topic_prefix="p", llm_concurrency=7, scorer="jaccard", threshold=0.4)
+    w = wiring.Wiring(s, shared_bus=True)
+    bus = MemoryBus(w.topics)
+    worker = w.worker(bus, SimulatedProvider(), Metrics())
+    assert worker.runner.concurrency == 7
+    assert worker.runner.consumer.group == "p.worker"  # type: ignore[attr-defined]
+    judge = w.judge(bus, Metrics())
+    assert judge.judge.scorer.name == "jaccard" and judge.judge.gate.threshold == 0.4
+    assert judge.runner.max_batch == wiring.JUDGE_MAX_BATCH
+    store = w.store(bus, SQLiteRepository(":memory:"), Metrics())
+    assert store.runner.consumer.topics == wiring.subscriptions(w.topics)["store"]  # type: ignore[attr-defined]
+
+
+def test_the_embedded_pipeline_uses_the_wiring() -> None:
+    p = EmbeddedPipeline(
+        Settings(topic_prefix="e", cache_size=3), repo=SQLiteRepository(":memory:")
+    )
+    assert p.cache.capacity == 3  # type: ignore[attr-defined]
+    assert p.topics == wiring.topics_for(p.settings)
+    assert p.runners["store"].max_batch == wiring.STORE_MAX_BATCH  # type: ignore[union-attr]
