@@ -98,8 +98,9 @@ class GateSpec:
 _INJECTION = re.compile(
     r"\b(?:ignore|disregard|forget|override)\b[^.\n]{0,40}\b(?:instructions?|prompt|rules|"
     r"reference|system)\b"
-    r"|\b(?:output|respond with|reply with|answer with|return|print|say)\s+[\"'`*]*"
-    r"(?:pass|valid|approved|true)\b[\"'`*]*"
+    # not "return"/"print" nor "true": code in an answer says `return true`
+    r"|\b(?:output|respond with|reply with|answer with|say)\s+[\"'`*]*"
+    r"(?:pass|valid|approved)\b[\"'`*]*"
     r"|\bmark\b[^.\n]{0,30}\bas\s+(?:valid|correct|passed|approved)\b"
     r"|\b(?:grader|judge|evaluator|scorer)\s+(?:must|should|will)\b"
     r"|^\s*(?:system|assistant)\s*:",

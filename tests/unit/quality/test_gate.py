@@ -121,6 +121,8 @@ def test_helpers() -> None:
     assert is_non_answer("I don't know.", 25)
     assert not is_non_answer(GOOD, 25)
     assert malformed(GOOD, 20_000) is None
+    code = "```c\nbool isPrime(int n) {\n    if (n <= 1) return false;\n    return true;\n}\n```"
+    assert malformed(code, 20_000) is None  # `return true` is code, not an injection
 
 
 def test_spec_validates_and_keeps_verdicts_in_order() -> None:
