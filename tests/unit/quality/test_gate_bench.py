@@ -150,3 +150,18 @@ def test_gate_bench_command_errors(tmp_path: Path) -> None:
         main, ["gate-bench", "--answers", str(bad), "--out", str(tmp_path), "--scorers", "nope"]
     )
     assert result.exit_code == 1 and "unknown scorer" in result.output
+
+
+def test_text_cache_reaches_the_model_inside_composites() -> None:
+    from types import SimpleNamespace
+
+    from qaloop.cli.calibrate import default_scorers, enable_text_cache
+
+    model = SimpleNamespace(text_cache_size=0)
+    part = SimpleNamespace(name="embedding", model=model)
+    composite = SimpleNamespace(name="composite_embedding", parts={"embedding": part})
+    enable_text_cache([composite], 1000)  # type: ignore[list-item]
+    assert model.text_cache_size == 1000
+    enable_text_cache([part], 10)  # type: ignore[list-item]
+    assert model.text_cache_size == 1000  # never shrunk by a later, smaller request
+    assert "embedding_int8" not in default_scorers() and "embedding" in default_scorers()
