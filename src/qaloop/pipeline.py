@@ -134,6 +134,7 @@ class EmbeddedPipeline:
             self.webhooks.outbox.close()
         await self.provider.aclose()
         await self.worker_stage.aclose()
+        await self.judge.aclose()  # the LLM judge's provider
         await self.bus.close()
 
     def stats(self) -> dict[str, Any]:
@@ -147,6 +148,7 @@ class EmbeddedPipeline:
                 "held_parked": self.retrier.held,
                 "judge_decisions": dict(self.judge.decisions),
                 "judge_unscored": self.judge.unscored,
+                "judge_gates": self.judge.stats(),
                 "judge_quality": dict(self.judge.quality),
                 "resumed_at_start": self.resumed,
                 "in_flight": len(self.service.in_flight),
@@ -155,4 +157,5 @@ class EmbeddedPipeline:
             "cost": cost_stats(self.repo, counts),
             "fallbacks": fallback_stats(self.provider),
             "batch_lane": lane.stats.as_dict() if lane is not None else {},
+            "budget": self.worker.budget.as_dict() if self.worker.budget is not None else {},
         }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
@@ -23,6 +23,15 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
     topic_prefix: str = Field("qaloop", description="Prefix of every topic name")
     kafka_partitions: int = Field(6, ge=1, description="Partitions of the hot topics")
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="Replicas of each topic qaloop creates (3 on a 3-broker cluster)"
+    )
+    kafka_min_insync_replicas: int = Field(
+        1,
+        ge=1,
+        description="min.insync.replicas of the topics qaloop creates: an acks=all write "
+        "needs this many replicas (2 with replication factor 3)",
+    )
     kafka_session_timeout_ms: int = Field(
         10000, ge=6000, description="How long a dead consumer keeps its partitions"
     )
@@ -70,6 +79,46 @@ class Settings(BaseSettings):
         "truncation; empty = none)",
     )
     max_attempts: int = Field(3, ge=1, description="Generation attempts before giving up")
+    judge_unsure_band: float = Field(
+        0.04,
+        ge=0,
+        le=1,
+        description="Cheap-gate scores within this distance of the threshold are UNSURE and go "
+        "to the LLM judge (answers to questions without a reference always do)",
+    )
+    judge_llm: Literal["same", "simulated", "gemini", "openai"] = Field(
+        "same",
+        description="Provider of the LLM judge (same: QALOOP_LLM's; replay can't judge, so "
+        "with --llm replay `same` means simulated)",
+    )
+    judge_model: str | None = Field(None, description="Model of the LLM judge (None: llm_model)")
+    judge_quota_share: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Share of llm_rpm/tpm/rpd the LLM judge gets (its own limiter key); "
+        "generation keeps the rest",
+    )
+    judge_concurrency: int = Field(16, ge=1, description="LLM-judge calls in flight per judge")
+    feedback: bool = Field(
+        True, description="Regeneration prompts say why the last attempt was rejected"
+    )
+    feedback_control_share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of questions regenerated with the plain prompt (the control group "
+        "that measures the feedback gain), by a seeded hash of the question id",
+    )
+    feedback_seed: int = Field(0, description="Seed of the control-group hash")
+    attempt_temperatures: list[float] = Field(
+        default_factory=list,
+        description="Sampling temperature per attempt, e.g. [0.2, 0.7, 1.0] (JSON; the last "
+        "value repeats; empty: the provider's default)",
+    )
+    last_attempt_model: str | None = Field(
+        None, description="A stronger model for the last attempt (None: the same model)"
+    )
 
     # Flink judge (`qaloop flink-job`, `flink run -pym qaloop.flink.job`; docs/flink.md). The
     # gate itself (scorer, threshold, max attempts) is the plain judge's settings above.
@@ -127,6 +176,29 @@ class Settings(BaseSettings):
     sim_quota_rate: float = Field(0.0, ge=0, le=1, description="Simulated 429 rate per call")
     sim_quota_retry_after_s: float = Field(1.0, ge=0, description="Retry-After of simulated 429s")
     sim_permanent_rate: float = Field(0.0, ge=0, le=1, description="Simulated 400 rate per call")
+    sim_kinds: dict[str, float] = Field(
+        default_factory=lambda: {
+            "good": 0.62,
+            "off_topic": 0.12,
+            "echo": 0.08,
+            "non_answer": 0.08,
+            "wrong": 0.10,
+        },
+        description="Simulated answer kinds and their weights (JSON)",
+    )
+    sim_hard_rate: float = Field(
+        0.3, ge=0, le=1, description="Share of simulated questions whose bad answers repeat"
+    )
+    sim_feedback_effect: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Simulated effect of feedback: bad answer kinds weigh (1 - effect) with it "
+        "(an input of the simulation, not a finding)",
+    )
+    sim_judge_error_rate: float = Field(
+        0.0, ge=0, le=1, description="How often the simulated LLM judge grades wrongly"
+    )
     llm_model: str | None = Field(
         None, description="Model name; default gemini-2.5-flash-lite (gemini), gpt-4o-mini (openai)"
     )
@@ -299,6 +371,16 @@ class Settings(BaseSettings):
 
         parse_keys(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> Settings:
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                f"kafka_min_insync_replicas ({self.kafka_min_insync_replicas}) is above "
+                f"kafka_replication_factor ({self.kafka_replication_factor}): no acks=all "
+                "write could ever succeed"
+            )
+        return self
 
     def api_key(self) -> str | None:
         if self.llm_api_key is not None:

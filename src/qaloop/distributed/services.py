@@ -96,6 +96,7 @@ async def run_worker(
     observers = _observers(settings, metrics, bus, group, w.topics_of(WORKER))
 
     lane = stage.batch_lane
+    budget = stage.worker.budget
 
     def stats() -> dict[str, Any]:
         meter = stage.worker.meter
@@ -106,6 +107,7 @@ async def run_worker(
             "cost": meter.as_dict() if meter is not None else {},
             "fallbacks": fallback_stats(llm),
             "batch_lane": lane.stats.as_dict() if lane is not None else {},
+            "budget": budget.as_dict() if budget is not None else {},
         }
 
     await run_stage(
@@ -130,8 +132,7 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
         return {
             "group": group,
             **runner_stats(stage.runner),
-            "decisions": dict(stage.judge.decisions),
-            "unscored": stage.judge.unscored,
+            **stage.judge.stats(),
         }
 
     await run_stage(
@@ -140,6 +141,7 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
         [stage.runner.run, *observers],
         stats,
         stop,
+        [stage.judge.aclose],  # the LLM judge's provider
         unhealthy=batch_failed(bus, stage.runner),
     )
 
