@@ -54,9 +54,30 @@ class Settings(BaseSettings):
 
     # Quality gate
     scorer: str = Field(
-        "composite", description="Scorer name (docs/quality.md: chosen by qaloop calibrate)"
+        "composite",
+        description="Scorer of the plain score path; set explicitly, also the gate's relevance "
+        "scorer (unset: the calibrated gate, embedding + question; docs/quality.md)",
     )
-    threshold: float = Field(0.14, ge=0, le=1, description="Validation threshold on the score")
+    threshold: float = Field(
+        0.14,
+        ge=0,
+        le=1,
+        description="Pass threshold on the score (>=); set explicitly, also the gate's "
+        "(unset: the calibrated gate's 0.29)",
+    )
+    gate_unsure_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Gate: scores in [this, threshold) are UNSURE (the cascade's LLM judge "
+        "decides); default: the calibrated band's lower edge, at most the threshold",
+    )
+    gate_max_chars: int = Field(20_000, ge=1, description="Gate: longer answers fail as malformed")
+    gate_checks: str = Field(
+        "language,contradiction,truncation",
+        description="Gate: optional checks on (comma list of language, contradiction, "
+        "truncation; empty = none)",
+    )
     max_attempts: int = Field(3, ge=1, description="Generation attempts before giving up")
     judge_unsure_band: float = Field(
         0.04,

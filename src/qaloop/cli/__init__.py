@@ -40,6 +40,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "with the feedback-loop cost, scorer agreement, the cross-language subset and boundary "
         "examples.",
     ),
+    "gate-bench": (
+        "qaloop.cli.gate_bench",
+        "command",
+        "Real answers vs seeded adversarial families, for every scorer and the default gate.",
+    ),
     "gateway": (
         "qaloop.cli.services",
         "gateway",
