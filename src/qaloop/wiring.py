@@ -165,6 +165,7 @@ def batch_lane_for(
             max_size=settings.batch_max_size,
             max_wait_s=settings.batch_max_wait_s,
             poll_every_s=settings.batch_poll_s,
+            journal_path=settings.batch_journal,
         ),
     )
 
