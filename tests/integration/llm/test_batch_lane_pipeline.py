@@ -27,9 +27,16 @@ async def test_two_lanes_through_one_pipeline(tmp_path: Path) -> None:
             llm_base_url=f"{server.base_url}/v1",
             llm_model="gpt-4o-mini",
             batch_lane=True,
-            batch_max_wait_s=0.2,
+            # Submitted when all four are pending (by size, not by age: a loaded machine can
+            # take longer than a short wait between two asks and split the job).
+            batch_max_size=4,
+            batch_max_wait_s=60,
             batch_poll_s=0.2,
             threshold=0.0,  # any answer validates: this test is about the lanes
+            # The fake answers "A concise answer to: <what follows Question:>": more than the
+            # question, so the gate's echo check passes it at the first attempt.
+            prompt_template="Question: {question}\nThe subject of the question, explained "
+            "with its main facts.\n\nAnswer:",
         )
         pipeline = EmbeddedPipeline(settings)
         await pipeline.start()
