@@ -97,7 +97,7 @@ class BatchLane:
         topics: Topics,
         publish: Publish,
         *,
-        prompt: Callable[[str], str],
+        prompt: Callable[[Envelope], str],  # the worker's prompt for this attempt
         meter: Meter | None = None,
         budget: Budget | None = None,
         config: BatchLaneConfig | None = None,
@@ -230,7 +230,7 @@ class BatchLane:
                     e.question,
                     e.attempt,
                     e.llm_calls + 1,
-                    self.prompt(e.question),
+                    self.prompt(e),
                     e.reference_answer,
                 ),
             )
@@ -302,7 +302,7 @@ class BatchLane:
         if self.meter is not None:
             usage = self.meter.usage(
                 generation,
-                self.prompt(env.question),
+                self.prompt(env),
                 self.client.name,
                 purpose=GENERATE,
                 lane=BATCH,

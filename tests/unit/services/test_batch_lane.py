@@ -91,7 +91,7 @@ def _lane(
         sink.extend(messages)
 
     config = BatchLaneConfig(**{"max_size": 3, "max_wait_s": 10.0, "poll_every_s": 5.0, **cfg})  # type: ignore[arg-type]
-    return BatchLane(client, TOPICS, publish, prompt=lambda q: f"Question: {q}",
+    return BatchLane(client, TOPICS, publish, prompt=lambda e: f"Question: {e.question}",
                      meter=Meter(PriceTable.load()), config=config, clock=clock)  # fmt: skip
 
 
@@ -262,7 +262,7 @@ async def test_batch_spend_is_budgeted() -> None:
         client,
         TOPICS,
         publish,
-        prompt=lambda q: q,
+        prompt=lambda e: e.question,
         meter=Meter(PriceTable.load()),
         budget=budget,
         config=BatchLaneConfig(max_wait_s=0.0, poll_every_s=0.0),
@@ -328,3 +328,19 @@ async def test_an_unreadable_journal_is_logged_and_not_reattached(
     lane = _lane(ScriptedBatch(), Clock(), [], journal_path=str(journal))
     assert lane.reattach() == 0 and not lane.jobs
     assert "cannot read the journal" in caplog.text
+
+
+def test_a_batch_regeneration_carries_the_judges_feedback_like_an_interactive_one() -> None:
+    from qaloop.bus.memory import MemoryBus
+    from qaloop.core.routing import CONTROL, FEEDBACK
+    from qaloop.settings import Settings
+    from qaloop.wiring import batch_lane_for
+
+    settings = Settings(llm="openai", llm_base_url="http://127.0.0.1:9/v1", batch_lane=True)
+    lane = batch_lane_for(settings, TOPICS, MemoryBus(), meter=None)
+    assert lane is not None
+    first = _env("a")
+    again = first.evolve(attempt=2, feedback="echo", arm=FEEDBACK)
+    assert "rejected" not in lane.prompt(first)
+    assert "An earlier answer to this question was rejected" in lane.prompt(again)
+    assert "rejected" not in lane.prompt(again.evolve(arm=CONTROL))  # the control arm: plain
