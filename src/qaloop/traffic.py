@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from qaloop.dataset import QA
 from qaloop.traffic_model import arrivals, popularity, schedule
@@ -137,10 +138,12 @@ async def run_traffic(
     return records
 
 
-def http_client_fns(client: httpx.AsyncClient) -> tuple[AskFn, WaitFn]:
+def http_client_fns(client: httpx.AsyncClient, priority: str | None = None) -> tuple[AskFn, WaitFn]:
+    extra = {"priority": priority} if priority else {}
+
     async def ask(question: str, reference: str | None) -> tuple[int, dict[str, Any]]:
         r = await client.post(
-            "/v1/questions", json={"question": question, "reference_answer": reference}
+            "/v1/questions", json={"question": question, "reference_answer": reference, **extra}
         )
         return r.status_code, r.json()
 
@@ -149,6 +152,31 @@ def http_client_fns(client: httpx.AsyncClient) -> tuple[AskFn, WaitFn]:
         return r.json() if r.status_code == 200 else None
 
     return ask, wait
+
+
+def sse_wait_fn(client: httpx.AsyncClient) -> WaitFn:
+    """`wait` over GET /v1/questions/{id}/events: the final state is pushed the moment the
+    gateway sees it, with no cap (a ?wait= long-poll is capped at QALOOP_MAX_WAIT_S)."""
+
+    async def wait(qid: str, seconds: float) -> dict[str, Any] | None:
+        last: dict[str, Any] | None = None
+        try:
+            async with asyncio.timeout(seconds):
+                async with client.stream(
+                    "GET", f"/v1/questions/{qid}/events", timeout=seconds + 10
+                ) as r:
+                    if r.status_code != 200:
+                        return None
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: "):
+                            last = orjson.loads(line[6:])
+                            if last is not None and last.get("status") in ("validated", "failed"):
+                                return last
+        except TimeoutError:
+            pass
+        return last
+
+    return wait
 
 
 def write_csv(records: Sequence[RequestRecord], path: str | Path) -> None:

@@ -19,14 +19,21 @@ from typing import TYPE_CHECKING
 from qaloop.bus.base import Bus, Topics
 from qaloop.core.cache import Cache, make_cache
 from qaloop.core.model import Envelope
+from qaloop.core.paraphrase import ParaphraseIndex
 from qaloop.core.retry import RetryPolicy
 from qaloop.core.routing import GateConfig
 from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
-from qaloop.llm.base import Provider
+from qaloop.llm.accounting import Meter, meter_from_settings
+from qaloop.llm.base import Provider, render_prompt
+from qaloop.llm.batch import make_batch_client
+from qaloop.llm.budget import Budget, budget_from_settings
+from qaloop.llm.fallback import attach_metrics
 from qaloop.observability.metrics import Metrics
-from qaloop.quality.base import Scorer
-from qaloop.quality.registry import get_scorer
+from qaloop.quality.cascade import Cascade
+from qaloop.services.batch_lane import BatchLane, BatchLaneConfig
+from qaloop.services.gating import build_gate_stage, prompt_config, routing_config
 from qaloop.services.judge import Judge
+from qaloop.services.priority import PrioritySlots
 from qaloop.services.recovery import Recovery
 from qaloop.services.retrier import Retrier
 from qaloop.services.runner import BatchRunner, ConcurrentRunner
@@ -105,13 +112,14 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 
 def gate_config(settings: Settings) -> GateConfig:
-    return GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts)
+    return routing_config(settings)
 
 
-def judge_gate(settings: Settings) -> tuple[Scorer, GateConfig]:
-    """The judge's scorer and gate: the single place they are built, for the plain judge (both
-    modes) and the Flink job alike."""
-    return get_scorer(settings.scorer), gate_config(settings)
+def judge_gate(settings: Settings) -> tuple[Cascade, GateConfig]:
+    """The judge's gate stage (the cheap gate, then the LLM judge for UNSURE verdicts and
+    questions without a reference: qaloop.services.gating) and its routing: the single place
+    they are built, for the plain judge (both modes) and the Flink job alike."""
+    return build_gate_stage(settings), gate_config(settings)
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
@@ -122,6 +130,42 @@ def worker_config(settings: Settings) -> WorkerConfig:
         ),
         prompt_template=settings.prompt_template,
         seed=settings.sim_seed,
+        prompt=prompt_config(settings),
+    )
+
+
+def priority_slots(settings: Settings) -> PrioritySlots | None:
+    """Interactive calls first when both lanes compete for the call slots: only when calls
+    are bounded below the worker's concurrency (`llm_max_in_flight`), else nothing waits."""
+    bound = settings.llm_max_in_flight
+    if not bound or bound >= settings.llm_concurrency:
+        return None
+    return PrioritySlots(bound)
+
+
+def batch_lane_for(
+    settings: Settings,
+    topics: Topics,
+    bus: Bus,
+    meter: Meter | None,
+    budget: Budget | None = None,
+) -> BatchLane | None:
+    """The batch lane (docs/spend.md) when `batch_lane` is on."""
+    if not settings.batch_lane:
+        return None
+    template = settings.prompt_template
+    return BatchLane(
+        make_batch_client(settings),
+        topics,
+        bus.publish_many,
+        prompt=lambda question: render_prompt(template, question),
+        meter=meter,
+        budget=budget,
+        config=BatchLaneConfig(
+            max_size=settings.batch_max_size,
+            max_wait_s=settings.batch_max_wait_s,
+            poll_every_s=settings.batch_poll_s,
+        ),
     )
 
 
@@ -136,6 +180,8 @@ def kafka_settings(settings: Settings) -> KafkaSettings:
         settings.kafka_bootstrap,
         partitions=settings.kafka_partitions,
         cold_partitions=COLD_PARTITIONS,
+        replication_factor=settings.kafka_replication_factor,
+        min_insync_replicas=settings.kafka_min_insync_replicas,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         linger_ms=PRODUCER_LINGER_MS,
         fetch_wait_max_ms=CONSUMER_FETCH_WAIT_MS,
@@ -152,6 +198,14 @@ def kafka_settings(settings: Settings) -> KafkaSettings:
 class WorkerStage:
     worker: Worker
     runner: ConcurrentRunner
+    batch_lane: BatchLane | None = None  # its loop runs next to the runner (docs/spend.md)
+
+    async def aclose(self) -> None:
+        """What the worker's spend parts hold open (the batch client, the budget ledger)."""
+        if self.batch_lane is not None:
+            await self.batch_lane.aclose()
+        if self.worker.budget is not None:
+            await self.worker.budget.aclose()
 
 
 @dataclass
@@ -203,6 +257,9 @@ class Wiring:
         on_start: Callable[[Envelope], None] | None = None,
     ) -> WorkerStage:
         s = self.settings
+        meter = meter_from_settings(s, metrics)  # a bad price table stops the start here
+        budget = budget_from_settings(s, metrics)
+        attach_metrics(provider, metrics)
         worker = Worker(
             provider,
             self.topics,
@@ -211,6 +268,10 @@ class Wiring:
             clock=self.clock,
             on_start=on_start,
             metrics=metrics,
+            meter=meter,
+            budget=budget,
+            priority=priority_slots(s),
+            batch_lane=batch_lane_for(s, self.topics, bus, meter, budget),
         )
         runner = ConcurrentRunner(
             WORKER,
@@ -222,11 +283,11 @@ class Wiring:
             poll_timeout_s=POLL_TIMEOUT_S,
             metrics=metrics,
         )
-        return WorkerStage(worker, runner)
+        return WorkerStage(worker, runner, worker.batch_lane)
 
     def judge(self, bus: Bus, metrics: Metrics) -> JudgeStage:
-        scorer, gate = judge_gate(self.settings)
-        judge = Judge(scorer, gate, self.topics, clock=self.clock, metrics=metrics)
+        stage, gate = judge_gate(self.settings)
+        judge = Judge(stage, gate, self.topics, clock=self.clock, metrics=metrics)
         runner = BatchRunner(
             JUDGE,
             bus,
@@ -295,7 +356,7 @@ class Wiring:
         *,
         board: StatusBoard | None = None,
     ) -> QuestionService:
-        return QuestionService(
+        service = QuestionService(
             repo,
             bus,
             self.topics,
@@ -304,3 +365,8 @@ class Wiring:
             clock=self.clock,
             metrics=metrics,
         )
+        if self.settings.paraphrase_cache:  # off by default (docs/spend.md)
+            service.paraphrases = ParaphraseIndex(
+                self.settings.paraphrase_threshold, capacity=self.settings.cache_size * 10
+            )
+        return service

@@ -97,3 +97,25 @@ def test_reads_the_real_yahoo_answers_csv() -> None:
     assert not any("\\n" in qa.reference_answer for qa in qas)
     assert sum("\n" in qa.reference_answer for qa in qas) > 100
     assert {qa.category for qa in qas} - {None} <= set(range(1, 11))
+
+
+async def test_traffic_sends_the_priority() -> None:
+    import httpx
+
+    from qaloop.traffic import http_client_fns
+
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        return httpx.Response(202, json={"id": "x", "status": "queued"})
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), base_url="http://gw"
+    ) as client:
+        ask, _ = http_client_fns(client, "batch")
+        await ask("q?", None)
+        ask, _ = http_client_fns(client)
+        await ask("q?", None)
+    assert b'"priority":"batch"' in seen[0].replace(b" ", b"")
+    assert b"priority" not in seen[1]

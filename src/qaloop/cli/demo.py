@@ -6,6 +6,7 @@ import click
 import orjson
 
 from qaloop.cli.common import build_settings, setup_logging
+from qaloop.cli.errors import check_storage
 from qaloop.dataset import DatasetError, load_csv, load_sample
 from qaloop.demo import format_summary, run, temporary_db
 
@@ -18,21 +19,30 @@ from qaloop.demo import format_summary, run, temporary_db
     help="Yahoo! Answers CSV (Kaggle layout); default: the shipped synthetic sample",
 )
 @click.option(
-    "--requests", "n_requests", type=int, default=400, show_default=True, help="Requests to replay"
+    "--requests",
+    "n_requests",
+    type=click.IntRange(1),
+    default=400,
+    show_default=True,
+    help="Requests to replay",
 )
 @click.option(
-    "--unique", type=int, default=200, show_default=True, help="Distinct questions to draw from"
+    "--unique",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Distinct questions to draw from",
 )
 @click.option(
     "--zipf-s",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     help="Zipf exponent of question popularity",
 )
 @click.option(
     "--wave",
-    type=int,
+    type=click.IntRange(1),
     default=50,
     show_default=True,
     help="Requests offered before the pipeline drains",
@@ -41,20 +51,24 @@ from qaloop.demo import format_summary, run, temporary_db
 @click.option("--db", default=None, help="Storage URL (default: a fresh temporary SQLite file)")
 @click.option(
     "--overload-rate",
-    type=float,
+    type=click.FloatRange(0, 1),
     default=0.08,
     show_default=True,
     help="Simulated 503 rate per LLM call",
 )
 @click.option(
     "--quota-rate",
-    type=float,
+    type=click.FloatRange(0, 1),
     default=0.05,
     show_default=True,
     help="Simulated 429 rate per LLM call",
 )
 @click.option(
-    "--latency-ms", type=float, default=20.0, show_default=True, help="Simulated LLM median latency"
+    "--latency-ms",
+    type=click.FloatRange(min=0),
+    default=20.0,
+    show_default=True,
+    help="Simulated LLM median latency",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON")
 def command(
@@ -81,7 +95,8 @@ def command(
         backoff_base_s=0.02,
         backoff_cap_s=0.2,
     )
-    setup_logging("WARNING")
+    check_storage(settings.db)
+    setup_logging("ERROR")  # the summary counts give-ups; a WARNING line each would drown it
     try:
         qas = load_csv(dataset) if dataset else load_sample()
     except DatasetError as exc:

@@ -20,11 +20,11 @@ import click
 import orjson
 
 from qaloop.bus.base import Bus, OutMessage, Topics
+from qaloop.cli.common import build_settings, open_storage
 from qaloop.core import codec
 from qaloop.core.model import QuestionState
 from qaloop.services.recovery import resume_message
 from qaloop.storage.base import DeadLetter, Repository
-from qaloop.storage.factory import open_repository
 
 
 def _iso(at: float) -> str:
@@ -95,10 +95,8 @@ def command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line")
 def list_command(db: str | None, limit: int, include_replayed: bool, as_json: bool) -> None:
     """List dead letters, oldest first, with the reason each was rejected."""
-    from qaloop.cli.common import build_settings
-
     settings = build_settings(db=db)
-    repo = open_repository(settings.db)
+    repo = open_storage(settings.db, must_exist=True)
     try:
         letters = repo.dead_letters(limit=limit, include_replayed=include_replayed)
     finally:
@@ -108,7 +106,11 @@ def list_command(db: str | None, limit: int, include_replayed: bool, as_json: bo
             click.echo(orjson.dumps(letter_row(letter)).decode())
         return
     if not letters:
-        click.echo("no dead letters" + ("" if include_replayed else " (not yet replayed)"))
+        click.echo(
+            "no dead letters"
+            if include_replayed
+            else "no dead letters waiting for a replay (--all lists replayed ones too)"
+        )
         return
     for letter in letters:
         row = letter_row(letter)
@@ -132,7 +134,6 @@ def replay_command(
     keys: tuple[str, ...], replay_all: bool, force: bool, dry_run: bool, **flags: Any
 ) -> None:
     """Re-publish dead letters (by KEY, or --all) and mark them replayed."""
-    from qaloop.cli.common import build_settings
     from qaloop.distributed import make_bus
     from qaloop.wiring import topics_for
 
@@ -142,7 +143,17 @@ def replay_command(
         flags["bus"] = "kafka"
     settings = build_settings(**flags)
     topics = topics_for(settings)
-    repo = open_repository(settings.db)
+    if not dry_run:
+        from qaloop.cli.errors import install_hint
+
+        try:
+            import confluent_kafka  # noqa: F401  (before anything is read or marked)
+        except ImportError:
+            raise click.ClickException(
+                f"replaying publishes to Kafka, which needs the kafka extra: "
+                f"{install_hint('confluent_kafka')} (or use --dry-run)"
+            ) from None
+    repo = open_storage(settings.db, must_exist=True)
     try:
         letters = repo.dead_letters(limit=1_000_000, include_replayed=bool(keys))
         if keys:

@@ -4,15 +4,12 @@ that write markdown + CSV tables and PNG plots, and say what the numbers mean.""
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from qaloop.cli.common import setup_logging
+from qaloop.cli.common import progress, setup_logging
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -27,13 +24,6 @@ def _ints(text: str) -> tuple[int, ...]:
     if any(v < 1 or v != int(v) for v in values):
         raise click.BadParameter(f"expected comma-separated positive integers, got {text!r}")
     return tuple(int(v) for v in values)
-
-
-@contextmanager
-def progress(length: int, label: str) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr (stdout stays for the results)."""
-    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
-        yield lambda: bar.update(1)
 
 
 def _need_matplotlib() -> None:
@@ -94,6 +84,13 @@ def command() -> None:
 @click.option("--ttl-size", type=click.IntRange(1), default=1500, show_default=True)
 @click.option("--policies", default="lru,lfu,fifo", show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--paraphrase-data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Yahoo! Answers CSV: also calibrate the paraphrase cache on it (docs/spend.md)",
+)
+@click.option("--paraphrase-questions", type=click.IntRange(50), default=3000, show_default=True)
 def cache(
     out_dir: Path,
     n_requests: int,
@@ -105,6 +102,8 @@ def cache(
     ttl_size: int,
     policies: str,
     seed: int,
+    paraphrase_data: Path | None,
+    paraphrase_questions: int,
 ) -> None:
     """Replay seeded traffic against every cache policy x size x TTL (virtual clock)."""
     _need_matplotlib()
@@ -136,6 +135,13 @@ def cache(
     experiment_plots.cache_sizes(res, out_dir / "cache_sizes.png")
     experiment_plots.cache_ttl(res, out_dir / "cache_ttl.png")
     scenarios = "; ".join(f"{sc.name} ({sc.why})" for sc in cfg.scenarios)
+    sections = []
+    if paraphrase_data is not None:
+        from qaloop.cli.paraphrase import paraphrase_section
+
+        section, lines = paraphrase_section(paraphrase_data, paraphrase_questions, seed)
+        sections.append(section)
+        conclusions = [*conclusions, *lines]
     doc = Document(
         "Cache experiment",
         f"{len(res.runs)} runs, {total:,} requests replayed in {res.elapsed_s:.1f} s "
@@ -145,6 +151,7 @@ def cache(
             Section("Conclusions", " ".join(conclusions)),
             Section("Hit rate by policy and size", "", [C.size_table(res)], ["cache_sizes.png"]),
             Section("TTL effect", "", [C.ttl_table(res)], ["cache_ttl.png"]),
+            *sections,
         ],
     )
     written = write_document(doc, out_dir, "cache_hit_rates")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from qaloop.cli.common import build_settings
+from qaloop.cli.common import build_settings, open_storage
+from qaloop.cli.errors import redact
 
 
 @click.command("report")
@@ -45,18 +46,19 @@ def command(
         raise click.ClickException(
             f"the report needs the `report` extra: pip install 'qaloop[report]' ({exc})"
         ) from exc
-    from qaloop.storage.factory import open_repository
-
-    repo = open_repository(settings.db)
-    try:
-        data = load(repo, source=_redact(settings.db))
-    finally:
-        repo.close()
-    if requests_csv is not None:
+    requests = None
+    if requests_csv is not None:  # checked first: every mistake is reported before work
         try:
-            data.requests = read_requests(requests_csv)
+            requests = read_requests(requests_csv)
         except RequestsFileError as exc:
             raise click.ClickException(str(exc)) from exc
+    repo = open_storage(settings.db, must_exist=True)
+    try:
+        data = load(repo, source=redact(settings.db))
+    finally:
+        repo.close()
+    if requests is not None:
+        data.requests = requests
     written = render.build(data, out_dir, settings.threshold)
     click.echo(
         f"{len(data.questions)} questions, {len(data.events)} events, "
@@ -64,11 +66,3 @@ def command(
     )
     for path in written:
         click.echo(f"wrote {path}")
-
-
-def _redact(url: str) -> str:
-    """Never print a password that may sit in a database URL."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url

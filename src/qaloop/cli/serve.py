@@ -9,6 +9,7 @@ import click
 from fastapi import FastAPI
 
 from qaloop.cli.common import build_settings, setup_logging
+from qaloop.cli.errors import check_port, check_storage
 from qaloop.gateway.http import create_app
 from qaloop.gateway.server import serve
 from qaloop.pipeline import EmbeddedPipeline
@@ -41,6 +42,8 @@ def build_embedded_app(settings: Settings) -> FastAPI:
 def command(**flags: object) -> None:
     """Run the HTTP gateway with all stages in one process (no servers needed)."""
     settings = build_settings(**flags)
+    check_storage(settings.db)
+    check_port(settings.host, settings.port)
     setup_logging(settings.log_level, settings.log_json)
     click.echo(
         f"qaloop gateway on http://{settings.host}:{settings.port} (embedded, db {settings.db})"

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from qaloop.cli.common import build_settings, setup_logging
+from qaloop.cli.errors import check_storage
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -69,6 +70,7 @@ def _make(service: str) -> click.Command:
         if flags.get("bus") is None:
             flags["bus"] = "kafka"  # a service process is the distributed mode
         settings = build_settings(**flags)
+        check_storage(settings.db)
         setup_logging(settings.log_level, settings.log_json)
         from qaloop.distributed import run_stage_process
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import click
 import httpx
 import orjson
 
-from qaloop.cli.common import build_settings
+from qaloop.cli.common import Progress, build_settings
+from qaloop.cli.errors import check_storage
 from qaloop.dataset import DatasetError, load_csv, load_sample
 from qaloop.demo import temporary_db
 from qaloop.pipeline import EmbeddedPipeline
@@ -19,6 +19,7 @@ from qaloop.traffic import (
     TrafficPlan,
     http_client_fns,
     run_traffic,
+    sse_wait_fn,
     summarise,
     write_csv,
 )
@@ -65,6 +66,14 @@ from qaloop.traffic_model import ARRIVAL_KINDS, POPULARITY_KINDS
     help="Long-poll queued questions up to this many seconds for the final answer",
 )
 @click.option(
+    "--wait-via",
+    type=click.Choice(["sse", "poll"]),
+    default="sse",
+    show_default=True,
+    help="How --wait learns the final answer: the SSE stream (pushed, no cap) or ?wait= "
+    "long-polls (capped by the server's QALOOP_MAX_WAIT_S, 30 s by default)",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False),
     default="traffic.csv",
@@ -78,6 +87,13 @@ from qaloop.traffic_model import ARRIVAL_KINDS, POPULARITY_KINDS
     help="Run the embedded pipeline in this process instead of calling --url",
 )
 @click.option("--db", default=None, help="With --in-process: storage URL (default: temporary)")
+@click.option(
+    "--priority",
+    type=click.Choice(["interactive", "batch"]),
+    default="interactive",
+    show_default=True,
+    help="Request priority: batch questions may wait for a provider batch job (docs/spend.md)",
+)
 def command(
     in_process_flag: bool,
     db: str | None,
@@ -92,7 +108,9 @@ def command(
     seed: int,
     max_in_flight: int,
     wait_s: float,
+    wait_via: str,
     out: str,
+    priority: str,
 ) -> None:
     """Send seeded traffic (arrival process x popularity) to a gateway; record it to CSV."""
     if count is None and duration is None:
@@ -113,10 +131,9 @@ def command(
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from exc
 
-    def progress_bar() -> Any:
-        return click.progressbar(
-            length=plan.n_requests() if count else 0, label="requests", file=sys.stderr
-        )
+    def progress_bar() -> Progress:
+        # A bar on a terminal; piped, a line every few seconds (never a lone "requests").
+        return Progress(plan.n_requests() if count else 0, "requests")
 
     async def over_http() -> list[RequestRecord]:
         limits = httpx.Limits(max_connections=max_in_flight)
@@ -125,21 +142,36 @@ def command(
                 await client.get("/healthz")
             except httpx.HTTPError as exc:
                 raise click.ClickException(f"no gateway answers at {url}: {exc}") from exc
-            ask, wait = http_client_fns(client)
+            ask, wait = http_client_fns(client, None if priority == "interactive" else priority)
+            if wait_via == "sse":
+                wait = sse_wait_fn(client)
             with progress_bar() as bar:
                 return await run_traffic(plan, qas, ask, wait, progress=bar.update)
 
     async def in_process() -> list[RequestRecord]:
         # The whole embedded pipeline in this process: no server, no sockets.
-        pipeline = EmbeddedPipeline(build_settings(db=db or temporary_db()))
+        settings = build_settings(db=db or temporary_db())
+        check_storage(settings.db)
+        pipeline = EmbeddedPipeline(settings)
         await pipeline.start()
         try:
             with progress_bar() as bar:
                 return await run_traffic(
-                    plan, qas, pipeline.service.ask, pipeline.service.wait, progress=bar.update
+                    plan,
+                    qas,
+                    in_lane(pipeline.service.ask),
+                    pipeline.service.wait,
+                    progress=bar.update,
                 )
         finally:
             await pipeline.stop()
+
+    def in_lane(ask: Any) -> Any:
+        async def asked(question: str, reference: str | None) -> tuple[int, dict[str, Any]]:
+            result: tuple[int, dict[str, Any]] = await ask(question, reference, lane=priority)
+            return result
+
+        return asked
 
     async def go() -> None:
         records = await (in_process() if in_process_flag else over_http())

@@ -11,7 +11,11 @@ import enum
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-SCHEMA_VERSION = 1
+LANES = ("interactive", "batch")  # a question's priority (docs/spend.md: the batch lane)
+SCHEMA_VERSION = 2
+# Versions this code decodes. 1 lacks `feedback` and `arm` (they default to None): messages and
+# stored envelopes written before feedback-aware regeneration still decode, and re-encode as 2.
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 
 class QuestionState(enum.StrEnum):
@@ -58,6 +62,7 @@ class ErrorClass(enum.StrEnum):
     QUOTA_DAY = "quota_day"  # 429 per-day or zero quota: park until reset, don't spin
     PERMANENT = "permanent"  # 400-class, safety block, unknown question: dead letter at once
     BUDGET = "budget"  # the question's retry budget (tries or time) is spent
+    SPEND = "spend"  # a spend budget is reached (docs/spend.md): park until the period ends
 
 
 class EventKind(enum.StrEnum):
@@ -68,6 +73,53 @@ class EventKind(enum.StrEnum):
     RESUMED = "resumed"  # a parked question is due again
     SCORED = "scored"  # the judge scored an answer and decided
     GAVE_UP = "gave_up"
+    BATCHED = "batched"  # handed to a provider batch job (the batch lane)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one LLM call consumed and cost (qaloop.llm.pricing computes it).
+
+    `purpose` keys the accounting: "generate" (the worker's answers) or "judge" (an LLM judge
+    through the same provider layer). `estimated` is true when the provider reported no usage
+    and the tokens were estimated from the text: such a call is never counted as free."""
+
+    purpose: str
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    estimated: bool = False
+    lane: str = "interactive"  # or "batch" (provider batch APIs, half price)
+    cost_usd: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "purpose": self.purpose,
+            "provider": self.provider,
+            "model": self.model,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
+            "estimated": self.estimated,
+            "lane": self.lane,
+            "cost_usd": self.cost_usd,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Usage:
+        return cls(
+            str(data["purpose"]),
+            str(data["provider"]),
+            str(data["model"]),
+            int(data["input_tokens"]),
+            int(data["output_tokens"]),
+            int(data.get("cached_tokens", 0)),
+            bool(data.get("estimated", False)),
+            str(data.get("lane", "interactive")),
+            float(data.get("cost_usd", 0.0)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +137,7 @@ class Event:
     detail: str | None = None
     decision: str | None = None
     wait_s: float | None = None
+    usage: Usage | None = None  # an LLM call's tokens and cost (generated events, judge calls)
 
     def to_dict(self) -> dict[str, Any]:
         # Written out (not dataclasses.asdict): this runs for every event of every message.
@@ -98,6 +151,8 @@ class Event:
             value = getattr(self, key)
             if value is not None:
                 data[key] = value.value if key == "error_class" else value
+        if self.usage is not None:
+            data["usage"] = self.usage.to_dict()
         return data
 
     @classmethod
@@ -105,6 +160,7 @@ class Event:
         get = data.get
         ec = get("error_class")
         score, latency_ms, wait_s = get("score"), get("latency_ms"), get("wait_s")
+        usage = get("usage")
         return cls(
             int(data["seq"]),
             _EVENT_KINDS[data["kind"]],
@@ -117,6 +173,7 @@ class Event:
             get("detail"),
             get("decision"),
             None if wait_s is None else float(wait_s),
+            None if usage is None else Usage.from_dict(usage),
         )
 
 
@@ -158,6 +215,14 @@ class Envelope:
     tries_in_attempt: int = 0  # LLM calls spent on the current attempt (retries included)
     history: tuple[Event, ...] = field(default_factory=tuple)
     schema_version: int = SCHEMA_VERSION
+    caller: str | None = None  # the API key's name that asked (per-key spend budgets)
+    lane: str = "interactive"  # or "batch": may wait for a provider batch job (docs/spend.md)
+    # Set when the judge sends the question back: why the last attempt was rejected (a
+    # quality.verdict.Reason value; never the reference text), and which arm of the feedback
+    # experiment the regeneration is in ("feedback": the prompt says what was wrong;
+    # "control": the plain prompt). See core.routing and docs/quality.md.
+    feedback: str | None = None
+    arm: str | None = None
 
     def with_event(self, kind: EventKind, at: float, **fields: Any) -> Envelope:
         event = Event(seq=len(self.history), kind=kind, attempt=self.attempt, at=at, **fields)
@@ -195,6 +260,10 @@ class Envelope:
             "llm_calls": self.llm_calls,
             "tries_in_attempt": self.tries_in_attempt,
             "history": [e.to_dict() for e in self.history],
+            **({"caller": self.caller} if self.caller is not None else {}),
+            **({"lane": self.lane} if self.lane != "interactive" else {}),
+            "feedback": self.feedback,
+            "arm": self.arm,
         }
 
 

@@ -7,6 +7,8 @@
   consumer loop.
 - quota per day / zero quota: park until the reset time (or `quota_day_delay_s`), don't spin.
 - permanent (400-class, safety block, unknown question): fail at once with the reason.
+- spend budget reached (our own stop, not a provider failure): park until the budget's period
+  ends; such parks don't count against the question's budget.
 Every question has a budget: at most `max_parks` parks and `max_total_s` since first seen.
 """
 
@@ -53,7 +55,9 @@ def full_jitter_backoff(try_no: int, base_s: float, cap_s: float, rng: random.Ra
 
 
 def parks_so_far(envelope: Envelope) -> int:
-    return sum(1 for e in envelope.history if e.kind == "parked")
+    return sum(
+        1 for e in envelope.history if e.kind == "parked" and e.error_class is not ErrorClass.SPEND
+    )
 
 
 def on_llm_error(
@@ -68,6 +72,9 @@ def on_llm_error(
     """`tries_in_attempt` counts the calls already made for this attempt, the failed one too."""
     if error_class in (ErrorClass.PERMANENT, ErrorClass.BUDGET):
         return GiveUp(f"{error_class.value} error")
+    if error_class is ErrorClass.SPEND:
+        delay = retry_after_s if retry_after_s is not None else policy.quota_day_delay_s
+        return Park(due_at=now + max(0.0, delay))
     if now - envelope.first_seen > policy.max_total_s:
         return GiveUp(f"retry budget spent: {policy.max_total_s:.0f} s since first seen")
     if error_class in (ErrorClass.OVERLOAD, ErrorClass.SERVER):

@@ -9,6 +9,7 @@ Kafka spreads the partitions over them. Each process runs under qaloop.distribut
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -26,11 +27,14 @@ from qaloop.distributed.supervision import (
     run_stage,
     runner_stats,
 )
+from qaloop.llm.accounting import cost_stats
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
+from qaloop.llm.fallback import fallback_stats
 from qaloop.observability.lag import KafkaLag
 from qaloop.observability.metrics import Metrics
 from qaloop.observability.server import serve_metrics
+from qaloop.services.webhooks import WebhookDispatcher, webhook_dispatcher
 from qaloop.settings import Settings
 from qaloop.storage.base import Repository
 from qaloop.storage.factory import open_repository
@@ -91,16 +95,28 @@ async def run_worker(
     group = w.group(WORKER)
     observers = _observers(settings, metrics, bus, group, w.topics_of(WORKER))
 
+    lane = stage.batch_lane
+    budget = stage.worker.budget
+
     def stats() -> dict[str, Any]:
-        return {"group": group, **runner_stats(stage.runner), **stage.worker.stats.as_dict()}
+        meter = stage.worker.meter
+        return {
+            "group": group,
+            **runner_stats(stage.runner),
+            **stage.worker.stats.as_dict(),
+            "cost": meter.as_dict() if meter is not None else {},
+            "fallbacks": fallback_stats(llm),
+            "batch_lane": lane.stats.as_dict() if lane is not None else {},
+            "budget": budget.as_dict() if budget is not None else {},
+        }
 
     await run_stage(
         WORKER,
         bus,
-        [stage.runner.run, *observers],
+        [stage.runner.run, *observers, *([lane.run] if lane is not None else [])],
         stats,
         stop,
-        [llm.aclose],
+        [llm.aclose, stage.aclose],
         publish_failed(bus),
     )
 
@@ -116,8 +132,7 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
         return {
             "group": group,
             **runner_stats(stage.runner),
-            "decisions": dict(stage.judge.decisions),
-            "unscored": stage.judge.unscored,
+            **stage.judge.stats(),
         }
 
     await run_stage(
@@ -126,6 +141,7 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
         [stage.runner.run, *observers],
         stats,
         stop,
+        [stage.judge.aclose],  # the LLM judge's provider
         unhealthy=batch_failed(bus, stage.runner),
     )
 
@@ -136,7 +152,9 @@ async def run_store(
     w, bus = await _start(settings)
     repository = await _repository(settings, repo)
     metrics = Metrics()
-    stage = w.store(bus, repository, metrics)
+    # The store sees every final first: it delivers callback_url webhooks (services/webhooks).
+    webhooks = webhook_dispatcher(settings, repository)
+    stage = w.store(bus, repository, metrics, on_final=webhooks.notify_final if webhooks else None)
     group = w.group(STORE)
     observers = _observers(settings, metrics, bus, group, w.topics_of(STORE))
 
@@ -151,12 +169,22 @@ async def run_store(
     await run_stage(
         STORE,
         bus,
-        [stage.runner.run, *observers],
+        [stage.runner.run, *observers, *([webhooks.run] if webhooks else [])],
         stats,
         stop,
-        [closer(repository)] if repo is None else [],
+        [
+            *([_close_outbox(webhooks)] if webhooks else []),
+            *([closer(repository)] if repo is None else []),
+        ],
         batch_failed(bus, stage.runner),
     )
+
+
+def _close_outbox(webhooks: WebhookDispatcher) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        await asyncio.to_thread(webhooks.outbox.close)
+
+    return close
 
 
 async def run_retrier(
@@ -197,6 +225,20 @@ async def run_retrier(
     )
 
 
+async def _refresh_cost(
+    repo: Repository, into: dict[str, Any], stop: asyncio.Event, every_s: float = 5.0
+) -> None:
+    """Keep `into` at the stored spend (qaloop.llm.accounting.cost_stats), read in a thread so
+    the gateway's event loop never waits on the query."""
+    while not stop.is_set():
+        try:
+            into.update(await asyncio.to_thread(cost_stats, repo))
+        except Exception as exc:  # stats only: log and try again later
+            log.warning("gateway: could not read spend: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
 def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> FastAPI:
     """QuestionService over Kafka and the shared repository, behind the HTTP app."""
     from qaloop.gateway.http import create_app
@@ -208,6 +250,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
     # The dashboard's flow and Prometheus see every stage's backlog from here.
     lag = KafkaLag(bus, w.groups())
     service.metrics.watch_lag(lag)
+    spend: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -215,6 +258,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         await bus.start()
         flusher = asyncio.create_task(service.run_hit_flusher(stop))
         lag_probe = asyncio.create_task(lag.run(stop))
+        spend_probe = asyncio.create_task(_refresh_cost(repository, spend, stop))
         log.info(
             "gateway: serving on %s:%d (bus kafka %s)",
             settings.host,
@@ -227,6 +271,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
             stop.set()
             await flusher
             await lag_probe
+            await spend_probe
             await service.flush_hits()
             await bus.close()
             if repo is None:
@@ -237,6 +282,7 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         # Accepted here is not final here: the store of another process finishes questions.
         body = service.stats()
         body["mode"] = "distributed"
+        body["cost"] = spend  # stored spend of every worker, refreshed off the event loop
         return body
 
     return create_app(service, settings, stats=stats, lifespan=lifespan)

@@ -5,7 +5,7 @@ pydantic model: the cache-hit path is the hot path, and every bad input must get
 message that names the problem — never a 500.
 
 Limits (Settings): body <= max_body_bytes (413), question <= max_question_chars and reference
-<= max_reference_chars (422), ?wait <= max_wait_s (422).
+<= max_reference_chars (422), ?wait <= max_wait_s (422; documented in the OpenAPI schema).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from qaloop.gateway import dashboard
+from qaloop.core.model import LANES
+from qaloop.gateway import dashboard, push
 from qaloop.gateway.service import QuestionService
 from qaloop.observability.dashboard import DashboardSampler
 from qaloop.observability.remote import RemoteMetrics, parse_targets
@@ -39,6 +40,14 @@ QUESTION_BODY_SCHEMA = {
     "properties": {
         "question": {"type": "string", "minLength": 1},
         "reference_answer": {"type": ["string", "null"]},
+        "callback_url": {
+            "type": ["string", "null"],
+            "description": "POSTed (HMAC-signed) once the question is final; loopback hosts "
+            "only unless QALOOP_WEBHOOK_ALLOW_HOSTS lists the host",
+        },
+        # docs/spend.md: the batch lane, the paraphrase cache
+        "priority": {"type": "string", "enum": ["interactive", "batch"]},
+        "paraphrase": {"type": "boolean", "default": True},
     },
 }
 
@@ -83,10 +92,22 @@ async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        _refuse_bad_utf8(raw)  # orjson's own words for it: "surrogates not allowed"
         raise BadRequest(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest(422, "invalid_body", f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def _refuse_bad_utf8(raw: bytes) -> None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            400,
+            "invalid_encoding",
+            f"request body is not valid UTF-8 (byte {exc.start}): send JSON encoded as UTF-8",
+        ) from None
 
 
 def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str | None]:
@@ -127,6 +148,24 @@ def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str |
     return question, reference
 
 
+def parse_priority(data: dict[str, Any]) -> str:
+    """`"priority": "interactive"` (default) or `"batch"`: may wait for a batch job."""
+    priority = data.get("priority", "interactive")
+    if priority not in LANES:
+        raise BadRequest(
+            422, "invalid_field", f"field 'priority' must be one of {list(LANES)}, got {priority!r}"
+        )
+    return str(priority)
+
+
+def parse_paraphrase(data: dict[str, Any]) -> bool:
+    """`"paraphrase": false` opts out of the paraphrase cache for this request."""
+    value = data.get("paraphrase", True)
+    if not isinstance(value, bool):
+        raise BadRequest(422, "invalid_field", "field 'paraphrase' must be true or false")
+    return value
+
+
 def parse_wait(raw: str | None, settings: Settings) -> float:
     if raw is None or raw == "":
         return 0.0
@@ -138,7 +177,10 @@ def parse_wait(raw: str | None, settings: Settings) -> float:
         ) from None
     if not 0 <= wait <= settings.max_wait_s or wait != wait:
         raise BadRequest(
-            422, "invalid_query", f"'wait' must be between 0 and {settings.max_wait_s} seconds"
+            422,
+            "invalid_query",
+            f"'wait' must be between 0 and {settings.max_wait_s:g} seconds (QALOOP_MAX_WAIT_S); "
+            "for longer, stream GET /v1/questions/{id}/events",
         )
     return wait
 
@@ -240,16 +282,31 @@ def create_app(
         return unexpected_error_response()
 
     seconds, rejected = service.metrics.request_seconds, service.metrics.rejected
+    # GET /v1/questions/{id}/events (SSE) and callback_url webhooks (qaloop.gateway.push)
+    callbacks = push.install(
+        app,
+        service,
+        settings,
+        lambda qid: error_response(404, "not_found", f"no question with id {qid!r}"),
+    )
 
     async def ask(request: Request) -> Response:
         started = time.perf_counter()
         try:
             data = await read_json_body(request, settings.max_body_bytes)
             question, reference = parse_question(data, settings)
+            lane = parse_priority(data)
+            paraphrase = parse_paraphrase(data)
+            callback = callbacks.check(data) if "callback_url" in data else None
+        except push.CallbackRefused as exc:
+            rejected.labels(exc.code).inc()
+            raise BadRequest(422, exc.code, str(exc)) from None
         except BadRequest as exc:
             rejected.labels(exc.code).inc()
             raise
-        status, body = await service.ask(question, reference)
+        if callback is not None:  # recorded before the question is accepted: never lost
+            await callbacks.subscribe(question, callback)
+        status, body = await service.ask(question, reference, lane=lane, paraphrase=paraphrase)
         seconds.observe(time.perf_counter() - started)  # a plain bucket array: ~0.3 us
         return json_response(status, body)
 
@@ -259,7 +316,25 @@ def create_app(
     app.openapi_schema = None
     _document_ask(app)
 
-    @app.get("/v1/questions/{question_id}")
+    @app.get(
+        "/v1/questions/{question_id}",
+        summary="A question's state and answer",
+        description=f"`?wait=S` long-polls up to S seconds for a final state (validated or "
+        f"failed); S is capped at QALOOP_MAX_WAIT_S ({settings.max_wait_s:g} s here): a longer "
+        "wait is a 422. For no cap, stream GET /v1/questions/{id}/events.",
+        openapi_extra={
+            "parameters": [
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "number", "minimum": 0, "maximum": settings.max_wait_s},
+                    "description": f"seconds to wait for a final state, at most "
+                    f"{settings.max_wait_s:g} (QALOOP_MAX_WAIT_S)",
+                }
+            ]
+        },
+    )
     async def get_question(request: Request, question_id: str) -> Response:
         if not _ID.match(question_id):
             raise BadRequest(

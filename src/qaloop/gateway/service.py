@@ -24,6 +24,7 @@ from qaloop.bus.base import Bus, Topics
 from qaloop.core.cache import Cache
 from qaloop.core.ids import question_id
 from qaloop.core.model import Envelope, EventKind, QuestionRecord, QuestionState
+from qaloop.core.paraphrase import ParaphraseIndex
 from qaloop.core.wire import out
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
@@ -84,8 +85,16 @@ class QuestionService:
         # In flight is known where finals are seen: the embedded pipeline (it has the board).
         in_flight = (lambda: len(self.in_flight)) if board is not None else None
         self.metrics.watch_gateway(self.counters, cache, in_flight)
+        self.paraphrases: ParaphraseIndex | None = None  # off by default (docs/spend.md)
 
-    async def ask(self, question: str, reference: str | None) -> tuple[int, dict[str, Any]]:
+    async def ask(
+        self,
+        question: str,
+        reference: str | None,
+        *,
+        lane: str = "interactive",
+        paraphrase: bool = True,
+    ) -> tuple[int, dict[str, Any]]:
         qid = question_id(question)
         self.counters["asked"] += 1
         cached = self.cache.get(qid)
@@ -93,6 +102,10 @@ class QuestionService:
             self.counters["answered_failed" if cached.failed else "answered_cache"] += 1
             self._pending_hits[qid] += 1
             return 200, _answered(qid, cached, "cache")
+        if self.paraphrases is not None and paraphrase:
+            served = await self._paraphrased(qid, question)
+            if served is not None:
+                return served
         now = self.clock()
         envelope = Envelope(
             question_id=qid,
@@ -100,6 +113,7 @@ class QuestionService:
             reference_answer=reference,
             trace_id=uuid.uuid4().hex,
             first_seen=now,
+            lane=lane,
         ).with_event(EventKind.ACCEPTED, now)
         inserted, record = await self._accept(envelope)
         if inserted:
@@ -155,6 +169,8 @@ class QuestionService:
         if record.state is QuestionState.VALIDATED:
             answer = CachedAnswer(record.answer, record.score)
             self.cache.put(qid, answer)
+            if self.paraphrases is not None:
+                self.paraphrases.add(qid, record.question)
             self.counters["answered_storage"] += 1
             return 200, _answered(qid, answer, "storage")
         if record.state is QuestionState.FAILED:
@@ -189,22 +205,57 @@ class QuestionService:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return body
-            event = asyncio.Event()
-            self._waiters.setdefault(qid, []).append(event)
-            try:
-                # Notified in-process by the store; otherwise re-read storage with backoff.
-                await asyncio.wait_for(event.wait(), timeout=min(delay, remaining))
-            except TimeoutError:
+            # Notified in-process by the store; otherwise re-read storage with backoff.
+            if not await self.final_signal(qid, min(delay, remaining)):
                 delay = min(delay * 2, 1.0)
-            finally:
-                waiters = self._waiters.get(qid)
-                if waiters is not None and event in waiters:
-                    waiters.remove(event)
-                    if not waiters:
-                        del self._waiters[qid]
+
+    async def final_signal(self, qid: str, timeout_s: float) -> bool:
+        """True as soon as this process's store finishes `qid` (embedded mode), False after
+        timeout_s. Reads nothing: the caller re-reads storage (the SSE stream uses it too)."""
+        event = asyncio.Event()
+        self._waiters.setdefault(qid, []).append(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout=timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(qid)
+            if waiters is not None and event in waiters:
+                waiters.remove(event)
+                if not waiters:
+                    del self._waiters[qid]
+
+    async def _paraphrased(self, qid: str, question: str) -> tuple[int, dict[str, Any]] | None:
+        """A validated answer to a question that means the same (the paraphrase cache), or
+        None. Only for a question not answered itself: an exact answer always wins."""
+        index = self.paraphrases
+        if index is None or qid in index:
+            return None
+        found = index.lookup(question)
+        if found is None:
+            return None
+        match, similarity = found
+        cached = self.cache.get(match)
+        if cached is None:
+            record = await asyncio.to_thread(self.repo.get, match)
+            if record is None or record.state is not QuestionState.VALIDATED:
+                index.discard(match)
+                return None
+            cached = CachedAnswer(record.answer, record.score)
+        if cached.failed:
+            return None
+        self.counters["answered_paraphrase"] += 1
+        self._pending_hits[match] += 1
+        body = _answered(match, cached, "paraphrase")
+        body["asked_id"] = qid
+        body["similarity"] = round(similarity, 3)
+        return 200, body
 
     def notify_final(self, envelope: Envelope) -> None:
         qid = envelope.question_id
+        if self.paraphrases is not None and envelope.state is QuestionState.VALIDATED:
+            self.paraphrases.add(qid, envelope.question)
         self.in_flight.discard(qid)
         if self.board is not None:
             self.board.finished(qid)

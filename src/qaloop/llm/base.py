@@ -2,6 +2,7 @@
 
     LLMError                      every provider failure, classified (error_class)
     ├── OverloadError             503 UNAVAILABLE / "model overloaded"        -> backoff retry
+    │   └── CircuitOpenError      our breaker is open: failed fast, nothing sent
     ├── ServerError               500, 504, timeouts, connection errors      -> backoff retry
     ├── QuotaMinuteError          429 per-minute (retry_after_s if known)    -> park until due
     ├── QuotaDayError             429 per-day or zero quota                  -> park until reset
@@ -40,6 +41,11 @@ class ServerError(LLMError):
     error_class = ErrorClass.SERVER
 
 
+class CircuitOpenError(OverloadError):
+    """Our own breaker refused the call before it left (the provider was failing): an
+    overload to the worker, and a reason for a fallback chain to try the next deployment."""
+
+
 class QuotaMinuteError(LLMError):
     error_class = ErrorClass.QUOTA_MINUTE
 
@@ -67,6 +73,14 @@ class GenerationRequest:
     prompt: str
     # Only simulated providers may read the reference (to make answers of known quality).
     reference_answer: str | None = None
+    purpose: str = "answer"  # "answer" (generation) or "judge" (qaloop.llm.judge)
+    # Per-attempt escalation (worker settings); None: the provider's own default.
+    temperature: float | None = None
+    model: str | None = None
+    # Simulated providers only: the rejected attempt's reason the prompt carries (to apply
+    # the configured effect of feedback), and the answer a judge request grades.
+    feedback: str | None = None
+    answer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +88,11 @@ class Generation:
     text: str
     latency_ms: float
     model: str = ""
-    input_tokens: int | None = None
+    input_tokens: int | None = None  # None: the provider reported no usage (cost estimated)
     output_tokens: int | None = None
+    cached_tokens: int | None = None  # part of input_tokens served from the provider's cache
+    provider: str = ""  # who answered, when a fallback chain may have moved the call
+    requested_model: str = ""  # the model the call asked for (prices an unlisted reply model)
 
 
 class Provider(Protocol):

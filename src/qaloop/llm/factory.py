@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qaloop.llm.base import Provider
+from qaloop.llm.deployments import Deployment, DeploymentError
 from qaloop.llm.protection import (
     DAY_S,
     CircuitBreaker,
@@ -23,7 +24,49 @@ def simulated_config(settings: Settings) -> SimulatedConfig:
         quota_rate=settings.sim_quota_rate,
         quota_retry_after_s=settings.sim_quota_retry_after_s,
         permanent_rate=settings.sim_permanent_rate,
+        kinds=dict(settings.sim_kinds),
+        hard_rate=settings.sim_hard_rate,
+        feedback_effect=settings.sim_feedback_effect,
+        judge_error_rate=settings.sim_judge_error_rate,
     )
+
+
+def default_model(provider: str) -> str:
+    """The model a provider calls when `llm_model` is unset (simulated/replay: their name)."""
+    if provider == "gemini":
+        return "gemini-2.5-flash-lite"
+    if provider == "openai":
+        return "gpt-4o-mini"
+    return provider
+
+
+def configured_deployments(settings: Settings) -> list[tuple[str, str]]:
+    """Every provider/model these settings may call, primary first (the price table must
+    list each one)."""
+    from qaloop.llm.deployments import parse
+
+    primary = (settings.llm, settings.llm_model or default_model(settings.llm))
+    return [primary, *((d.provider, d.model) for d in parse(settings.llm_fallbacks))]
+
+
+def deployment_settings(settings: Settings, deployment: Deployment) -> Settings:
+    """The settings of one fallback deployment: the primary's, with its provider, model, URL,
+    key and limits (its own buckets: the rate key is provider:model)."""
+    update: dict[str, object] = {
+        "llm": deployment.provider,
+        "llm_model": deployment.model,
+        "llm_base_url": deployment.base_url,
+        "llm_rate_key": None,
+    }
+    if deployment.api_key_file is not None:
+        update |= {"llm_api_key": None, "llm_api_key_file": deployment.api_key_file}
+    elif deployment.provider != settings.llm:  # another provider's key would be wrong
+        update |= {"llm_api_key": None, "llm_api_key_file": None}
+    for name in ("rpm", "tpm", "rpd"):
+        value = getattr(deployment, name)
+        if value is not None:
+            update[f"llm_{name}"] = value
+    return settings.model_copy(update=update)
 
 
 def make_raw_provider(settings: Settings) -> Provider:
@@ -65,8 +108,68 @@ def make_raw_provider(settings: Settings) -> Provider:
 
 def make_provider(settings: Settings) -> Provider:
     """The configured provider behind the protection every provider shares
-    (qaloop.llm.protection): budget, circuit breaker, concurrency bound, rate limit, timeout."""
-    return protect(make_raw_provider(settings), settings)
+    (qaloop.llm.protection): budget, circuit breaker, concurrency bound, rate limit, timeout.
+    Its rate limits leave the LLM judge its share (make_judge_provider)."""
+    from qaloop.llm.deployments import parse, parse_keys
+    from qaloop.llm.fallback import FallbackProvider
+
+    generation = _quota_share(settings, 1 - settings.judge_quota_share)
+    primary = protect(make_raw_provider(settings), generation)
+    fallbacks = parse(settings.llm_fallbacks)
+    escalation = parse_keys(settings.llm_escalation)
+    if not fallbacks and not escalation:
+        return primary
+    main = Deployment(settings.llm, settings.llm_model or default_model(settings.llm))
+    chain: list[tuple[Deployment, Provider]] = [(main, primary)]
+    for deployment in fallbacks:
+        if deployment.key == main.key:
+            raise DeploymentError(f"fallbacks: {main.key} is the primary model already")
+        own = deployment_settings(settings, deployment)
+        chain.append((deployment, protect(make_raw_provider(own), own)))
+    return FallbackProvider(
+        chain, escalation=escalation, quota_day_rest_s=settings.quota_day_delay_s
+    )
+
+
+def judge_settings(settings: Settings) -> Settings:
+    """The settings the LLM judge's provider is built from: its provider and model, its share
+    of the quota, under a limiter key of its own."""
+    llm = settings.llm if settings.judge_llm == "same" else settings.judge_llm
+    if llm == "replay":  # recorded answers can't grade anything
+        llm = "simulated"
+    shared = _quota_share(settings, settings.judge_quota_share)
+    base_key = settings.llm_rate_key or f"{llm}:{settings.judge_model or settings.llm_model or llm}"
+    return shared.model_copy(
+        update={
+            "llm": llm,
+            "llm_model": settings.judge_model or settings.llm_model,
+            "llm_rate_key": f"{base_key}:judge",
+            "llm_max_in_flight": settings.judge_concurrency,
+            "llm_max_output_tokens": min(256, settings.llm_max_output_tokens),
+        }
+    )
+
+
+def make_judge_provider(settings: Settings) -> Provider:
+    js = judge_settings(settings)
+    return protect(make_raw_provider(js), js)
+
+
+def _quota_share(settings: Settings, share: float) -> Settings:
+    """Settings whose client-side limits are `share` of the configured ones (0 stays 0)."""
+    if not (settings.llm_rpm or settings.llm_tpm or settings.llm_rpd):
+        return settings
+
+    def part(limit: int) -> int:
+        return max(1, int(limit * share)) if limit else 0
+
+    return settings.model_copy(
+        update={
+            "llm_rpm": part(settings.llm_rpm),
+            "llm_tpm": part(settings.llm_tpm),
+            "llm_rpd": part(settings.llm_rpd),
+        }
+    )
 
 
 # The protection's factories live here, not in qaloop.llm.protection: the PostgreSQL limiter

@@ -156,12 +156,15 @@ def generation_from_response(response: Any, model: str, latency_ms: float) -> Ge
     out = getattr(usage, "candidates_token_count", None) if usage else None
     thoughts = getattr(usage, "thoughts_token_count", None) if usage else None
     output_tokens = None if out is None and thoughts is None else (out or 0) + (thoughts or 0)
+    # promptTokenCount includes the cached part; cachedContentTokenCount is billed cheaper
+    cached = getattr(usage, "cached_content_token_count", None) if usage else None
     return Generation(
         text=text,
         latency_ms=latency_ms,
         model=str(getattr(response, "model_version", None) or model),
         input_tokens=input_tokens,
         output_tokens=output_tokens,
+        cached_tokens=cached if isinstance(cached, int) else None,
     )
 
 
@@ -210,8 +213,11 @@ class GeminiProvider:
 
         started = time.perf_counter()
         try:
+            config = self._config
+            if request.temperature is not None:  # a per-attempt escalation
+                config = config.model_copy(update={"temperature": request.temperature})
             response = await self._client.aio.models.generate_content(
-                model=self.model, contents=request.prompt, config=self._config
+                model=request.model or self.model, contents=request.prompt, config=config
             )
         except errors.APIError as exc:
             error = classify_gemini_error(exc.code, exc.status, exc.message, exc.details)
@@ -227,7 +233,7 @@ class GeminiProvider:
         except ValueError as exc:  # a 200 whose body isn't JSON (JSONDecodeError)
             raise ServerError(f"gemini: unreadable response body ({type(exc).__name__})") from exc
         return generation_from_response(
-            response, self.model, (time.perf_counter() - started) * 1000
+            response, request.model or self.model, (time.perf_counter() - started) * 1000
         )
 
     async def aclose(self) -> None:

@@ -92,13 +92,23 @@ def generation_from_completion(body: Any, model: str, latency_ms: float) -> Gene
     if not text:
         raise PermanentError(f"openai-compatible: empty answer (finish_reason={finish})")
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Generation(
         text=text,
         latency_ms=latency_ms,
         model=str(body.get("model") or model),
-        input_tokens=usage.get("prompt_tokens"),
-        output_tokens=usage.get("completion_tokens"),
+        input_tokens=_int_or_none(usage.get("prompt_tokens")),
+        output_tokens=_int_or_none(usage.get("completion_tokens")),
+        cached_tokens=_int_or_none(cached),
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    """A token count, or None when absent or not a count (then the cost is estimated)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 class OpenAICompatProvider:
@@ -136,13 +146,14 @@ class OpenAICompatProvider:
 
     def _payload(self, request: GenerationRequest) -> dict[str, Any]:
         payload: dict[str, Any] = {
-            "model": self.model,
+            "model": request.model or self.model,  # a per-attempt escalation may name one
             "messages": [{"role": "user", "content": request.prompt}],
         }
         if self.max_output_tokens is not None:
             payload["max_tokens"] = self.max_output_tokens
-        if self.temperature is not None:
-            payload["temperature"] = self.temperature
+        temperature = request.temperature if request.temperature is not None else self.temperature
+        if temperature is not None:
+            payload["temperature"] = temperature
         return payload
 
     async def generate(self, request: GenerationRequest) -> Generation:
@@ -176,7 +187,7 @@ class OpenAICompatProvider:
             raise error
         if not isinstance(body, dict):
             raise PermanentError("openai-compatible: the reply is not a JSON object")
-        return generation_from_completion(body, self.model, latency_ms)
+        return generation_from_completion(body, request.model or self.model, latency_ms)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -33,6 +33,7 @@ from typing import Protocol
 from qaloop.core.model import ErrorClass
 from qaloop.llm.base import (
     BudgetError,
+    CircuitOpenError,
     Generation,
     GenerationRequest,
     LLMError,
@@ -236,7 +237,7 @@ class CircuitBreaker:
             remaining = self.opened_at + self.cooldown_s - self.clock()
             if remaining > 0:
                 self.fast_fails += 1
-                raise OverloadError(
+                raise CircuitOpenError(
                     f"circuit open after {self.consecutive_failures} consecutive failures; "
                     f"cooling down {remaining:.1f} s more",
                     retry_after_s=remaining,
@@ -247,7 +248,7 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             if self.probes_out >= self.half_open_probes:
                 self.fast_fails += 1
-                raise OverloadError("circuit half-open: waiting for the probe call")
+                raise CircuitOpenError("circuit half-open: waiting for the probe call")
             self.probes_out += 1
             return True
         return False

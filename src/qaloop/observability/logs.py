@@ -7,17 +7,24 @@ QALOOP_LOG_JSON=true, `JsonFormatter` writes those fields as JSON keys, so a log
 one trace id returns the question's whole life across processes.
 
 One line per state change: accepted, generating, generated, llm_error, parked, resumed,
-validated / regenerated / gave_up (the judge's decision, with the score), stored.
+validated / regenerated / gave_up (the judge's decision, with the score), stored. At INFO only
+a question's outcome is written (validated or gave_up: one line per question, ~150 bytes); the
+other state changes are DEBUG (QALOOP_LOG_LEVEL=DEBUG shows a question's whole life). A line a
+stage logs at WARNING or above stays there.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import orjson
 
 from qaloop.core.model import Envelope
+
+# The events written at INFO: a question's outcome (everything else is DEBUG).
+OUTCOME_EVENTS = frozenset({"validated", "gave_up"})
 
 # Attributes every LogRecord has: anything else on a record came from `extra=`.
 _STANDARD = frozenset(
@@ -35,6 +42,8 @@ def log_event(
     **fields: Any,
 ) -> None:
     """`question <id>: <event>[ <detail % args>]`, with the question's fields attached."""
+    if level == logging.INFO and event not in OUTCOME_EVENTS:
+        level = logging.DEBUG
     if not logger.isEnabledFor(level):
         return
     extra = {
@@ -83,3 +92,26 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(body, default=str).decode()
+
+
+def configure(level: str = "INFO", *, json_lines: bool = False, prefix: str = "") -> None:
+    """The root logger of an entry point: one handler, on stderr. qaloop writes no log files
+    (so it rotates none): redirect stderr, or let the supervisor (systemd, Docker) keep and
+    rotate it. Third-party loggers that chat at INFO per request are held to WARNING."""
+    handler = logging.StreamHandler(sys.stderr)
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"{prefix}%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    if root.level > logging.DEBUG:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# One INFO line per HTTP request (httpx) or per access (uvicorn) would outnumber qaloop's own.
+QUIET_LOGGERS = ("httpx", "httpcore", "uvicorn.access")

@@ -63,6 +63,7 @@ GATEWAY_OUTCOMES = {
     "answered_failed": "failed",
     "accepted": "accepted",
     "coalesced": "joined",
+    "answered_paraphrase": "paraphrase",
 }
 
 
@@ -230,6 +231,52 @@ class Metrics:
             "qaloop_llm_recovered",
             "Answers obtained after LLM errors (retried or parked since the last answer), by class",
             ["error_class"],
+            registry=r,
+        )
+
+        # --- spend (qaloop.llm.accounting)
+        self.llm_cost = Counter(
+            "qaloop_llm_cost_usd",
+            "Spend on LLM calls in USD (price table x usage), by purpose, provider, model, lane",
+            ["purpose", "provider", "model", "lane"],
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            "qaloop_llm_tokens",
+            "Tokens of LLM calls by purpose and kind (input, output, cached part of input)",
+            ["purpose", "kind"],
+            registry=r,
+        )
+        self.llm_usage_estimated = Counter(
+            "qaloop_llm_usage_estimated",
+            "LLM calls whose provider reported no usage (tokens estimated, still charged)",
+            ["purpose", "provider"],
+            registry=r,
+        )
+
+        self.llm_fallbacks = Counter(
+            "qaloop_llm_fallbacks",
+            "Calls moved to the next deployment of the fallback chain, by deployment and reason",
+            ["deployment", "reason"],
+            registry=r,
+        )
+
+        self.budget_spent = Gauge(
+            "qaloop_budget_spent_usd",
+            "Spend counted against a budget this period, as last charged here (scope: global, key)",
+            ["scope"],
+            registry=r,
+        )
+        self.budget_soft = Counter(
+            "qaloop_budget_soft_exceeded",
+            "Times a spend budget's soft limit was crossed (once per scope and period)",
+            ["scope"],
+            registry=r,
+        )
+        self.budget_stops = Counter(
+            "qaloop_budget_stops",
+            "LLM calls (or new questions) stopped because a spend budget is reached",
+            ["scope"],
             registry=r,
         )
 

@@ -55,6 +55,7 @@ class ReportData:
     requests: list[RequestRow] | None = None
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    usage: list[dict[str, Any]] = field(default_factory=list)  # priced LLM calls (spend)
 
 
 def load(repo: Repository, source: str = "") -> ReportData:
@@ -63,6 +64,7 @@ def load(repo: Repository, source: str = "") -> ReportData:
         events=repo.export_events(),
         dead_letters=repo.dead_letters(limit=ALL_DEAD_LETTERS, include_replayed=True),
         source=source,
+        usage=repo.export_usage(),
     )
 
 

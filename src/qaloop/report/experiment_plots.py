@@ -73,7 +73,7 @@ def cache_ttl(res: CacheResults, path: Path) -> Path:
 
 
 def sync_async_latency(paths: list[PathResult], path: Path) -> Path:
-    fig = new_figure(9.0, 4.6)
+    fig = new_figure(9.5, 5.4)
     ax_cdf, ax_bar = fig.subplots(1, 2, width_ratios=[3, 2])
     styles = {"hit": "-", "miss": "--"}
     for i, p in enumerate(paths):
@@ -91,13 +91,15 @@ def sync_async_latency(paths: list[PathResult], path: Path) -> Path:
                 lw=2,
                 label=f"{p.name}: {kind} (n={len(values)})",
             )
-    log_seconds_axis(ax_cdf)
+    every = [max(v, 1e-4) for p in paths for v in (*p.hit_latency_s, *p.miss_latency_s)]
+    log_seconds_axis(ax_cdf, min(every, default=0.01), max(every, default=1.0))
     ax_cdf.set_ylim(0, 1.02)
     ax_cdf.set_xlabel("time to an answer (model s, log scale)")
     ax_cdf.set_ylabel("fraction of requests")
     ax_cdf.set_title("Perceived latency (CDF)")
     ax_cdf.grid(True, which="both", alpha=0.3)
-    ax_cdf.legend(fontsize=8, loc="lower right")
+    # Below the axes: inside, it covered the miss curves (they end at the lower right).
+    ax_cdf.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2)
     names = [p.name for p in paths]
     xs = list(range(len(paths)))
     ax_bar.bar(
@@ -126,6 +128,6 @@ def sync_async_latency(paths: list[PathResult], path: Path) -> Path:
     ax_bar.set_ylabel("questions")
     ax_bar.set_ylim(0, 1.4 * max([p.answered for p in paths] + [1]))
     ax_bar.set_title("Outcome")
-    ax_bar.legend(fontsize=8, loc="upper left")
+    ax_bar.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1)
     fig.suptitle("Synchronous vs asynchronous: the same workload")
     return save(fig, path)

@@ -7,6 +7,7 @@ its path; with no data it still writes the file, saying so on the canvas.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,15 @@ def no_data(ax: Any, message: str = "no data") -> None:
     ax.set_yticks([])
 
 
-def log_seconds_axis(ax: Any) -> None:
-    """A log x axis labelled 0.01, 0.1, 1, 10 (not 10^-2) with 1-2-5 ticks."""
+def log_seconds_axis(ax: Any, lo: float | None = None, hi: float | None = None) -> None:
+    """A log x axis labelled 0.01, 0.1, 1, 10 (not 10^-2): 1-2-5 ticks over up to three
+    decades, only powers of ten over more (1-2-5 labels would overlap there)."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    if lo is None or hi is None:
+        lo, hi = ax.get_xlim()
+    decades = math.log10(max(hi, 1e-9) / max(lo, 1e-9))
+    subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
@@ -63,11 +69,16 @@ def ecdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
     return xs, [(i + 1) / n for i in range(n)]
 
 
-def latency_cdf(latency: T.Latency, path: Path) -> Path:
+def latency_cdf(latency: T.Latency, path: Path, server: T.Latency | None = None) -> Path:
+    """CDFs of `latency` (solid); `server`, when given, drawn dashed over it, so the gap
+    between what the client saw and what the server measured is visible."""
     fig = new_figure()
     ax = fig.subplots()
     drawn = False
-    for i, (kind, values) in enumerate(latency.samples.items()):
+    curves = [(kind, values, "-", latency.side) for kind, values in latency.samples.items()]
+    if server is not None:
+        curves += [(kind, values, "--", server.side) for kind, values in server.samples.items()]
+    for i, (kind, values, style, side) in enumerate(curves):
         if not values:
             continue
         xs, ys = ecdf([max(v, 1e-4) for v in values])
@@ -78,8 +89,9 @@ def latency_cdf(latency: T.Latency, path: Path) -> Path:
             ys,
             where="post",
             color=color,
+            ls=style,
             lw=2,
-            label=f"{kind} (n={len(values)}, p50 {p50:.3g} s)",
+            label=f"{kind}, {side}-side (n={len(values)}, p50 {p50:.3g} s)",
         )
         drawn = True
     if not drawn:
@@ -88,41 +100,78 @@ def latency_cdf(latency: T.Latency, path: Path) -> Path:
         log_seconds_axis(ax)
         ax.set_ylim(0, 1.02)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left", fontsize=8)
         ax.set_xlabel("time to an answer (s, log scale)")
-        ax.set_ylabel("fraction of requests answered")
-    ax.set_title(f"Perceived latency: CDF of time to an answer\n(source: {latency.source})")
+        ax.set_ylabel("fraction answered within x")
+    what = "client-side (traffic CSV)" if latency.side == "client" else "server-side (storage)"
+    extra = "; dashed: server-side (storage)" if server is not None else ""
+    ax.set_title(f"Time to an answer, CDF: {what}{extra}")
     return save(fig, path)
 
 
 def throughput(series: dict[str, Sequence[float]], path: Path, source: str) -> Path:
-    """`series`: label -> event times (s); plotted as events per second over time."""
-    fig = new_figure()
-    ax = fig.subplots()
+    """`series`: label -> event times (s). Top: events per second over time, the first series
+    a filled area and the others lines over it (equal rates no longer hide one another);
+    bottom, for storage's accepted/finished pair: questions in flight (accepted - finished)."""
+    pair = set(series) == {"accepted", "finished"}
+    fig = new_figure(8.0, 6.0 if pair else 4.8)
+    axes = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2]) if pair else [fig.subplots()]
+    ax = axes[0]
     starts = [min(v) for v in series.values() if v]
     if not starts:
         no_data(ax)
     else:
         t0 = min(starts)
         t1 = max(max(v) for v in series.values() if v)
+        drawn = 0
         for i, (label, times) in enumerate(series.items()):
             if not times:
                 continue
-            xs, rates, _ = T.throughput([t - t0 for t in times], span=(0.0, t1 - t0))
+            xs, rates, width = T.throughput([t - t0 for t in times], span=(0.0, t1 - t0))
             color = COLORS.get(label, PALETTE[i % len(PALETTE)])
-            ax.plot(
-                xs,
-                rates,
-                drawstyle="steps-post",
-                lw=2,
-                color=color,
-                label=f"{label} (n={len(times)})",
-            )
-        ax.set_xlabel("time since the first request (s)")
-        ax.set_ylabel("events per second")
+            text = f"{label} (n={len(times)})"
+            if drawn == 0:
+                ax.fill_between(
+                    [*xs, xs[-1] + width],
+                    [*rates, rates[-1]],
+                    step="post",
+                    color=color,
+                    alpha=0.35,
+                    lw=0,
+                    label=text,
+                )
+            else:
+                ax.plot(
+                    [*xs, xs[-1] + width],
+                    [*rates, rates[-1]],
+                    drawstyle="steps-post",
+                    lw=2,
+                    color=color,
+                    label=text,
+                )
+            drawn += 1
+        ax.set_ylabel("per second")
+        ax.set_ylim(bottom=0)
+        ax.margins(y=0.15)
         ax.grid(True, alpha=0.3)
-        ax.legend()
-    ax.set_title(f"Throughput over time (source: {source})")
+        ax.legend(loc="upper right")
+        if pair:
+            events = sorted(
+                [(t - t0, 1) for t in series["accepted"]]
+                + [(t - t0, -1) for t in series["finished"]]
+            )
+            level, xs_f, ys_f = 0, [0.0], [0]
+            for t, step in events:
+                level += step
+                xs_f.append(t)
+                ys_f.append(level)
+            axes[1].step(xs_f, ys_f, where="post", color="#264653", lw=1.5)
+            axes[1].set_ylabel("in flight")
+            axes[1].set_ylim(bottom=0)
+            axes[1].grid(True, alpha=0.3)
+            axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[-1].set_xlabel("time since the first request (s)")
+    ax.set_title(f"Throughput over time\n({source})")
     return save(fig, path)
 
 
@@ -156,7 +205,8 @@ def retries(data: T.Retries, path: Path) -> Path:
         ax_out.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax_out.set_xlabel("error class")
         ax_out.set_title("What became of questions that hit an error")
-        ax_out.legend()
+        ax_out.margins(y=0.25)  # headroom: the legend sits above the bars
+        ax_out.legend(loc="upper right", ncol=3, fontsize=8)
         means = [T.mean(r.waits_s) or 0.0 for r in rows]
         p95s = [T.percentile(r.waits_s, 95) or 0.0 for r in rows]
         ax_wait.bar([x - 0.2 for x in xs], means, 0.4, label="mean", color="#264653")
@@ -165,7 +215,8 @@ def retries(data: T.Retries, path: Path) -> Path:
         ax_wait.set_ylabel("wait per retry (s)")
         ax_wait.set_xlabel("error class")
         ax_wait.set_title("Time waiting (backoff) or parked")
-        ax_wait.legend()
+        ax_wait.margins(y=0.25)
+        ax_wait.legend(loc="upper left", ncol=2, fontsize=8)
     fig.suptitle("Retry effectiveness per error type")
     return save(fig, path)
 
@@ -193,12 +244,16 @@ def feedback(data: T.Feedback, path: Path, threshold: float) -> Path:
             bottom=[a.validated + a.regenerated for a in data.attempts],
             label="gave up",
         )
+        totals = [a.validated + a.regenerated + a.gave_up for a in data.attempts]
+        for x, total in zip(att, totals, strict=True):
+            ax_val.text(x, total, f"{total}", ha="center", va="bottom", fontsize=9)
+        ax_val.set_ylim(0, 1.3 * max([*totals, 1]))  # headroom for the legend and labels
         ax_val.set_xticks(att)
         ax_val.set_xlabel("attempt")
-        ax_val.set_ylabel("answers scored")
+        ax_val.set_ylabel("answers judged")
         ax_val.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax_val.set_title("Decision per attempt")
-        ax_val.legend()
+        ax_val.legend(loc="upper right", ncol=3, fontsize=8)
         means = [a.mean_score for a in data.attempts]
         ax_score.plot(
             att,
@@ -209,12 +264,17 @@ def feedback(data: T.Feedback, path: Path, threshold: float) -> Path:
             label="mean score",
         )
         ax_score.axhline(threshold, color="#e76f51", ls="--", label=f"threshold {threshold:g}")
+        for x, m in zip(att, means, strict=True):
+            if m is not None:
+                ax_score.annotate(
+                    f"{m:.2f}", (x, m), textcoords="offset points", xytext=(0, 8), ha="center"
+                )
         ax_score.set_xticks(att)
-        ax_score.set_ylim(0, 1)
+        ax_score.set_ylim(0, 1.15)
         ax_score.set_xlabel("attempt")
         ax_score.set_ylabel("mean score (0-1)")
         ax_score.set_title("Mean score per attempt")
-        ax_score.legend()
+        ax_score.legend(loc="upper right", ncol=2, fontsize=8)
     overhead = data.overhead_pct
     fig.suptitle("Feedback loop" + ("" if overhead is None else f": +{overhead:.1f} % LLM calls"))
     return save(fig, path)

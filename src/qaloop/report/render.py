@@ -5,9 +5,11 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from qaloop.report import cost as C
+from qaloop.report import feedback as feedback_gain
 from qaloop.report import tables as T
 from qaloop.report.data import ReportData
 from qaloop.report.tables import Cell, Table
@@ -36,10 +38,20 @@ def fmt(value: Cell, digits: int | None = None) -> str:
     return "\u00a0" * (len(text) - len(stripped)) * 2 + stripped  # keep sub-row indents
 
 
+def cells(table: Table, row: Sequence[Cell]) -> list[str]:
+    """A row's cells as text. A percentage (its column or its row label has a %) always has
+    one decimal; other floats follow the table's digits."""
+    row_pct = bool(row) and isinstance(row[0], str) and "%" in row[0]
+    return [
+        fmt(c, 1 if (row_pct or "%" in column) and isinstance(c, float) else table.digits)
+        for column, c in zip(table.columns, row, strict=False)
+    ]
+
+
 def markdown_table(table: Table) -> str:
     lines = [f"| {' | '.join(table.columns)} |", "|" + "---|" * len(table.columns)]
     lines += [
-        "| " + " | ".join(fmt(c, table.digits).replace("|", "\\|") for c in row) + " |"
+        "| " + " | ".join(c.replace("|", "\\|") for c in cells(table, row)) + " |"
         for row in table.rows
     ]
     if not table.rows:
@@ -53,7 +65,7 @@ def html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     body = (
         "".join(
-            "<tr>" + "".join(f"<td>{html.escape(fmt(c, table.digits))}</td>" for c in row) + "</tr>"
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(table, row)) + "</tr>"
             for row in table.rows
         )
         or f'<tr><td colspan="{len(table.columns)}">(none)</td></tr>'
@@ -118,6 +130,7 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     by_question = T.group_events(data.events)
     overview = T.overview(data.questions, data.events, data.dead_letters)
+    server_latency = T.latency_from_storage(data.questions)
     if data.requests is not None:
         latency = T.latency_from_requests(data.requests)
         series: dict[str, Sequence[float]] = {
@@ -126,7 +139,7 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
         }
         tp_source = "requests CSV: answers per second by outcome"
     else:
-        latency = T.latency_from_storage(data.questions)
+        latency = server_latency
         series = {
             "accepted": [float(q["first_seen"]) for q in data.questions],
             "finished": [
@@ -138,8 +151,10 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
     loop = T.feedback(by_question)
     score = T.scores(data.events, threshold)
     dead = T.dead_letters(data.dead_letters)
+    spend = C.cost(data.usage, data.questions)
 
-    plots.latency_cdf(latency, out_dir / "latency_cdf.png")
+    client_side = data.requests is not None
+    plots.latency_cdf(latency, out_dir / "latency_cdf.png", server_latency if client_side else None)
     plots.throughput(series, out_dir / "throughput.png", tp_source)
     plots.retries(retry, out_dir / "retries.png")
     plots.feedback(loop, out_dir / "feedback.png", threshold)
@@ -154,10 +169,20 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
             Section("Overview", "What storage holds.", [overview.table()]),
             Section(
                 "Perceived latency and throughput",
-                "Time from the request (or first sight of the question) to its answer. A hit is "
-                "answered from cache or storage at once; a queued question waits for the LLM, "
-                "the judge and any retries.",
-                [latency.table()],
+                "Time to an answer. A hit is answered from cache or storage at once; a queued "
+                "question waits for the LLM, the judge and any retries. "
+                + (
+                    "Client-side numbers come from the traffic CSV (what users see); "
+                    "server-side ones from storage, for comparison."
+                    if client_side
+                    else "These are server-side numbers (storage's clock); pass "
+                    "--requests traffic.csv for what the client saw, which is higher."
+                ),
+                [
+                    latency.table(),
+                    # the CSV has the hits: no "pass --requests" hint under the server table
+                    *([replace(server_latency, hits_without_latency=0).table()] * client_side),
+                ],
                 ["latency_cdf.png", "throughput.png"],
             ),
             Section(
@@ -179,7 +204,14 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
                 [dead.table()],
                 ["dead_letters.png"],
             ),
+            Section(
+                "Spend",
+                "What the LLM calls cost: tokens from each response's usage metadata (estimated "
+                "when the provider gave none) times the price table (docs/spend.md).",
+                [spend.summary_table(), spend.models_table(), spend.lanes_table()],
+            ),
+            Section(*feedback_gain.section(data, out_dir)),
         ],
     )
     written = write_document(doc, out_dir)
-    return written + [out_dir / name for name in PLOT_FILES]
+    return written + [out_dir / name for name in (*PLOT_FILES, feedback_gain.PLOT_FILE)]

@@ -107,6 +107,13 @@ class Latency:
     samples: dict[str, list[float]]
     source: str  # "requests CSV" or "storage timestamps"
     hits_without_latency: int = 0
+    side: str = "server"  # "client": what the traffic client saw; "server": storage's clock
+
+    @property
+    def title(self) -> str:
+        if self.side == "client":
+            return "Time to an answer, client-side (what the traffic client saw)"
+        return "Time to an answer, server-side (storage timestamps)"
 
     def table(self) -> Table:
         rows: list[list[Cell]] = []
@@ -121,14 +128,26 @@ class Latency:
                     percentile(values, 99),
                 ]
             )
-        note = f"Source: {self.source}."
+        if self.side == "client":
+            note = (
+                f"Source: {self.source}. Measured by the client, from sending the request to "
+                "its response (hits) or to the final answer of a queued question (its wait "
+                "over SSE or ?wait=): includes HTTP, the client's own queueing and how it "
+                "learnt of the answer."
+            )
+        else:
+            note = (
+                f"Source: {self.source}. Measured by the server, from the gateway accepting "
+                "the question to the store writing its final state: excludes the HTTP round "
+                "trip and the client's wait, so it is lower than what a client sees."
+            )
         if self.hits_without_latency:
             note += (
                 f" Storage records no per-request latency for the {self.hits_without_latency} "
                 "repeat asks answered from cache or storage (pass --requests CSV for them)."
             )
         return Table(
-            "Perceived latency: time to an answer",
+            self.title,
             ["requests", "n", "mean (s)", "p50 (s)", "p95 (s)", "p99 (s)"],
             rows,
             note,
@@ -150,7 +169,9 @@ def latency_from_requests(rows: Sequence[RequestRow]) -> Latency:
     samples: dict[str, list[float]] = {HIT: [], QUEUED: [], ERROR: []}
     for r in rows:
         samples[r.outcome].append(r.latency_s)
-    return Latency({k: v for k, v in samples.items() if v or k != ERROR}, "requests CSV")
+    return Latency(
+        {k: v for k, v in samples.items() if v or k != ERROR}, "requests CSV", side="client"
+    )
 
 
 def throughput(
@@ -297,11 +318,12 @@ def _count_wait(row: RetryRow, history: list[dict[str, Any]], i: int) -> None:
 @dataclass(frozen=True, slots=True)
 class AttemptRow:
     attempt: int
-    scored: int
+    scored: int  # judged with a score (an answer without a reference has none)
     mean_score: float | None
     validated: int
     regenerated: int
     gave_up: int
+    unscored: int = 0  # judged without a score: validated unscored (no reference answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +363,7 @@ class Feedback:
             [
                 a.attempt,
                 a.scored,
+                a.unscored,
                 a.mean_score,
                 a.validated,
                 pct(a.validated, self.validated_total),
@@ -354,6 +377,7 @@ class Feedback:
             [
                 "attempt",
                 "answers scored",
+                "unscored (no reference)",
                 "mean score",
                 "validated",
                 "% of validated",
@@ -414,11 +438,12 @@ def feedback(events_by_question: dict[str, list[dict[str, Any]]]) -> Feedback:
     rows = [
         AttemptRow(
             a,
-            sum(decisions[a].values()),
+            len(scores[a]),
             mean(scores[a]),
             decisions[a]["validate"],
             decisions[a]["regenerate"],
             decisions[a]["give_up"],
+            sum(decisions[a].values()) - len(scores[a]),
         )
         for a in attempts
     ]

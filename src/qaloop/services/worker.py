@@ -14,23 +14,32 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qaloop.bus.base import OutMessage, Topics
-from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState
+from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState, Usage
 from qaloop.core.retry import GiveUp, Park, RetryNow, RetryPolicy, on_llm_error
+from qaloop.core.routing import prompt_feedback
 from qaloop.core.wire import out
+from qaloop.llm.accounting import GENERATE, Meter
 from qaloop.llm.base import (
     DEFAULT_PROMPT_TEMPLATE,
+    Generation,
     GenerationRequest,
     LLMError,
     Provider,
     ServerError,
     render_prompt,
 )
+from qaloop.llm.budget import Budget, BudgetStop
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
+from qaloop.quality.lang import detect_language
+from qaloop.quality.verdict import Reason
+from qaloop.services.batch_lane import BatchLane
+from qaloop.services.gating import PromptConfig
+from qaloop.services.priority import PrioritySlots
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,7 @@ class WorkerConfig:
     request_timeout_s: float = 60.0
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     seed: int = 42  # seeds backoff jitter per (question, attempt, try): runs are repeatable
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # feedback, escalation
 
 
 class WorkerStats:
@@ -78,8 +88,16 @@ class Worker:
         clock: Callable[[], float] = time.time,
         on_start: Callable[[Envelope], None] | None = None,
         metrics: Metrics | None = None,
+        meter: Meter | None = None,
+        budget: Budget | None = None,
+        batch_lane: BatchLane | None = None,
+        priority: PrioritySlots | None = None,
     ) -> None:
         self.provider = provider
+        self.meter = meter
+        self.budget = budget
+        self.batch_lane = batch_lane
+        self.priority = priority
         self.topics = topics
         self.config = config
         self.retry = retry
@@ -100,25 +118,36 @@ class Worker:
     async def handle(self, envelope: Envelope) -> list[OutMessage]:
         if self.on_start is not None:
             self.on_start(envelope)
+        taken = await self._to_batch_lane(envelope)
+        if taken is not None:
+            return taken
         env = envelope.evolve(state=QuestionState.GENERATING)
         log_event(log, "generating", env, state="generating")
         m = self.metrics
         while True:
+            stop = await self._spend_stop(env)
+            if stop is not None:
+                return [out(self.topics.delayed, self._park_for_spend(env, stop))]
             try_no = env.tries_in_attempt + 1
+            pc = self.config.prompt
+            feedback = prompt_feedback(env) if pc.feedback else None
             request = GenerationRequest(
                 question_id=env.question_id,
                 question=env.question,
                 attempt=env.attempt,
                 try_no=env.llm_calls + 1,
-                prompt=render_prompt(self.config.prompt_template, env.question),
+                prompt=build_prompt(self.config.prompt_template, env.question, feedback),
                 reference_answer=env.reference_answer,
+                temperature=pc.temperature(env.attempt),
+                model=pc.model(env.attempt),
+                feedback=feedback,
             )
             started = self.clock()
             call_started = time.perf_counter()
             self.stats.llm_calls += 1
             try:
                 async with asyncio.timeout(self.config.request_timeout_s):  # no extra task
-                    generation = await self.provider.generate(request)
+                    generation = await self._call(env, request)
             except (LLMError, TimeoutError) as raw_error:
                 error = (
                     raw_error
@@ -229,12 +258,15 @@ class Worker:
             for recovered in errors_since_last_answer(env):
                 self.stats.recovered[recovered] += 1
                 m.llm_recovered.labels(recovered).inc()
+            usage = self._account(generation, request)
+            await self._charge_spend(env, usage)
             generated = env.with_event(
                 EventKind.GENERATED,
                 now,
                 answer=generation.text,
                 latency_ms=generation.latency_ms,
                 detail=_usage(generation.input_tokens, generation.output_tokens),
+                usage=usage,
             ).evolve(
                 state=QuestionState.SCORING,
                 answer=generation.text,
@@ -254,6 +286,135 @@ class Worker:
                 state="scoring",
             )
             return [out(self.topics.generated, generated)]
+
+    # -- spend (docs/spend.md): kept apart from the retry logic above
+
+    def _account(self, generation: Generation, request: GenerationRequest) -> Usage | None:
+        """Price the call from its usage metadata (estimated, and marked so, when absent)."""
+        if self.meter is None:
+            return None
+        inner = getattr(self.provider, "inner", self.provider)
+        return self.meter.usage(
+            generation,
+            request.prompt,
+            generation.provider or self._provider_name,
+            purpose=GENERATE,
+            configured_model=generation.requested_model or getattr(inner, "model", None),
+        )
+
+    async def _to_batch_lane(self, env: Envelope) -> list[OutMessage] | None:
+        """A batch-priority question goes to the batch lane when there is one (None: answer
+        it here, e.g. the lane lost its job); at a hard spend limit it is parked instead."""
+        if self.batch_lane is None or env.lane != "batch":
+            return None
+        stop = await self._spend_stop(env)
+        if stop is not None:
+            return [out(self.topics.delayed, self._park_for_spend(env, stop))]
+        return self.batch_lane.take(env)
+
+    async def _call(self, env: Envelope, request: GenerationRequest) -> Generation:
+        """The provider call; with priority lanes, interactive questions get slots first."""
+        slots = self.priority
+        if slots is None:
+            return await self.provider.generate(request)
+        if not slots.try_acquire(env.lane):  # the common case takes no await
+            await slots.acquire(env.lane)
+        try:
+            return await self.provider.generate(request)
+        finally:
+            slots.release()
+
+    async def _spend_stop(self, env: Envelope) -> BudgetStop | None:
+        """The spend budget reached for this question's caller (or everyone), if any. A ledger
+        that can't be read stops too (fails closed): park briefly rather than spend unseen."""
+        if self.budget is None:
+            return None
+        try:
+            return await self.budget.check(env.caller)
+        except LLMError as exc:
+            log_event(log, "budget_unavailable", env, "%s", exc.detail, level=logging.WARNING)
+            return BudgetStop("ledger", 0.0, 0.0, self.retry.backoff_cap_s)
+
+    def _park_for_spend(self, env: Envelope, stop: BudgetStop) -> Envelope:
+        """Park until the budget's period ends: our own stop, no LLM call was made."""
+        now = self.clock()
+        cls = ErrorClass.SPEND
+        due_at = now + stop.retry_after_s
+        self.stats.parked[cls.value] += 1
+        self.metrics.llm_parked.labels(cls.value).inc()
+        message = stop.message if stop.scope != "ledger" else "budget: spend ledger unavailable"
+        log_event(
+            log,
+            "parked",
+            env,
+            "until %.3f (%s)",
+            due_at,
+            message,
+            error_class=cls.value,
+            due_at=due_at,
+            state="queued",
+        )
+        return env.with_event(
+            EventKind.PARKED, now, error_class=cls, wait_s=due_at - now, detail=message
+        ).evolve(
+            state=QuestionState.QUEUED,
+            due_at=due_at,
+            error_class=cls,
+            error_detail=message,
+            tries_in_attempt=0,
+        )
+
+    async def _charge_spend(self, env: Envelope, usage: Usage | None) -> None:
+        if self.budget is not None and usage is not None:
+            await self.budget.charge(env.caller, usage.cost_usd)
+
+
+LANGUAGE_NAMES = {
+    "en": "English",
+    "es": "Spanish",
+    "pt": "Portuguese",
+    "fr": "French",
+    "de": "German",
+    "it": "Italian",
+    "ru": "Russian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "zh": "Chinese",
+    "ar": "Arabic",
+    "el": "Greek",
+    "he": "Hebrew",
+    "hi": "Hindi",
+    "th": "Thai",
+}
+
+
+def build_prompt(template: str, question: str, feedback: str | None) -> str:
+    """The template, plus the question's language when detected, plus -- for a regeneration in
+    the feedback arm -- what was wrong with the rejected attempt (Reason.feedback: the gate's
+    reason in words, never the reference answer)."""
+    notes: list[str] = []
+    lang = detect_language(question)
+    language = LANGUAGE_NAMES.get(lang)
+    if language is not None and lang != "en":  # the template already asks for the same language
+        notes.append(f"The question is in {language}: answer in {language}.")
+    if feedback is not None:
+        try:
+            said = Reason(feedback).feedback
+        except ValueError:
+            said = ""
+        notes.append(
+            "An earlier answer to this question was rejected. "
+            + (said or Reason.LOW_SCORE.feedback)
+            + " Write a better answer."
+        )
+    prompt = render_prompt(template, question)
+    if not notes:
+        return prompt
+    note = "\n".join(notes)
+    head, sep, tail = prompt.rpartition("Answer:")
+    if sep and not tail.strip():  # keep the template's closing cue last
+        return f"{head.rstrip()}\n\n{note}\n\nAnswer:{tail}"
+    return f"{prompt}\n\n{note}"
 
 
 def _usage(input_tokens: int | None, output_tokens: int | None) -> str | None:

@@ -73,6 +73,14 @@ class Repository(Protocol):
 
     def export_events(self) -> list[dict[str, Any]]: ...
 
+    def usage_totals(self) -> dict[str, Any]:
+        """Spend grouped for qaloop.llm.accounting.summarise: {"groups": [...], "questions": n}."""
+        ...
+
+    def export_usage(self) -> list[dict[str, Any]]:
+        """Every priced LLM call (qaloop.storage.usage), ordered by question and seq."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -57,6 +57,15 @@ from qaloop.storage.sqlite import (
     question_row,
     record_from_row,
 )
+from qaloop.storage.usage import (
+    EXPORT_QUERY,
+    QUESTIONS_QUERY,
+    TOTALS_QUERY,
+    USAGE_COLUMNS,
+    export_from_rows,
+    totals_from_rows,
+    usage_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,10 @@ ON CONFLICT (question_id) DO UPDATE SET
 WHERE excluded.progress > questions.progress
 """
 
+_USAGE_INSERT = (
+    f"INSERT INTO llm_usage ({USAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) "
+    "ON CONFLICT (question_id, seq) DO NOTHING"
+)
 _VALUES_16 = ", ".join(["%s"] * 16)
 _VALUES_12 = ", ".join(["%s"] * 12)
 _UPSERT = f"INSERT INTO questions ({_WRITE_COLUMNS}) VALUES ({_VALUES_16}) {_ON_CONFLICT_QUESTION}"
@@ -407,12 +420,16 @@ class PostgresRepository:
         if not envelopes:
             return
         questions, events = batch_rows(envelopes, time.time())
+        usage = [_clean_row(r) for r in usage_rows(envelopes)]
         with self._tx() as conn:
             mode = self.write_mode
             if mode == "copy" or (mode == "auto" and len(questions) >= COPY_THRESHOLD):
                 self._apply_copy(conn, questions, events)
             else:
                 self._apply_executemany(conn, questions, events)
+            if usage:  # one row per answer: few next to the events, executemany is enough
+                with conn.cursor() as cur:
+                    cur.executemany(_USAGE_INSERT, usage)
 
     @staticmethod
     def _apply_executemany(
@@ -575,6 +592,17 @@ class PostgresRepository:
                 f"SELECT question_id, {EVENT_COLUMNS} FROM events ORDER BY question_id, seq"
             ).fetchall()
         return [{"question_id": r[0], **event_from_row(r[1:]).to_dict()} for r in rows]
+
+    def usage_totals(self) -> dict[str, Any]:
+        with self._tx() as conn:
+            rows = conn.execute(TOTALS_QUERY).fetchall()
+            questions = conn.execute(QUESTIONS_QUERY).fetchone()
+        return totals_from_rows(rows, questions[0] if questions else 0)
+
+    def export_usage(self) -> list[dict[str, Any]]:
+        with self._tx() as conn:
+            rows = conn.execute(EXPORT_QUERY).fetchall()
+        return export_from_rows(rows)
 
     def close(self) -> None:
         self._pool.close()

@@ -20,6 +20,16 @@ from qaloop.core.model import (
     progress_key,
 )
 from qaloop.storage.base import DeadLetter, dedupe_batch
+from qaloop.storage.usage import (
+    EXPORT_QUERY,
+    QUESTIONS_QUERY,
+    SQLITE_DDL,
+    TOTALS_QUERY,
+    USAGE_COLUMNS,
+    export_from_rows,
+    totals_from_rows,
+    usage_rows,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS questions (
@@ -93,6 +103,9 @@ _EVENT_INSERT = """
 INSERT OR IGNORE INTO events (question_id, seq, attempt, kind, at, answer, score, latency_ms,
     error_class, detail, decision, wait_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+
+_USAGE_INSERT = f"INSERT OR IGNORE INTO llm_usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 13)})"
 
 
 def question_row(envelope: Envelope, now: float) -> tuple[Any, ...]:
@@ -226,7 +239,7 @@ class SQLiteRepository:
 
     def migrate(self) -> None:
         with self._lock:
-            self._conn.executescript(SCHEMA)
+            self._conn.executescript(SCHEMA + SQLITE_DDL)
 
     def accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
         return self.accept_many([envelope])[0]
@@ -289,11 +302,14 @@ class SQLiteRepository:
         for envelope in envelopes:
             for row in event_rows(envelope):
                 events.setdefault((row[0], row[1]), row)
+        usage = usage_rows(envelopes)
         with self._lock:
             self._conn.execute("BEGIN")
             try:
                 self._conn.executemany(_UPSERT, questions)
                 self._conn.executemany(_EVENT_INSERT, list(events.values()))
+                if usage:
+                    self._conn.executemany(_USAGE_INSERT, usage)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -381,6 +397,17 @@ class SQLiteRepository:
                 f"SELECT question_id, {EVENT_COLUMNS} FROM events ORDER BY question_id, seq"
             ).fetchall()
         return [{"question_id": r[0], **event_from_row(r[1:]).to_dict()} for r in rows]
+
+    def usage_totals(self) -> dict[str, Any]:
+        with self._lock:
+            rows = self._conn.execute(TOTALS_QUERY).fetchall()
+            questions = self._conn.execute(QUESTIONS_QUERY).fetchone()[0]
+        return totals_from_rows(rows, questions)
+
+    def export_usage(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(EXPORT_QUERY).fetchall()
+        return export_from_rows(rows)
 
     def close(self) -> None:
         with self._lock:

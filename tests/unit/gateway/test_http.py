@@ -104,7 +104,7 @@ async def test_stats_and_health(client: httpx.AsyncClient) -> None:
         (b'{"question": "ok?", "reference_answer": 3}', {}, 422, "invalid_field"),
         (b'{"question": "' + b"x" * 201 + b'"}', {}, 422, "question_too_long"),
         (b'{"question": "' + b"x" * 3000 + b'"}', {}, 413, "body_too_large"),
-        (b'{"question": "\xff\xfe"}', {}, 400, "invalid_json"),
+        (b'{"question": "\xff\xfe"}', {}, 400, "invalid_encoding"),
     ],
 )
 async def test_bad_input_gets_a_clear_4xx(

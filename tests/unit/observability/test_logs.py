@@ -22,7 +22,7 @@ ERROR_EVENTS = {"llm_error", "parked", "resumed", "gave_up"}
 async def test_every_state_change_is_one_line_with_question_and_trace_ids(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="qaloop")
+    caplog.set_level(logging.DEBUG, logger="qaloop")
     pipeline = EmbeddedPipeline(error_settings(tmp_path))
     await pipeline.start()
     try:
@@ -64,10 +64,14 @@ async def test_every_state_change_is_one_line_with_question_and_trace_ids(
     i = parked[0].index("parked")
     assert parked[0][i - 1] == "llm_error" and "resumed" in parked[0][i:]
 
-    # The decision lines carry the score; the error lines their class.
+    # The decision lines carry the verdict (its reason, who judged, the score if any); the
+    # error lines their class.
     for r in lines:
         if r.event in ("validated", "regenerated"):  # type: ignore[attr-defined]
-            assert 0.0 <= r.score <= 1.0  # type: ignore[attr-defined]
+            assert r.reason and r.judged_by  # type: ignore[attr-defined]
+            assert r.score is None or 0.0 <= r.score <= 1.0  # type: ignore[attr-defined]
+        if r.event == "validated":  # type: ignore[attr-defined]
+            assert r.score is not None  # type: ignore[attr-defined]
         if r.event in ("llm_error", "parked"):  # type: ignore[attr-defined]
             assert r.error_class  # type: ignore[attr-defined]
 
@@ -83,7 +87,7 @@ def test_json_formatter_writes_the_extra_fields() -> None:
 
     handler = Keep()
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)
     try:
         log_event(logger, "parked", envelope, "until %.1f", 5.0, error_class="quota_minute")
     finally:
@@ -95,7 +99,7 @@ def test_json_formatter_writes_the_extra_fields() -> None:
     assert body["attempt"] == 2
     assert body["event"] == "parked"
     assert body["error_class"] == "quota_minute"
-    assert body["level"] == "INFO" and body["logger"] == "qaloop.test.json"
+    assert body["level"] == "DEBUG" and body["logger"] == "qaloop.test.json"
 
 
 def test_nothing_is_built_when_the_level_is_off(caplog: pytest.LogCaptureFixture) -> None:
@@ -103,3 +107,26 @@ def test_nothing_is_built_when_the_level_is_off(caplog: pytest.LogCaptureFixture
     envelope = Envelope("a" * 32, "q?", None, "b" * 32, 1.0)
     log_event(logging.getLogger("qaloop.test.off"), "generated", envelope)
     assert not caplog.records
+
+
+async def test_info_writes_at_most_one_line_per_question(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default level: a question's outcome only (the issue measured ~7 lines each)."""
+    caplog.set_level(logging.INFO, logger="qaloop")
+    pipeline = EmbeddedPipeline(error_settings(tmp_path, sim_permanent_rate=0.0))
+    await pipeline.start()
+    try:
+        for qa in load_sample(limit=100):
+            await pipeline.service.ask(qa.question, qa.reference_answer)
+        assert await pipeline.drain(60)
+    finally:
+        await pipeline.stop()
+    per_question: dict[str, int] = {}
+    for r in caplog.records:
+        if r.levelno == logging.INFO and hasattr(r, "question_id"):
+            per_question[r.question_id] = per_question.get(r.question_id, 0) + 1  # type: ignore[attr-defined]
+    assert len(per_question) == 100  # every question's outcome is there
+    assert max(per_question.values()) == 1
+    info_lines = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(info_lines) <= 110, [r.getMessage() for r in info_lines[:20]]

@@ -10,6 +10,7 @@ pytest.importorskip("matplotlib", reason="the report needs the `report` extra")
 from qaloop.cli.report import command
 from qaloop.report.data import RequestsFileError, read_requests
 from qaloop.report.render import PLOT_FILES
+from qaloop.storage.factory import open_repository
 
 
 def run(*args: str) -> str:
@@ -37,6 +38,7 @@ def test_report_writes_markdown_html_and_every_plot(known_db: str, tmp_path: Pat
 
 def test_report_on_an_empty_database_still_writes_every_file(tmp_path: Path) -> None:
     out = tmp_path / "empty"
+    open_repository(f"sqlite:///{tmp_path / 'empty.db'}").close()  # exists, holds nothing
     run("--db", f"sqlite:///{tmp_path / 'empty.db'}", "--out", str(out))
     for name in ("report.md", "report.html", *PLOT_FILES):
         assert (out / name).exists(), name
@@ -61,6 +63,22 @@ def test_report_reads_a_requests_csv(known_db: str, tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     assert "Source: requests CSV." in md
     assert "| queued | 2 | 2.000 |" in md
+    # Both clocks, named: what the client saw, and the server's own measure under it.
+    client = md.index("Time to an answer, client-side (what the traffic client saw)")
+    server = md.index("Time to an answer, server-side (storage timestamps)")
+    assert client < server
+    assert "pass --requests" not in md  # the CSV was passed
+
+
+def test_without_a_requests_csv_the_latency_is_called_server_side(
+    known_db: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "rep"
+    run("--db", known_db, "--out", str(out))
+    md = (out / "report.md").read_text()
+    assert "Time to an answer, server-side (storage timestamps)" in md
+    assert "client-side (what" not in md
+    assert "--requests traffic.csv for what the client saw" in md
 
 
 def test_requests_csv_without_a_latency_column_is_refused(tmp_path: Path) -> None:

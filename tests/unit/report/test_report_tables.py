@@ -91,7 +91,7 @@ def test_feedback_loop(data: ReportData) -> None:
     assert f.extra_calls == 5
     assert f.overhead_pct == 100.0
     assert f.extra_share_pct == 50.0
-    assert f.attempts_table().rows[0][4] == 50.0  # % of validated on attempt 1
+    assert f.attempts_table().rows[0][5] == 50.0  # % of validated on attempt 1
 
 
 def test_scores_and_threshold(data: ReportData) -> None:
@@ -117,3 +117,34 @@ def test_throughput_bins() -> None:
     assert width == 1.0
     assert starts == [0.0, 1.0, 2.0, 3.0]
     assert rates == [2.0, 1.0, 0.0, 1.0]
+
+
+def test_an_unscored_answer_is_not_counted_as_scored() -> None:
+    """A question without a reference is validated unscored: judged, but not scored."""
+
+    def ev(qid: str, seq: int, kind: str, **extra: object) -> dict[str, object]:
+        return {"question_id": qid, "seq": seq, "attempt": 1, "kind": kind, "at": 1.0, **extra}
+
+    events = [
+        ev("a", 0, "generated"),
+        ev("a", 1, "scored", score=0.8, decision="validate"),
+        ev("b", 0, "generated"),
+        ev("b", 1, "scored", score=None, decision="validate"),
+    ]
+    f = T.feedback(T.group_events(events))
+    [row] = f.attempts
+    assert (row.scored, row.unscored, row.validated) == (1, 1, 2)
+    assert f.attempts_table().rows[0][:3] == [1, 1, 1]
+
+
+def test_percentages_have_one_decimal_and_other_floats_keep_theirs() -> None:
+    from qaloop.report.render import markdown_table
+
+    table = T.Table(
+        "t",
+        ["name", "share %", "mean"],
+        [["a", 3.14159, 0.123456], ["  overhead, % of x", 88.123, 8.8]],
+    )
+    text = markdown_table(table)
+    assert "| a | 3.1 | 0.123 |" in text
+    assert "overhead, % of x | 88.1 | 8.8 |" in text

@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 class TopicSpec:
     partitions: int
     replication_factor: int = 1
+    min_insync_replicas: int = 1
 
 
 def topic_specs(s: KafkaSettings, t: Topics) -> dict[str, TopicSpec]:
     """The pipeline's topics: hot ones with `partitions`, cold ones (delayed, dead letter)
     with `cold_partitions`."""
-    hot = TopicSpec(s.partitions, s.replication_factor)
-    cold = TopicSpec(s.cold_partitions, s.replication_factor)
+    hot = TopicSpec(s.partitions, s.replication_factor, s.min_insync_replicas)
+    cold = TopicSpec(s.cold_partitions, s.replication_factor, s.min_insync_replicas)
     return {
         t.questions: hot,
         t.generated: hot,
@@ -49,7 +50,10 @@ def topic_specs(s: KafkaSettings, t: Topics) -> dict[str, TopicSpec]:
 
 def new_topic(name: str, spec: TopicSpec) -> NewTopic:
     return NewTopic(
-        name, num_partitions=spec.partitions, replication_factor=spec.replication_factor
+        name,
+        num_partitions=spec.partitions,
+        replication_factor=spec.replication_factor,
+        config={"min.insync.replicas": str(spec.min_insync_replicas)},
     )
 
 

@@ -12,12 +12,21 @@ class KafkaSettings:
     partitions: int = 6  # questions, generated, validated: bounds the useful consumers per group
     cold_partitions: int = 2  # delayed, dead letter
     replication_factor: int = 1
+    # with acks=all a write succeeds once this many replicas have it (topics created here)
+    min_insync_replicas: int = 1
     session_timeout_ms: int = 10_000  # how long a killed consumer holds its partitions
     linger_ms: int = 5
     fetch_wait_max_ms: int = 100
     client_id: str = "qaloop"
     producer: dict[str, Any] = field(default_factory=dict)  # extra librdkafka settings
     consumer: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min.insync.replicas {self.min_insync_replicas} > replication factor "
+                f"{self.replication_factor}: no acks=all write could ever succeed"
+            )
 
 
 def base_config(s: KafkaSettings) -> dict[str, Any]:

@@ -1,0 +1,291 @@
+"""The batch lane: a batch question waits (with a safety copy on the delayed topic), jobs are
+submitted by size or age, polled, and every outcome routed: answers to the generated topic at
+batch prices, a refused item to the dead letters, a failed job or an item an expired job never
+ran back to the interactive lane with its reason. And priority slots: interactive first."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from qaloop.bus.base import OutMessage, Topics
+from qaloop.core import codec
+from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState
+from qaloop.core.retry import RetryPolicy
+from qaloop.llm.accounting import Meter
+from qaloop.llm.base import (
+    Generation,
+    GenerationRequest,
+    LLMError,
+    OverloadError,
+    PermanentError,
+)
+from qaloop.llm.batch import BatchExpired, BatchItem, BatchPoll, BatchState
+from qaloop.llm.pricing import PriceTable
+from qaloop.services.batch_lane import BatchLane, BatchLaneConfig
+from qaloop.services.priority import PrioritySlots
+from qaloop.services.worker import Worker, WorkerConfig
+
+TOPICS = Topics()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class ScriptedBatch:
+    name = "openai"
+    model = "gpt-4o-mini"
+
+    def __init__(self, outcome: BatchState = BatchState.DONE, polls: int = 1) -> None:
+        self.outcome = outcome
+        self.polls = polls
+        self.jobs: dict[str, list[BatchItem]] = {}
+        self.reads = 0
+        self.submit_error: LLMError | None = None
+        self.item_results: dict[str, Generation | LLMError] = {}
+
+    async def submit(self, items: Sequence[BatchItem]) -> str:
+        if self.submit_error is not None:
+            raise self.submit_error
+        job = f"job{len(self.jobs)}"
+        self.jobs[job] = list(items)
+        return job
+
+    async def poll(self, job_id: str) -> BatchPoll:
+        self.reads += 1
+        if self.reads <= self.polls:
+            return BatchPoll(BatchState.RUNNING)
+        if self.outcome is BatchState.FAILED:
+            return BatchPoll(BatchState.FAILED, detail="openai batch failed: quota")
+        results: dict[str, Generation | LLMError] = {}
+        for item in self.jobs[job_id]:
+            results[item.key] = self.item_results.get(
+                item.key,
+                Generation(f"answer to {item.key}", 0.0, model="gpt-4o-mini",
+                           input_tokens=1000, output_tokens=1000),
+            )  # fmt: skip
+        return BatchPoll(self.outcome, results)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _env(qid: str) -> Envelope:
+    env = Envelope(qid, f"Question {qid}?", None, "t", 1000.0, lane="batch")
+    return env.with_event(EventKind.ACCEPTED, 1000.0)
+
+
+def _lane(client: ScriptedBatch, clock: Clock, sink: list[OutMessage], **cfg: float) -> BatchLane:
+    async def publish(messages: Sequence[OutMessage]) -> None:
+        sink.extend(messages)
+
+    config = BatchLaneConfig(**{"max_size": 3, "max_wait_s": 10.0, "poll_every_s": 5.0, **cfg})  # type: ignore[arg-type]
+    return BatchLane(client, TOPICS, publish, prompt=lambda q: f"Question: {q}",
+                     meter=Meter(PriceTable.load()), config=config, clock=clock)  # fmt: skip
+
+
+def _decoded(messages: Sequence[OutMessage], topic: str) -> list[Envelope]:
+    return [codec.decode(m.value) for m in messages if m.topic == topic]
+
+
+async def test_batch_questions_wait_then_come_back_as_answers_at_batch_prices() -> None:
+    clock, sink = Clock(), []
+    client = ScriptedBatch()
+    lane = _lane(client, clock, sink)
+    copies = lane.take(_env("a"))
+    assert copies is not None and [m.topic for m in copies] == [TOPICS.delayed]
+    copy = codec.decode(copies[0].value)
+    assert copy.due_at == pytest.approx(1000.0 + 25 * 3600) and copy.history[-1].kind == "batched"
+    await lane.step()
+    assert not client.jobs  # one question, younger than max_wait: no job yet
+    clock.t += 10
+    await lane.step()
+    assert len(client.jobs) == 1
+    await lane.step()  # not time to poll yet
+    clock.t += 5
+    await lane.step()  # running
+    clock.t += 5
+    await lane.step()  # done
+    [gen] = _decoded(sink, TOPICS.generated)
+    assert gen.state is QuestionState.SCORING and gen.answer == "answer to a"
+    usage = gen.history[-1].usage
+    assert usage is not None and usage.lane == "batch"
+    assert usage.cost_usd == pytest.approx((1000 * 0.075 + 1000 * 0.30) / 1e6)  # half price
+    assert lane.take(copy) == []  # the safety copy, due later, is dropped
+
+
+async def test_a_full_batch_is_submitted_at_once() -> None:
+    clock, sink = Clock(), []
+    client = ScriptedBatch()
+    lane = _lane(client, clock, sink)
+    for q in "abcd":
+        lane.take(_env(q))
+    await lane.step()
+    assert [len(v) for v in client.jobs.values()] == [3] and len(lane.pending) == 1
+
+
+async def test_item_errors_are_routed_by_class() -> None:
+    clock, sink = Clock(), []
+    client = ScriptedBatch(polls=0)
+    client.item_results = {
+        "a": PermanentError("openai-compatible 400: bad", status=400),
+        "b": OverloadError("503", status=503),
+        "c": PermanentError("openai-compatible: empty answer"),  # no status: about the reply
+    }
+    lane = _lane(client, clock, sink)
+    for q in "abc":
+        lane.take(_env(q))
+    await lane.step()
+    clock.t += 5
+    await lane.step()
+    [dead] = _decoded(sink, TOPICS.dead_letter)
+    assert dead.question_id == "a" and dead.state is QuestionState.FAILED
+    back = {e.question_id: e for e in _decoded(sink, TOPICS.questions)}
+    assert set(back) == {"b", "c"}
+    assert all(e.lane == "interactive" and e.state is QuestionState.QUEUED for e in back.values())
+    assert back["b"].history[-1].error_class is ErrorClass.OVERLOAD
+
+
+async def test_failed_job_puts_every_question_back_with_the_reason() -> None:
+    clock, sink = Clock(), []
+    lane = _lane(ScriptedBatch(BatchState.FAILED, polls=0), clock, sink)
+    for q in "ab":
+        lane.take(_env(q))
+    clock.t += 10
+    await lane.step()
+    clock.t += 5
+    await lane.step()
+    back = _decoded(sink, TOPICS.questions)
+    assert [e.question_id for e in back] == ["a", "b"]
+    assert all(e.lane == "interactive" for e in back)
+    assert back[0].error_detail == "openai batch failed: quota"
+    assert lane.stats.put_back == {"openai batch failed": 2}
+
+
+async def test_expired_job_answers_what_ran_and_puts_back_the_rest() -> None:
+    clock, sink = Clock(), []
+    client = ScriptedBatch(BatchState.EXPIRED, polls=0)
+    client.item_results = {"b": BatchExpired("openai batch: expired")}
+    lane = _lane(client, clock, sink)
+    for q in "ab":
+        lane.take(_env(q))
+    clock.t += 10
+    await lane.step()
+    clock.t += 5
+    await lane.step()
+    assert [e.question_id for e in _decoded(sink, TOPICS.generated)] == ["a"]
+    [back] = _decoded(sink, TOPICS.questions)
+    assert back.question_id == "b" and back.error_detail is not None
+    assert "expired" in back.error_detail
+
+
+async def test_submit_error_puts_the_questions_back() -> None:
+    clock, sink = Clock(), []
+    client = ScriptedBatch()
+    client.submit_error = PermanentError("openai-compatible 403: batch not allowed", status=403)
+    lane = _lane(client, clock, sink)
+    lane.take(_env("a"))
+    clock.t += 10
+    await lane.step()
+    [back] = _decoded(sink, TOPICS.questions)
+    assert back.error_detail is not None and "batch submit failed" in back.error_detail
+
+
+async def test_a_lost_job_is_answered_interactively_by_the_worker() -> None:
+    class Answer:
+        name = "openai"
+        model = "gpt-4o-mini"
+
+        async def generate(self, request: GenerationRequest) -> Generation:
+            return Generation("now", 1.0, input_tokens=1, output_tokens=1)
+
+        async def aclose(self) -> None:
+            return None
+
+    clock, sink = Clock(), []
+    lane = _lane(ScriptedBatch(), clock, sink)
+    worker = Worker(Answer(), TOPICS, WorkerConfig(), RetryPolicy(), batch_lane=lane)
+    [copy_msg] = await worker.handle(_env("a"))
+    assert copy_msg.topic == TOPICS.delayed
+    restarted = _lane(ScriptedBatch(), clock, sink)  # a new process: the job is unknown
+    worker = Worker(Answer(), TOPICS, WorkerConfig(), RetryPolicy(), batch_lane=restarted)
+    resumed = codec.decode(copy_msg.value).with_event(EventKind.RESUMED, clock.t)
+    [out] = await worker.handle(resumed)
+    assert out.topic == TOPICS.generated
+
+
+async def test_interactive_calls_get_slots_first() -> None:
+    slots = PrioritySlots(1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def call(lane: str, name: str, hold: bool = False) -> None:
+        async with slots.slot(lane):
+            order.append(name)
+            if hold:
+                await release.wait()
+
+    first = asyncio.create_task(call("batch", "b0", hold=True))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(call("batch", "b1")), asyncio.create_task(call("batch", "b2"))]
+    await asyncio.sleep(0)
+    waiting.append(asyncio.create_task(call("interactive", "i1")))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(first, *waiting)
+    assert order == ["b0", "i1", "b1", "b2"]
+    assert slots.free == 1 and slots.waited == {"interactive": 1, "batch": 2}
+
+
+async def test_batch_spend_is_budgeted() -> None:
+    from qaloop.llm.budget import Budget, BudgetConfig, LocalLedger
+
+    clock, sink = Clock(), []
+    budget = Budget(BudgetConfig(limit_usd=0.0005), LocalLedger(), clock=clock)
+    client = ScriptedBatch(polls=0)
+
+    async def publish(messages: Sequence[OutMessage]) -> None:
+        sink.extend(messages)
+
+    lane = BatchLane(
+        client,
+        TOPICS,
+        publish,
+        prompt=lambda q: q,
+        meter=Meter(PriceTable.load()),
+        budget=budget,
+        config=BatchLaneConfig(max_wait_s=0.0, poll_every_s=0.0),
+        clock=clock,
+    )
+    worker = Worker(
+        Counting(), TOPICS, WorkerConfig(), RetryPolicy(), clock=clock, budget=budget,
+        batch_lane=lane,
+    )  # fmt: skip
+    assert [m.topic for m in await worker.handle(_env("a"))] == [TOPICS.delayed]  # the copy
+    await lane.step()  # submit
+    await lane.step()  # done: 0.000375 USD charged
+    assert len(_decoded(sink, TOPICS.generated)) == 1
+    await budget.charge(None, 0.0002)  # someone else's call crosses the limit
+    [parked] = await worker.handle(_env("b"))
+    env = codec.decode(parked.value)
+    assert env.error_class is ErrorClass.SPEND and "b" not in {
+        i.key for items in client.jobs.values() for i in items
+    }
+
+
+class Counting:
+    name = "openai"
+    model = "gpt-4o-mini"
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        raise AssertionError("a batch question must not be called interactively here")
+
+    async def aclose(self) -> None:
+        return None
