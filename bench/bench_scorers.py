@@ -4,6 +4,7 @@ comparison when installed, and the judge (qaloop.services.judge.Judge.handle_bat
 default scorer on generated envelopes.
 
     .venv/bin/python bench/bench_scorers.py [--pairs 2000] [--judge-envelopes 20000]
+    .venv/bin/python bench/bench_scorers.py --gate-only [--gate-pairs 1000]  # the default gate
 
 Inputs are synthetic and seeded: English-like answer/reference pairs of 40-80 words that
 share about a third of their words. Each lexical number is the best of 3 runs over the same
@@ -288,6 +289,67 @@ def bench_judge(pairs: Sequence[tuple[str, str]], n: int, scorer_name: str, batc
     }
 
 
+def gate_inputs(n: int) -> tuple[list[Any], str]:
+    """Recorded (question, answer, reference) triples when the shared data is there (the
+    first n rows, all languages: the checks see what the judge would see), else synthetic."""
+    from qaloop.quality.verdict import GateInput
+
+    path = shared_answers()
+    if path is not None:
+        from qaloop.quality.calibration import load_pairs
+
+        pairs, _ = load_pairs(path)
+        items = [GateInput(p.question, p.answer, p.reference) for p in pairs[:n]]
+        return items, f"{len(items)} recorded rows of {path.name}"
+    synthetic = pairs_of(n, seed=13)
+    items = [GateInput(f"{r[:60]}?", a, r) for a, r in synthetic]
+    return items, f"{len(items)} synthetic pairs"
+
+
+def bench_gate(n: int, batch: int) -> Any:
+    """The default gate (qaloop.quality.gate, settings as configured): judge_batch pairs/s,
+    cold (a fresh gate and model caches each run, best of 2), in batches like the judge's."""
+    from qaloop.gate_config import gate_spec_from_settings
+    from qaloop.quality.gate import build_gate
+
+    items, what = gate_inputs(n)
+    spec = gate_spec_from_settings(Settings())
+    scorer = get_scorer(spec.scorer)  # loaded once: the judge loads it at start-up
+    seconds = cpu = float("inf")
+    checks_only = float("inf")
+    for _ in range(2):
+        gate = build_gate(spec, scorer)
+        clear_caches()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for begin in range(0, len(items), batch):
+            gate.judge_batch(items[begin : begin + batch])
+        seconds = min(seconds, time.perf_counter() - started)
+        # CPU seconds of this process (all threads): on a machine shared with other work the
+        # wall clock says more about the neighbours than about the gate.
+        cpu = min(cpu, time.process_time() - cpu_started)
+        clear_caches()
+        started = time.perf_counter()
+        for item in items:
+            gate.precheck(item)
+        checks_only = min(checks_only, time.perf_counter() - started)
+    print(
+        f"gate[{gate.name}, pass >= {spec.pass_threshold}]: {len(items) / seconds:.1f} pairs/s "
+        f"({what}); {len(items) / cpu:.1f} pairs per CPU-second; checks alone "
+        f"{len(items) / checks_only:.0f} pairs/s"
+    )
+    return {
+        "gate": gate.name,
+        "spec": repr(spec),
+        "inputs": what,
+        "batch": batch,
+        "seconds": seconds,
+        "pairs_per_s": len(items) / seconds,
+        "cpu_seconds": cpu,
+        "pairs_per_cpu_second": len(items) / cpu,
+        "checks_only_pairs_per_s": len(items) / checks_only,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--pairs", type=int, default=2000)
@@ -297,7 +359,17 @@ def main() -> None:
     parser.add_argument("--no-embedding", action="store_true")
     parser.add_argument("--quant-pairs", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scorers.json")
+    parser.add_argument("--gate-pairs", type=int, default=1000, help="pairs for the gate bench")
+    parser.add_argument("--gate-only", action="store_true", help="only the default gate's bench")
     args = parser.parse_args()
+    if args.gate_only:
+        gate = {"machine": machine(), "gate": bench_gate(args.gate_pairs, 64)}
+        gate["loadavg_1_5_15_at_end"] = list(os.getloadavg())
+        out = args.out.with_name("gate.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(gate, option=orjson.OPT_INDENT_2))
+        print(f"wrote {out}")
+        return
 
     import logging
 
@@ -327,6 +399,7 @@ def main() -> None:
     if not args.no_embedding and "skipped" not in result["embedding"]:
         n = min(args.judge_envelopes, 2000)
         result["judge"].append(bench_judge(pairs, n, "embedding", args.judge_batch))
+    result["gate"] = bench_gate(args.gate_pairs, 64)
     result["loadavg_1_5_15_at_end"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))

@@ -18,6 +18,7 @@ from typing import Any
 from qaloop.bus.base import Bus
 from qaloop.bus.memory import MemoryBus
 from qaloop.gateway.service import StatusBoard
+from qaloop.lifecycle import stop_embedded
 from qaloop.llm.accounting import cost_stats
 from qaloop.llm.base import Provider
 from qaloop.llm.factory import make_provider
@@ -62,6 +63,7 @@ class EmbeddedPipeline:
         self.service = self.wiring.question_service(self.repo, self.bus, m, board=self.board)
         self.cache = self.service.cache
         self._stop = asyncio.Event()
+        self._stops: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.resumed = 0
         w = self.wiring
@@ -91,18 +93,23 @@ class EmbeddedPipeline:
         if isinstance(self.bus, MemoryBus):
             self.metrics.watch_lag(MemoryLag(self.bus, self.wiring.groups()))
         await self._resume()
+        # One stop event per task: they stop in order (qaloop.lifecycle.stop_embedded).
+        stop = self._stop_for
         for name, coro in (
-            *((name, runner.run(self._stop)) for name, runner in self.runners.items()),
-            ("retrier", self.retrier.run(self._stop)),
-            ("hits", self.service.run_hit_flusher(self._stop)),
-            *([("webhooks", self.webhooks.run(self._stop))] if self.webhooks else []),
+            *((name, runner.run(stop(name))) for name, runner in self.runners.items()),
+            ("retrier", self.retrier.run(stop("retrier"))),
+            ("hits", self.service.run_hit_flusher(stop("hits"))),
+            *([("webhooks", self.webhooks.run(stop("webhooks")))] if self.webhooks else []),
             *self._spend_tasks(),
         ):
             self._tasks.append(asyncio.create_task(coro, name=name))
 
+    def _stop_for(self, name: str) -> asyncio.Event:
+        return self._stops.setdefault(name, asyncio.Event())
+
     def _spend_tasks(self) -> list[tuple[str, Any]]:
         lane = self.worker_stage.batch_lane
-        return [("batch", lane.run(self._stop))] if lane is not None else []
+        return [("batch", lane.run(self._stop_for("batch")))] if lane is not None else []
 
     async def _resume(self) -> None:
         """The in-process bus starts empty: every unfinished question goes back (Recovery)."""
@@ -128,12 +135,25 @@ class EmbeddedPipeline:
 
     async def stop(self) -> None:
         self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.service.closing.set()
+        subs = self.wiring.groups()
+        await stop_embedded(
+            self._stops,
+            {task.get_name(): task for task in self._tasks},
+            bus=self.bus if isinstance(self.bus, MemoryBus) else None,
+            groups={
+                "judge": subs[self.wiring.group("judge")],
+                "store": subs[self.wiring.group("store")],
+            },
+            runners=self.runners,
+            timeout_s=self.settings.shutdown_timeout_s,
+        )
         await self.service.flush_hits()
         if self.webhooks is not None:
             self.webhooks.outbox.close()
         await self.provider.aclose()
         await self.worker_stage.aclose()
+        await self.judge.aclose()  # the LLM judge's provider
         await self.bus.close()
 
     def stats(self) -> dict[str, Any]:
@@ -147,6 +167,7 @@ class EmbeddedPipeline:
                 "held_parked": self.retrier.held,
                 "judge_decisions": dict(self.judge.decisions),
                 "judge_unscored": self.judge.unscored,
+                "judge_gates": self.judge.stats(),
                 "judge_quality": dict(self.judge.quality),
                 "resumed_at_start": self.resumed,
                 "in_flight": len(self.service.in_flight),
@@ -155,4 +176,5 @@ class EmbeddedPipeline:
             "cost": cost_stats(self.repo, counts),
             "fallbacks": fallback_stats(self.provider),
             "batch_lane": lane.stats.as_dict() if lane is not None else {},
+            "budget": self.worker.budget.as_dict() if self.worker.budget is not None else {},
         }

@@ -54,10 +54,71 @@ class Settings(BaseSettings):
 
     # Quality gate
     scorer: str = Field(
-        "composite", description="Scorer name (docs/quality.md: chosen by qaloop calibrate)"
+        "composite",
+        description="Scorer of the plain score path; set explicitly, also the gate's relevance "
+        "scorer (unset: the calibrated gate, embedding + question; docs/quality.md)",
     )
-    threshold: float = Field(0.14, ge=0, le=1, description="Validation threshold on the score")
+    threshold: float = Field(
+        0.14,
+        ge=0,
+        le=1,
+        description="Pass threshold on the score (>=); set explicitly, also the gate's "
+        "(unset: the calibrated gate's 0.29)",
+    )
+    gate_unsure_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Gate: scores in [this, threshold) are UNSURE (the cascade's LLM judge "
+        "decides); default: the calibrated band's lower edge, at most the threshold",
+    )
+    gate_max_chars: int = Field(20_000, ge=1, description="Gate: longer answers fail as malformed")
+    gate_checks: str = Field(
+        "language,contradiction,truncation",
+        description="Gate: optional checks on (comma list of language, contradiction, "
+        "truncation; empty = none)",
+    )
     max_attempts: int = Field(3, ge=1, description="Generation attempts before giving up")
+    judge_unsure_band: float = Field(
+        0.04,
+        ge=0,
+        le=1,
+        description="Cheap-gate scores within this distance of the threshold are UNSURE and go "
+        "to the LLM judge (answers to questions without a reference always do)",
+    )
+    judge_llm: Literal["same", "simulated", "gemini", "openai"] = Field(
+        "same",
+        description="Provider of the LLM judge (same: QALOOP_LLM's; replay can't judge, so "
+        "with --llm replay `same` means simulated)",
+    )
+    judge_model: str | None = Field(None, description="Model of the LLM judge (None: llm_model)")
+    judge_quota_share: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Share of llm_rpm/tpm/rpd the LLM judge gets (its own limiter key); "
+        "generation keeps the rest",
+    )
+    judge_concurrency: int = Field(16, ge=1, description="LLM-judge calls in flight per judge")
+    feedback: bool = Field(
+        True, description="Regeneration prompts say why the last attempt was rejected"
+    )
+    feedback_control_share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of questions regenerated with the plain prompt (the control group "
+        "that measures the feedback gain), by a seeded hash of the question id",
+    )
+    feedback_seed: int = Field(0, description="Seed of the control-group hash")
+    attempt_temperatures: list[float] = Field(
+        default_factory=list,
+        description="Sampling temperature per attempt, e.g. [0.2, 0.7, 1.0] (JSON; the last "
+        "value repeats; empty: the provider's default)",
+    )
+    last_attempt_model: str | None = Field(
+        None, description="A stronger model for the last attempt (None: the same model)"
+    )
 
     # Flink judge (`qaloop flink-job`, `flink run -pym qaloop.flink.job`; docs/flink.md). The
     # gate itself (scorer, threshold, max attempts) is the plain judge's settings above.
@@ -115,6 +176,29 @@ class Settings(BaseSettings):
     sim_quota_rate: float = Field(0.0, ge=0, le=1, description="Simulated 429 rate per call")
     sim_quota_retry_after_s: float = Field(1.0, ge=0, description="Retry-After of simulated 429s")
     sim_permanent_rate: float = Field(0.0, ge=0, le=1, description="Simulated 400 rate per call")
+    sim_kinds: dict[str, float] = Field(
+        default_factory=lambda: {
+            "good": 0.62,
+            "off_topic": 0.12,
+            "echo": 0.08,
+            "non_answer": 0.08,
+            "wrong": 0.10,
+        },
+        description="Simulated answer kinds and their weights (JSON)",
+    )
+    sim_hard_rate: float = Field(
+        0.3, ge=0, le=1, description="Share of simulated questions whose bad answers repeat"
+    )
+    sim_feedback_effect: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Simulated effect of feedback: bad answer kinds weigh (1 - effect) with it "
+        "(an input of the simulation, not a finding)",
+    )
+    sim_judge_error_rate: float = Field(
+        0.0, ge=0, le=1, description="How often the simulated LLM judge grades wrongly"
+    )
     llm_model: str | None = Field(
         None, description="Model name; default gemini-2.5-flash-lite (gemini), gpt-4o-mini (openai)"
     )
@@ -243,6 +327,45 @@ class Settings(BaseSettings):
     sse_max_s: float = Field(
         600.0, gt=0, description="Longest GET /v1/questions/{id}/events stream"
     )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Largest request head (request line + headers): 431"
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="Time to send a request head: 408")
+    body_timeout_s: float = Field(30.0, gt=0, description="Time to send a request body: 408")
+    shutdown_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Bound of each step of a graceful stop (open requests, then LLM calls in "
+        "flight); what is not done by then is handed back for redelivery",
+    )
+    failed_recheck_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long a failed answer is served from the cache before storage "
+        "is read again (a reset elsewhere shows after this)",
+    )
+    max_backlog: int = Field(
+        10000,
+        ge=0,
+        description="Questions accepted but not final before new ones get 429 (0 = no limit)",
+    )
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="API keys: auto = on unless the gateway binds a loopback address"
+    )
+    api_keys_file: str | None = Field(
+        None, description="File of hashed API keys (`qaloop keys add`; docs/security.md)"
+    )
+    api_keys_db: bool = Field(False, description="Also read hashed API keys from the database")
+    metrics_auth: bool = Field(
+        False, description="/metrics and the dashboard data need the admin key (auth on)"
+    )
+    key_rate_per_s: float = Field(
+        50.0, gt=0, description="Default per-key request rate (token bucket), a key may override"
+    )
+    key_burst: float = Field(100.0, ge=1, description="Default per-key burst of requests")
+    key_quota_per_day: int = Field(
+        0, ge=0, description="Default new questions per key per day (0 = no quota)"
+    )
 
     # Completion webhooks (callback_url; qaloop.services.webhooks)
     webhook_secret: SecretStr | None = Field(
@@ -262,6 +385,12 @@ class Settings(BaseSettings):
         le=65535,
         description="Prometheus port of a worker/judge/store/retrier process (0 = none; "
         "the gateway serves /metrics on its own port)",
+    )
+    metrics_cache_s: float = Field(
+        1.0,
+        ge=0,
+        description="The gateway builds /metrics and the dashboard data at most this often "
+        "and reuses the bytes (0 = every request)",
     )
     metrics_targets: str = Field(
         "",

@@ -29,9 +29,9 @@ from qaloop.llm.batch import make_batch_client
 from qaloop.llm.budget import Budget, budget_from_settings
 from qaloop.llm.fallback import attach_metrics
 from qaloop.observability.metrics import Metrics
-from qaloop.quality.base import Scorer
-from qaloop.quality.registry import get_scorer
+from qaloop.quality.cascade import Cascade
 from qaloop.services.batch_lane import BatchLane, BatchLaneConfig
+from qaloop.services.gating import build_gate_stage, prompt_config, routing_config
 from qaloop.services.judge import Judge
 from qaloop.services.priority import PrioritySlots
 from qaloop.services.recovery import Recovery
@@ -112,13 +112,14 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 
 def gate_config(settings: Settings) -> GateConfig:
-    return GateConfig(threshold=settings.threshold, max_attempts=settings.max_attempts)
+    return routing_config(settings)
 
 
-def judge_gate(settings: Settings) -> tuple[Scorer, GateConfig]:
-    """The judge's scorer and gate: the single place they are built, for the plain judge (both
-    modes) and the Flink job alike."""
-    return get_scorer(settings.scorer), gate_config(settings)
+def judge_gate(settings: Settings) -> tuple[Cascade, GateConfig]:
+    """The judge's gate stage (the cheap gate, then the LLM judge for UNSURE verdicts and
+    questions without a reference: qaloop.services.gating) and its routing: the single place
+    they are built, for the plain judge (both modes) and the Flink job alike."""
+    return build_gate_stage(settings), gate_config(settings)
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
@@ -129,7 +130,17 @@ def worker_config(settings: Settings) -> WorkerConfig:
         ),
         prompt_template=settings.prompt_template,
         seed=settings.sim_seed,
+        prompt=prompt_config(settings),
     )
+
+
+def priority_slots(settings: Settings) -> PrioritySlots | None:
+    """Interactive calls first when both lanes compete for the call slots: only when calls
+    are bounded below the worker's concurrency (`llm_max_in_flight`), else nothing waits."""
+    bound = settings.llm_max_in_flight
+    if not bound or bound >= settings.llm_concurrency:
+        return None
+    return PrioritySlots(bound)
 
 
 def batch_lane_for(
@@ -259,7 +270,7 @@ class Wiring:
             metrics=metrics,
             meter=meter,
             budget=budget,
-            priority=PrioritySlots(s.llm_max_in_flight or s.llm_concurrency),
+            priority=priority_slots(s),
             batch_lane=batch_lane_for(s, self.topics, bus, meter, budget),
         )
         runner = ConcurrentRunner(
@@ -275,8 +286,8 @@ class Wiring:
         return WorkerStage(worker, runner, worker.batch_lane)
 
     def judge(self, bus: Bus, metrics: Metrics) -> JudgeStage:
-        scorer, gate = judge_gate(self.settings)
-        judge = Judge(scorer, gate, self.topics, clock=self.clock, metrics=metrics)
+        stage, gate = judge_gate(self.settings)
+        judge = Judge(stage, gate, self.topics, clock=self.clock, metrics=metrics)
         runner = BatchRunner(
             JUDGE,
             bus,
@@ -353,6 +364,7 @@ class Wiring:
             board=board,
             clock=self.clock,
             metrics=metrics,
+            failed_recheck_s=self.settings.failed_recheck_s,
         )
         if self.settings.paraphrase_cache:  # off by default (docs/spend.md)
             service.paraphrases = ParaphraseIndex(

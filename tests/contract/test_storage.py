@@ -23,7 +23,7 @@ from qaloop.core.model import (
     QuestionState,
     progress_key,
 )
-from qaloop.storage.base import DeadLetter, Repository
+from qaloop.storage.base import DeadLetter, Repository, Resettable
 from qaloop.storage.sqlite import SQLiteRepository
 
 PG_DSN = os.environ.get("QALOOP_PG_DSN", "")
@@ -239,6 +239,37 @@ def test_first_final_state_wins(repo: Repository) -> None:
     assert record.finished_at == good.history[-1].at
     assert record.finished_at is not None and record.finished_at - record.first_seen == 2.0
     assert record.error_class is None
+
+
+def test_reset_failed_starts_a_new_run_that_old_messages_cannot_overwrite(
+    repo: Repository,
+) -> None:
+    assert isinstance(repo, Resettable)
+    old = failed("q1")
+    repo.apply([old])
+    assert repo.reset_failed("q2", at=T0, trace_id="t", reference_answer=None, by="x") is None
+    new = repo.reset_failed(
+        "q1", at=T0 + 100, trace_id="trace-new", reference_answer="new ref", by="admin"
+    )
+    assert new is not None and new.attempt == 1 and new.history[-1].kind is EventKind.RESET
+    record = repo.get("q1")
+    assert record is not None and record.state is QuestionState.QUEUED
+    assert (record.trace_id, record.reference_answer, record.answer) == (
+        "trace-new",
+        "new ref",
+        None,
+    )
+    assert record.first_seen == T0 + 100
+    repo.apply([old])  # a late copy of the old run's final: higher progress, old trace id
+    assert repo.get("q1").state is QuestionState.QUEUED  # type: ignore[union-attr]
+    assert repo.reset_failed("q1", at=T0, trace_id="t", reference_answer=None, by="x") is None
+    done = scored(scoring(generating(new)), 0.9, QuestionState.VALIDATED)
+    repo.apply([done])  # the new run goes forward as usual
+    record = repo.get("q1")
+    assert record is not None and record.state is QuestionState.VALIDATED
+    kinds = [e.kind for e in repo.events("q1")]
+    assert kinds.count(EventKind.RESET) == 1 and kinds.count(EventKind.GENERATED) == 2
+    assert [e.seq for e in repo.events("q1")] == list(range(len(kinds)))
 
 
 def test_one_batch_with_the_same_question_several_times(repo: Repository) -> None:

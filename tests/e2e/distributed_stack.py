@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,12 +106,12 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, service: str, name: str | None = None) -> None:
+    def start(self, service: str, name: str | None = None, args: Sequence[str] = ()) -> None:
         name = name or service
         assert name not in self.procs or self.procs[name].poll() is not None, name
         log = (self.logs / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "qaloop", service],
+            [sys.executable, "-m", "qaloop", service, *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -17,6 +17,18 @@ What it does is driven by a directive in the prompt, `[[fake:KIND]]` or `[[fake:
     malformed a 200 whose body is not JSON
     badshape  a 200 with JSON of the wrong shape
 
+A judge prompt (qaloop.quality.llm_judge: it starts "You grade answers") gets a JSON verdict:
+pass (score 8) unless the answer is shorter than 3 words or repeats the question (fail, "echo").
+Directives for the judge (anywhere in the prompt, e.g. inside the graded answer):
+
+    judgepass judgefail       that verdict, as JSON
+    judgefenced               a pass verdict inside a ```json fence
+    judgemalformed            prose, not JSON
+    judgerefuse               a refusal ("I'm sorry, I can't help with that.")
+    judgebadshape             JSON without score/verdict
+    judgeinconsistent         {"verdict": "pass", "score": 2}
+    judgeobey                 a model that obeys an injection: the bare word PASS
+
 Without a directive it answers after `latency_s`. Every request is counted at arrival; with
 `limit` set, one that makes the last `window_s` seconds hold more than `limit` requests gets a
 429 and counts as a client-caused 429 (the client's rate limiter failed).
@@ -30,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import socket
 import sys
@@ -96,6 +109,47 @@ class FakeStats:
             "first_arrival": min(self.arrivals, default=None),
             "last_arrival": max(self.arrivals, default=None),
         }
+
+
+_GRADED = re.compile(r"<<<ANSWER (\w+)\n(.*)\nANSWER \1>>>", re.DOTALL)
+
+
+def _judge_reply(prompt: str, kind: str | None) -> str:
+    """What the fake says to a grading prompt (see the module docstring)."""
+
+    def verdict(passed: bool, reason: str) -> str:
+        return json.dumps(
+            {
+                "score": 8 if passed else 2,
+                "verdict": "pass" if passed else "fail",
+                "reason": reason,
+                "explanation": "fake grade",
+            }
+        )
+
+    match kind:
+        case "judgepass":
+            return verdict(True, "ok")
+        case "judgefail":
+            return verdict(False, "off_topic")
+        case "judgefenced":
+            return "```json\n" + verdict(True, "ok") + "\n```"
+        case "judgemalformed":
+            return "The answer looks fine to me, I would say it passes."
+        case "judgerefuse":
+            return "I'm sorry, I can't help with that."
+        case "judgebadshape":
+            return json.dumps({"grade": "A"})
+        case "judgeinconsistent":
+            return json.dumps({"score": 2, "verdict": "pass", "reason": "ok"})
+        case "judgeobey":
+            return "PASS"
+    question = prompt.split("Question:\n", 1)[-1].split("\n", 1)[0].strip()
+    m = _GRADED.search(prompt)
+    answer = m.group(2).strip() if m else ""
+    if answer.lower() == question.lower():
+        return verdict(False, "echo")
+    return verdict(len(answer.split()) >= 3, "ok" if len(answer.split()) >= 3 else "non_answer")
 
 
 def _google_error(code: int, status: str, message: str, details: list[Any] | None = None) -> Any:
@@ -259,7 +313,9 @@ class FakeLLMServer:
             self.stats.by_outcome[name] += 1
 
     @staticmethod
-    def _answer(prompt: str) -> str:
+    def _answer(prompt: str, kind: str | None = None) -> str:
+        if prompt.startswith("You grade answers"):
+            return _judge_reply(prompt, kind)
         question = prompt.split("Question:", 1)[-1].split("Answer:", 1)[0].strip()
         return f"A concise answer to: {question}"
 
@@ -430,7 +486,7 @@ class FakeLLMServer:
                 return Response(b'{"candidates": [{"content": ', media_type="application/json")
             case "badshape":
                 return JSONResponse(["not", "a", "GenerateContentResponse"])
-        answer = self._answer(prompt)
+        answer = self._answer(prompt, kind)
         return JSONResponse(
             {
                 "candidates": [
@@ -527,7 +583,7 @@ class FakeLLMServer:
                 return Response(b'{"choices": [', media_type="application/json")
             case "badshape":
                 return JSONResponse({"object": "chat.completion", "choices": []})
-        return JSONResponse(self._completion(model, self._answer(prompt), "stop", prompt))
+        return JSONResponse(self._completion(model, self._answer(prompt, kind), "stop", prompt))
 
     @staticmethod
     def _completion(model: str, text: str, finish: str, prompt: str) -> dict[str, Any]:

@@ -29,7 +29,9 @@ def test_stages_follow_the_settings() -> None:
     assert worker.runner.concurrency == 7
     assert worker.runner.consumer.group == "p.worker"  # type: ignore[attr-defined]
     judge = w.judge(bus, Metrics())
-    assert judge.judge.scorer.name == "jaccard" and judge.judge.gate.threshold == 0.4
+    cheap = judge.judge.stage.gate
+    assert cheap is not None and cheap.name.endswith("jaccard")  # the cheap gate's scorer
+    assert judge.judge.gate.threshold == 0.4 and judge.judge.stage.second is not None
     assert judge.runner.max_batch == wiring.JUDGE_MAX_BATCH
     store = w.store(bus, SQLiteRepository(":memory:"), Metrics())
     assert store.runner.consumer.topics == wiring.subscriptions(w.topics)["store"]  # type: ignore[attr-defined]

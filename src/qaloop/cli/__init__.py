@@ -40,6 +40,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "with the feedback-loop cost, scorer agreement, the cross-language subset and boundary "
         "examples.",
     ),
+    "gate-bench": (
+        "qaloop.cli.gate_bench",
+        "command",
+        "Real answers vs seeded adversarial families, for every scorer and the default gate.",
+    ),
     "gateway": (
         "qaloop.cli.services",
         "gateway",
@@ -85,6 +90,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "qaloop.cli.experiment",
         "command",
         "Offline experiments: cache policies, synchronous vs asynchronous.",
+    ),
+    "keys": (
+        "qaloop.cli.admin",
+        "keys",
+        "Create and revoke API keys (stored hashed: the key is shown once).",
+    ),
+    "reset": (
+        "qaloop.cli.admin",
+        "reset",
+        "Ask the failed question QUESTION_ID again (a new run).",
     ),
 }
 

@@ -8,7 +8,15 @@ from typing import Any
 import msgspec
 import orjson
 
-from qaloop.core.model import LANES, SCHEMA_VERSION, Envelope, ErrorClass, Event, QuestionState
+from qaloop.core.model import (
+    LANES,
+    READABLE_SCHEMA_VERSIONS,
+    SCHEMA_VERSION,
+    Envelope,
+    ErrorClass,
+    Event,
+    QuestionState,
+)
 
 
 class InvalidMessage(ValueError):
@@ -24,6 +32,7 @@ def encode(envelope: Envelope) -> bytes:
 # else -- and anything msgspec refuses -- takes the strict path, whose errors say what's wrong.
 _CANONICAL_PREFIX = b'{"schema_version":%d,' % SCHEMA_VERSION
 _FAST = msgspec.json.Decoder(Envelope)
+_ARMS = (None, "feedback", "control")
 
 
 def decode(raw: bytes | str | None) -> Envelope:
@@ -40,6 +49,8 @@ def decode(raw: bytes | str | None) -> Envelope:
                 and envelope.question_id
                 and envelope.question.strip()
                 and envelope.attempt >= 1
+                and envelope.arm in _ARMS
+                and envelope.lane in LANES
             ):
                 return envelope
     return _decode_strict(raw)
@@ -53,8 +64,11 @@ def _decode_strict(raw: bytes | str) -> Envelope:
     if not isinstance(data, dict):
         raise InvalidMessage(f"expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise InvalidMessage(f"unsupported schema_version {version!r} (expected {SCHEMA_VERSION})")
+    if isinstance(version, bool) or version not in READABLE_SCHEMA_VERSIONS:
+        raise InvalidMessage(
+            f"unsupported schema_version {version!r} (expected one of "
+            f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))})"
+        )
     try:
         return _from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
@@ -115,6 +129,8 @@ def _from_dict(data: dict[str, Any]) -> Envelope:
         schema_version=SCHEMA_VERSION,
         caller=_str(data, "caller", optional=True),
         lane=_lane(data.get("lane", "interactive")),
+        feedback=_str(data, "feedback", optional=True),
+        arm=_arm(data.get("arm")),
     )
 
 
@@ -122,3 +138,9 @@ def _lane(value: Any) -> str:
     if value not in LANES:
         raise ValueError(f"lane must be one of {LANES}, got {value!r}")
     return str(value)
+
+
+def _arm(value: Any) -> str | None:
+    if value in _ARMS:
+        return value  # type: ignore[no-any-return]
+    raise ValueError(f"arm must be 'feedback', 'control' or null, got {value!r}")

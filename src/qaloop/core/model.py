@@ -11,8 +11,11 @@ import enum
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-SCHEMA_VERSION = 1
 LANES = ("interactive", "batch")  # a question's priority (docs/spend.md: the batch lane)
+SCHEMA_VERSION = 2
+# Versions this code decodes. 1 lacks `feedback` and `arm` (they default to None): messages and
+# stored envelopes written before feedback-aware regeneration still decode, and re-encode as 2.
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 
 class QuestionState(enum.StrEnum):
@@ -70,6 +73,7 @@ class EventKind(enum.StrEnum):
     RESUMED = "resumed"  # a parked question is due again
     SCORED = "scored"  # the judge scored an answer and decided
     GAVE_UP = "gave_up"
+    RESET = "reset"  # a failed question asked again (a new run: attempt 1, new trace id)
     BATCHED = "batched"  # handed to a provider batch job (the batch lane)
 
 
@@ -214,6 +218,12 @@ class Envelope:
     schema_version: int = SCHEMA_VERSION
     caller: str | None = None  # the API key's name that asked (per-key spend budgets)
     lane: str = "interactive"  # or "batch": may wait for a provider batch job (docs/spend.md)
+    # Set when the judge sends the question back: why the last attempt was rejected (a
+    # quality.verdict.Reason value; never the reference text), and which arm of the feedback
+    # experiment the regeneration is in ("feedback": the prompt says what was wrong;
+    # "control": the plain prompt). See core.routing and docs/quality.md.
+    feedback: str | None = None
+    arm: str | None = None
 
     def with_event(self, kind: EventKind, at: float, **fields: Any) -> Envelope:
         event = Event(seq=len(self.history), kind=kind, attempt=self.attempt, at=at, **fields)
@@ -253,6 +263,8 @@ class Envelope:
             "history": [e.to_dict() for e in self.history],
             **({"caller": self.caller} if self.caller is not None else {}),
             **({"lane": self.lane} if self.lane != "interactive" else {}),
+            "feedback": self.feedback,
+            "arm": self.arm,
         }
 
 

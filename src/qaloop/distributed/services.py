@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from qaloop import wiring
 from qaloop.distributed.supervision import (
+    STOP_GRACE_S,
     FailFastBus,
     Main,
     batch_failed,
@@ -92,10 +93,14 @@ async def run_worker(
     llm = provider or make_provider(settings)
     metrics = Metrics()
     stage = w.worker(bus, llm, metrics)
+    # A stop waits this long for LLM calls in flight, then hands the rest back (uncommitted),
+    # well before the stop watchdog (STOP_GRACE_S) would exit the process (qaloop.lifecycle).
+    stage.runner.drain_timeout_s = min(settings.shutdown_timeout_s, STOP_GRACE_S - 10)
     group = w.group(WORKER)
     observers = _observers(settings, metrics, bus, group, w.topics_of(WORKER))
 
     lane = stage.batch_lane
+    budget = stage.worker.budget
 
     def stats() -> dict[str, Any]:
         meter = stage.worker.meter
@@ -106,6 +111,7 @@ async def run_worker(
             "cost": meter.as_dict() if meter is not None else {},
             "fallbacks": fallback_stats(llm),
             "batch_lane": lane.stats.as_dict() if lane is not None else {},
+            "budget": budget.as_dict() if budget is not None else {},
         }
 
     await run_stage(
@@ -130,8 +136,7 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
         return {
             "group": group,
             **runner_stats(stage.runner),
-            "decisions": dict(stage.judge.decisions),
-            "unscored": stage.judge.unscored,
+            **stage.judge.stats(),
         }
 
     await run_stage(
@@ -140,6 +145,7 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
         [stage.runner.run, *observers],
         stats,
         stop,
+        [stage.judge.aclose],  # the LLM judge's provider
         unhealthy=batch_failed(bus, stage.runner),
     )
 
@@ -239,12 +245,28 @@ async def _refresh_cost(
 
 def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> FastAPI:
     """QuestionService over Kafka and the shared repository, behind the HTTP app."""
+    from qaloop.gateway.guard import guard_gateway, kafka_ready, unfinished_count
     from qaloop.gateway.http import create_app
+    from qaloop.llm.budget import budget_from_settings
 
     w = Wiring(settings, shared_bus=True)
     bus = make_bus(settings)
     repository: Repository = repo if repo is not None else open_repository(settings.db)
     service = w.question_service(repository, bus)
+    # A spend budget is seen here only through a shared (PostgreSQL) ledger.
+    budget = (
+        budget_from_settings(settings, service.metrics)
+        if settings.budget_backend == "postgres"
+        else None
+    )
+    # API keys and admission (backlog: a storage count, refreshed off the request path).
+    auth = guard_gateway(
+        service,
+        settings,
+        backlog=lambda: unfinished_count(repository),
+        backlog_is_slow=True,
+        budget=budget,
+    )
     # The dashboard's flow and Prometheus see every stage's backlog from here.
     lag = KafkaLag(bus, w.groups())
     service.metrics.watch_lag(lag)
@@ -272,6 +294,8 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
             await spend_probe
             await service.flush_hits()
             await bus.close()
+            if budget is not None:
+                await budget.aclose()
             if repo is None:
                 await asyncio.to_thread(repository.close)
             log.info("gateway: stopped; %s", service.stats())
@@ -283,15 +307,31 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         body["cost"] = spend  # stored spend of every worker, refreshed off the event loop
         return body
 
-    return create_app(service, settings, stats=stats, lifespan=lifespan)
+    return create_app(
+        service,
+        settings,
+        stats=stats,
+        auth=auth,
+        ready=kafka_ready(service, bus, w.topics),
+        lifespan=lifespan,
+    )
 
 
 def run_gateway(settings: Settings) -> None:
     """Blocking: uvicorn (one worker, uvloop/httptools, no access log) handles SIGTERM/SIGINT
     and the app's lifespan closes the bus and the repository."""
-    from qaloop.gateway.server import serve
+    from qaloop.gateway.server import bind_socket, http_limits, serve
 
-    serve(build_gateway_app(settings), settings.host, settings.port, settings.log_level)
+    sock = bind_socket(settings.host, settings.port)  # before the app's lifespan starts
+    serve(
+        build_gateway_app(settings),
+        settings.host,
+        settings.port,
+        settings.log_level,
+        limits=http_limits(settings),
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+        sock=sock,
+    )
 
 
 STAGES: dict[str, Callable[[Settings, asyncio.Event], Awaitable[None]]] = {

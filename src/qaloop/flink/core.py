@@ -2,22 +2,29 @@
 
 No PyFlink import here, so the main venv tests it (tests/unit/flink) and mypy checks it.
 `GateFunction.process` is the body of the job's Python map function: it decodes the envelope
-(undecodable -> dead letter with the reason, the original bytes untouched), scores it with the
-project's scorer through `qaloop.services.judge.score_envelopes`, decides with
-`qaloop.core.routing.judge` and routes with `qaloop.services.judge.route` — the plain judge's
-own functions, so both judges produce the same topic, key, value and headers for a record.
+(undecodable -> dead letter with the reason, the original bytes untouched), judges it with the
+gate stage of `qaloop.services.gating.build_gate_stage` (the cheap gate; UNSURE verdicts and
+questions without a reference go to the LLM judge), decides with `qaloop.core.routing.judge`
+and routes with `qaloop.services.judge.route` — the plain judge's own functions, so both judges
+produce the same topic, key, value and headers for a record.
+
+The map is synchronous and the LLM judge is async: the cheap gate runs inline, and only an
+UNSURE record waits for its LLM-judge call, which runs on an event loop the GateFunction owns in
+a thread of its own (one per task, started on first need; docs/flink.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from qaloop import wiring
 from qaloop.bus.base import Message, Topics
@@ -25,13 +32,17 @@ from qaloop.core import codec
 from qaloop.core.routing import GateConfig, judge
 from qaloop.core.wire import poison
 from qaloop.quality.base import Scorer
-from qaloop.services.judge import route, score_envelopes
+from qaloop.quality.cascade import Cascade
+from qaloop.services.gating import judge_item
+from qaloop.services.judge import as_stage, log_judged, route
 from qaloop.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Delivery = Literal["exactly-once", "at-least-once"]
 ExecutionMode = Literal["thread", "process"]
+
+T = TypeVar("T")
 
 CONNECTOR = "org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2"
 CONNECTOR_JAR = "flink-sql-connector-kafka-5.0.0-2.2.jar"
@@ -54,28 +65,58 @@ class Routed:
     decision: str | None = None
 
 
+class LoopThread:
+    """An asyncio loop in a daemon thread: lets synchronous code (the Flink map) await the
+    async LLM judge, whether or not the calling thread runs a loop of its own."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=loop.run_forever, name="qaloop-judge-loop", daemon=True
+            )
+            self._thread.start()
+            self._loop = loop
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        loop.close()
+
+
 class GateFunction:
     """The record-at-a-time quality gate: one input record -> exactly one output record."""
 
     def __init__(
         self,
-        scorer: Scorer,
-        gate: GateConfig,
+        gate: Cascade | Scorer,
+        config: GateConfig,
         topics: Topics,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.scorer = scorer
-        self.gate = gate
+        self.stage = as_stage(gate, config)
+        self.gate = config
         self.topics = topics
         self.clock = clock
         self.decisions: Counter[str] = Counter()
         self.quality: Counter[str] = Counter()
+        self._loop = LoopThread()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GateFunction:
-        """The plain judge's scorer and gate (qaloop.wiring.judge_gate), on the same topics."""
-        scorer, gate = wiring.judge_gate(settings)
-        return cls(scorer, gate, wiring.topics_for(settings))
+        """The plain judge's gate stage and routing (qaloop.wiring.judge_gate), on the same
+        topics."""
+        stage, gate = wiring.judge_gate(settings)
+        return cls(stage, gate, wiring.topics_for(settings))
 
     def process(self, message: Message) -> Routed:
         try:
@@ -91,16 +132,16 @@ class GateFunction:
             )
             bad = poison(self.topics.dead_letter, message, str(exc))
             return Routed(bad.topic, _b(bad.key), bad.value, _bytes_headers(bad.headers))
-        [score] = score_envelopes(self.scorer, [envelope], self.quality)
-        decision, routed = judge(envelope, score, self.gate, self.clock())
+        items = [judge_item(envelope)]
+        results, unsure = self.stage.first(items)
+        if unsure:  # only these wait for an LLM call
+            results = self._loop.run(self.stage.second_pass(items, results, unsure))
+        [judged] = results
+        if judged.cross_language:
+            self.quality["cross_language"] += 1
+        decision, routed = judge(envelope, judged.verdict, self.gate, self.clock(), judged.cost)
         self.decisions[decision.value] += 1
-        log.info(
-            "question %s attempt %d: score %s -> %s",
-            envelope.question_id,
-            envelope.attempt,
-            "n/a" if score is None else f"{score:.3f}",
-            decision.value,
-        )
+        log_judged(envelope, judged, decision, routed)
         out = route(decision, routed, self.topics)
         return Routed(
             out.topic,
@@ -109,9 +150,15 @@ class GateFunction:
             _bytes_headers(out.headers),
             question_id=envelope.question_id,
             attempt=envelope.attempt,
-            score=score,
+            score=judged.verdict.score,
             decision=decision.value,
         )
+
+    def close(self) -> None:
+        """Close the LLM judge's provider on its own loop, then the loop."""
+        if self.stage.second is not None:
+            self._loop.run(self.stage.aclose())
+        self._loop.close()
 
 
 def message_from_row(
@@ -418,7 +465,7 @@ SELECT
   COUNT(*),
   SUM(CASE WHEN `decision` = 'validate' THEN 1 ELSE 0 END),
   SUM(CASE WHEN `decision` = 'regenerate' THEN 1 ELSE 0 END),
-  SUM(CASE WHEN `decision` = 'give_up' THEN 1 ELSE 0 END),
+  SUM(CASE WHEN `decision` IN ('give_up', 'judge_error') THEN 1 ELSE 0 END),
   SUM(CASE WHEN `score` IS NULL THEN 1 ELSE 0 END),
   CAST(SUM(CASE WHEN `decision` = 'validate' THEN 1 ELSE 0 END) AS DOUBLE) / COUNT(*),
   AVG(`score`)

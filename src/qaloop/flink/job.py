@@ -3,7 +3,7 @@
 Job graph (one job, parallelism 1 by default):
 
     Kafka source <prefix>.generated (raw key/value + headers, topic/partition/offset)
-      -> Python map "judge": decode -> score -> routing.judge -> route (qaloop.flink.core)
+      -> Python map "judge": decode -> gate (cascade) -> routing.judge -> route (flink.core)
       -> Kafka sink: topic per record (validated / questions / dead-letter), key = question id,
          value = envelope, headers = the plain judge's headers
       -> judged answers -> 1-minute processing-time TUMBLE per attempt -> Kafka sink
@@ -88,8 +88,13 @@ class JudgeMap(MapFunction):  # type: ignore[misc]
         self.gate = GateFunction.from_settings(self.cfg.settings)
         group = runtime_context.get_metrics_group().add_group("qaloop")
         self.counters = {
-            name: group.counter(name) for name in ("validate", "regenerate", "give_up", "poison")
+            name: group.counter(name)
+            for name in ("validate", "regenerate", "give_up", "judge_error", "poison")
         }
+
+    def close(self) -> None:
+        if self.gate is not None:
+            self.gate.close()  # the LLM judge's provider, then its loop thread
 
     def map(self, value: Row) -> Row:
         assert self.gate is not None

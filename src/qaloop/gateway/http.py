@@ -5,26 +5,43 @@ pydantic model: the cache-hit path is the hot path, and every bad input must get
 message that names the problem — never a 500.
 
 Limits (Settings): body <= max_body_bytes (413), question <= max_question_chars and reference
-<= max_reference_chars (422), ?wait <= max_wait_s (422; documented in the OpenAPI schema).
+<= max_reference_chars (422), ?wait <= max_wait_s (422; documented in the OpenAPI schema);
+request head size and read times are bounded in the HTTP protocol itself
+(qaloop.gateway.server: 431, 408).
+
+Around every route (GatewayApp): API keys when auth is on (qaloop.gateway.auth: 401/403/429),
+and a count of every response by status (`qaloop_http_responses_total`), 5xx included.
+Admission control answers 429 with Retry-After for new questions (qaloop.gateway.admission).
+GET routes answer HEAD too; a wrong method gets 405 with `Allow`; no trailing-slash redirects
+(they echoed the Host header); ids must be exactly 32 hex digits (no trailing newline).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+import unicodedata
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from prometheus_client.core import CounterMetricFamily, Metric
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from qaloop.core.model import LANES
-from qaloop.gateway import dashboard, push
+from qaloop.gateway import dashboard, openapi, push
+from qaloop.gateway.admission import Rejected
+from qaloop.gateway.auth import Authenticator, Denied
 from qaloop.gateway.service import QuestionService
 from qaloop.observability.dashboard import DashboardSampler
 from qaloop.observability.remote import RemoteMetrics, parse_targets
@@ -32,7 +49,22 @@ from qaloop.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")  # always with fullmatch: `$` would accept a trailing \n
+
+Readiness = Callable[[], Awaitable[dict[str, str]]]
+
+
+def valid_id(question_id: str) -> bool:
+    return _ID.fullmatch(question_id) is not None
+
+
+def has_visible_text(text: str) -> bool:
+    """False for text made only of whitespace, control, format (zero-width) or unassigned
+    characters: there is no question in it to send to the LLM."""
+    if text.isprintable():  # the common case, in C: only ASCII space can be invisible
+        return bool(text.strip())
+    return any(unicodedata.category(c)[0] not in "CZ" for c in text)
+
 
 QUESTION_BODY_SCHEMA = {
     "type": "object",
@@ -48,6 +80,12 @@ QUESTION_BODY_SCHEMA = {
         # docs/spend.md: the batch lane, the paraphrase cache
         "priority": {"type": "string", "enum": ["interactive", "batch"]},
         "paraphrase": {"type": "boolean", "default": True},
+        "retry_failed": {
+            "type": "boolean",
+            "default": False,
+            "description": "ask a question that failed again (a new run; the stored "
+            "reference is kept)",
+        },
     },
 }
 
@@ -64,8 +102,19 @@ def json_response(status: int, body: Any) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def error_response(status: int, code: str, message: str) -> Response:
-    return json_response(status, {"error": {"code": code, "message": message}})
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps({"error": {"code": code, "message": message}}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def retry_after(seconds: float | None) -> dict[str, str]:
+    return {} if seconds is None else {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -74,6 +123,7 @@ async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
         if not declared.isdigit():
             raise BadRequest(400, "bad_content_length", "Content-Length is not a number")
         if int(declared) > max_bytes:
+            # Connection: close (bad_request_response): the unread body is not drained.
             raise BadRequest(
                 413, "body_too_large", f"request body is {declared} bytes; the limit is {max_bytes}"
             )
@@ -110,7 +160,7 @@ def _refuse_bad_utf8(raw: bytes) -> None:
         ) from None
 
 
-def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str | None]:
+def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str | None, bool]:
     if "question" not in data:
         raise BadRequest(422, "missing_field", "field 'question' is required")
     question = data["question"]
@@ -120,8 +170,13 @@ def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str |
             "invalid_field",
             f"field 'question' must be a string, got {type(question).__name__}",
         )
-    if not question.strip():
-        raise BadRequest(422, "invalid_field", "field 'question' must not be empty")
+    if not has_visible_text(question):
+        raise BadRequest(
+            422,
+            "invalid_field",
+            "field 'question' must not be empty (whitespace, control and zero-width "
+            "characters don't count)",
+        )
     if len(question) > settings.max_question_chars:
         raise BadRequest(
             422,
@@ -145,7 +200,14 @@ def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str |
                 f"field 'reference_answer' has {len(reference)} characters; the limit is "
                 f"{settings.max_reference_chars}",
             )
-    return question, reference
+    retry = data.get("retry_failed", False)
+    if not isinstance(retry, bool):
+        raise BadRequest(
+            422,
+            "invalid_field",
+            f"field 'retry_failed' must be true or false, got {type(retry).__name__}",
+        )
+    return question, reference, retry
 
 
 def parse_priority(data: dict[str, Any]) -> str:
@@ -185,34 +247,37 @@ def parse_wait(raw: str | None, settings: Settings) -> float:
     return wait
 
 
-def _document_ask(app: FastAPI) -> None:
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = original()
-            schema.setdefault("paths", {})["/v1/questions"] = {
-                "post": {
-                    "summary": "Ask a question",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": QUESTION_BODY_SCHEMA}},
-                    },
-                    "responses": {
-                        "200": {"description": "answered (or failed) from cache or storage"},
-                        "202": {"description": "queued, or joined a question in flight"},
-                        "4XX": {"description": "bad input: {error: {code, message}}"},
-                    },
-                }
-            }
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def bad_request_response(exc: BadRequest) -> Response:
-    return error_response(exc.status, exc.code, exc.message)
+    headers = {"Connection": "close"} if exc.status == 413 else None
+    return error_response(exc.status, exc.code, exc.message, headers)
+
+
+def rejected_response(exc: Rejected) -> Response:
+    r = exc.rejection
+    return error_response(429, r.reason, r.message, retry_after(r.retry_after_s))
+
+
+def denied_response(denied: Denied) -> Response:
+    headers = retry_after(denied.retry_after_s)
+    if denied.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="qaloop"'
+    return error_response(denied.status, denied.code, denied.message, headers)
+
+
+class HttpStats:
+    """Every response by status code, read at scrape time (`qaloop_http_responses_total`):
+    a plain dict increment per request. 5xx from any route shows here."""
+
+    def __init__(self) -> None:
+        self.responses: Counter[int] = Counter()
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "qaloop_http_responses", "HTTP responses by status code", labels=["status"]
+        )
+        for status, n in sorted(self.responses.items()):
+            family.add_metric([str(status)], n)
+        yield family
 
 
 def unexpected_error_response() -> Response:
@@ -226,14 +291,28 @@ class GatewayApp(FastAPI):
     """FastAPI, plus a fast lane for the hot path: `POST /v1/questions` goes straight to its
     handler, past the middleware stack and router. Measured: FastAPI's stack (router,
     exit-stack middleware, telemetry check) cost more CPU per request than the whole cache
-    hit. Errors are mapped exactly as the exception handlers map them for other routes."""
+    hit. Errors are mapped exactly as the exception handlers map them for other routes.
+    API keys are checked here, before either lane, and every response is counted."""
 
     hot_handler: Callable[[Request], Awaitable[Response]] | None = None
+    auth: Authenticator | None = None
+    http_stats: HttpStats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        responses = self.http_stats.responses
+        if self.auth is not None:
+            verdict = self.auth.check(scope["path"], scope["headers"])
+            if isinstance(verdict, Denied):
+                responses[verdict.status] += 1
+                await denied_response(verdict)(scope, receive, send)
+                return
+            if verdict is not None:
+                scope["qaloop.caller"] = verdict.name
         if (
             self.hot_handler is not None
-            and scope["type"] == "http"
             and scope["path"] == "/v1/questions"
             and scope["method"] == "POST"
         ):
@@ -241,17 +320,42 @@ class GatewayApp(FastAPI):
                 response = await self.hot_handler(Request(scope, receive))
             except BadRequest as exc:
                 response = bad_request_response(exc)
+            except Rejected as exc:
+                response = rejected_response(exc)
+            except ClientDisconnect:
+                # The client left mid-body: nobody to answer, nothing wrong here.
+                log.debug("client disconnected before sending its whole body")
+                responses[499] += 1
+                return
             except Exception:
                 response = unexpected_error_response()
+            responses[response.status_code] += 1
             await response(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        started = False
+
+        async def counting_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                responses[message["status"]] += 1
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, counting_send)
+        except Exception:
+            # Starlette re-raises after its 503 handler has answered (and logged) it.
+            if not started:
+                raise
 
 
 def create_app(
     service: QuestionService,
     settings: Settings,
     stats: Callable[[], dict[str, Any]] | None = None,
+    *,
+    auth: Authenticator | None = None,
+    ready: Readiness | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     targets = parse_targets(settings.metrics_targets)
@@ -262,16 +366,32 @@ def create_app(
         remote=RemoteMetrics(targets) if targets else None,
     )
     fastapi_kwargs["lifespan"] = dashboard.with_sampler(sampler, fastapi_kwargs.get("lifespan"))
-    app = GatewayApp(title="qaloop", version="0.1.0", **fastapi_kwargs)
+    app = GatewayApp(
+        title="qaloop",
+        version="0.1.0",
+        docs_url=None,  # FastAPI's pages load from a CDN: see qaloop.gateway.openapi
+        redoc_url=None,
+        redirect_slashes=False,  # the redirect echoed the Host header
+        **fastapi_kwargs,
+    )
+    app.auth = auth
+    app.state.closing = service.closing  # set by qaloop.gateway.server when a stop begins
+    app.http_stats = HttpStats()
+    service.metrics.registry.register(app.http_stats)  # type: ignore[arg-type]
 
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, exc: BadRequest) -> Response:
         return bad_request_response(exc)
 
+    @app.exception_handler(Rejected)
+    async def _rejected(_: Request, exc: Rejected) -> Response:
+        return rejected_response(exc)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        # 405 carries `Allow` (set by the router): keep the exception's headers.
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
@@ -293,28 +413,37 @@ def create_app(
     async def ask(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            data = await read_json_body(request, settings.max_body_bytes)
-            question, reference = parse_question(data, settings)
-            lane = parse_priority(data)
-            paraphrase = parse_paraphrase(data)
-            callback = callbacks.check(data) if "callback_url" in data else None
-        except push.CallbackRefused as exc:
-            rejected.labels(exc.code).inc()
-            raise BadRequest(422, exc.code, str(exc)) from None
-        except BadRequest as exc:
-            rejected.labels(exc.code).inc()
-            raise
-        if callback is not None:  # recorded before the question is accepted: never lost
-            await callbacks.subscribe(question, callback)
-        status, body = await service.ask(question, reference, lane=lane, paraphrase=paraphrase)
-        seconds.observe(time.perf_counter() - started)  # a plain bucket array: ~0.3 us
-        return json_response(status, body)
+            try:
+                data = await read_json_body(request, settings.max_body_bytes)
+                question, reference, retry = parse_question(data, settings)
+                lane = parse_priority(data)
+                paraphrase = parse_paraphrase(data)
+                callback = callbacks.check(data) if "callback_url" in data else None
+            except push.CallbackRefused as exc:
+                rejected.labels(exc.code).inc()
+                raise BadRequest(422, exc.code, str(exc)) from None
+            except BadRequest as exc:
+                rejected.labels(exc.code).inc()
+                raise
+            if callback is not None:  # recorded before the question is accepted: never lost
+                await callbacks.subscribe(question, callback)
+            status, body = await service.ask(
+                question,
+                reference,
+                lane=lane,
+                paraphrase=paraphrase,
+                caller=request.scope.get("qaloop.caller"),
+                retry_failed=retry,
+            )
+            return json_response(status, body)
+        finally:
+            # Errors too: a slow 503 must show in the latency histogram.
+            seconds.observe(time.perf_counter() - started)  # a plain bucket array: ~0.3 us
 
     app.hot_handler = ask
     # Also an ordinary route: other methods on the path get a 405 from the router.
     app.router.add_route("/v1/questions", ask, methods=["POST"])
-    app.openapi_schema = None
-    _document_ask(app)
+    openapi.install(app, QUESTION_BODY_SCHEMA)
 
     @app.get(
         "/v1/questions/{question_id}",
@@ -336,7 +465,7 @@ def create_app(
         },
     )
     async def get_question(request: Request, question_id: str) -> Response:
-        if not _ID.match(question_id):
+        if not valid_id(question_id):
             raise BadRequest(
                 404, "not_found", f"no question with id {question_id!r} (ids are 32 hex digits)"
             )
@@ -346,6 +475,40 @@ def create_app(
             raise BadRequest(404, "not_found", f"no question with id {question_id!r}")
         return json_response(200, body)
 
+    @app.post("/v1/admin/questions/{question_id}/reset")
+    async def reset_question(request: Request, question_id: str) -> Response:
+        """Ask a failed question again; `{"reference_answer": ...}` replaces its reference."""
+        if not valid_id(question_id):
+            raise BadRequest(404, "not_found", f"no question with id {question_id!r}")
+        raw = await request.body()
+        data: dict[str, Any] = {}
+        if raw:
+            try:
+                loaded = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise BadRequest(422, "invalid_body", "expected a JSON object")
+            data = loaded
+        reference = data.get("reference_answer")
+        if reference is not None and not isinstance(reference, str):
+            raise BadRequest(422, "invalid_field", "'reference_answer' must be a string or null")
+        record = await asyncio.to_thread(service.repo.get, question_id)
+        if record is None:
+            raise BadRequest(404, "not_found", f"no question with id {question_id!r}")
+        caller = request.scope.get("qaloop.caller") or "admin (auth off)"
+        new = await service.reset(
+            question_id,
+            by=f"admin {caller}",
+            reference=reference,
+            replace_reference="reference_answer" in data,
+        )
+        if new is None:
+            raise BadRequest(
+                409, "not_failed", f"question {question_id} is {record.state.value}, not failed"
+            )
+        return json_response(202, {"id": question_id, "status": "queued", "retried": True})
+
     @app.get("/v1/stats")
     async def get_stats() -> Response:
         return json_response(200, stats() if stats is not None else service.stats())
@@ -354,7 +517,34 @@ def create_app(
     async def healthz() -> Response:
         return json_response(200, {"status": "ok"})
 
-    # /metrics, /v1/questions/{id}/trace, /dashboard and its data (qaloop.gateway.dashboard)
-    dashboard.install(app, service, sampler, error_response, json_response)
+    check_ready = ready or storage_ready(service)
 
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        parts = await check_ready()
+        ok = all(v == "ok" for v in parts.values())
+        return json_response(200 if ok else 503, {"status": "ok" if ok else "unavailable", **parts})
+
+    # /metrics, /v1/questions/{id}/trace, /dashboard and its data (qaloop.gateway.dashboard)
+    dashboard.install(
+        app, service, sampler, error_response, json_response, settings.metrics_cache_s
+    )
+
+    # HEAD wherever GET is served (Starlette's own routes do this; FastAPI's don't).
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and route.methods and "GET" in route.methods:
+            route.methods.add("HEAD")
     return app
+
+
+def storage_ready(service: QuestionService, timeout_s: float = 2.0) -> Readiness:
+    """Readiness of storage: an indexed read answers within `timeout_s`."""
+
+    async def check() -> dict[str, str]:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(service.repo.get, "0" * 32), timeout_s)
+        except Exception as exc:  # any failure means "not ready", with its reason
+            return {"storage": f"unavailable: {type(exc).__name__}: {exc}"[:200]}
+        return {"storage": "ok"}
+
+    return check

@@ -6,6 +6,16 @@
 - A new question is written to storage *before* it is published and before the 202: an
   accepted question is never lost, whatever crashes next.
 - Hit counts are summed in memory and flushed in batches, off the hot path.
+- Admission (qaloop.gateway.admission) is asked only for a question that would be new: known
+  answers and joins are served whatever the backlog, budget or quota.
+- A failed question is asked again only when the request says so (`retry_failed`) or an admin
+  resets it: storage replaces the row by a new run (Repository.reset_failed). A failure is
+  served from the cache for at most `failed_recheck_s`, so a reset made through another
+  gateway process shows here too.
+- The reference answer is the one stored with the question: set by the request that created
+  it (or by an admin reset) and never changed by a later ask, so every asker is judged
+  against the same reference. A request whose reference differs is told so
+  (`"reference_ignored": true`).
 """
 
 from __future__ import annotations
@@ -26,9 +36,10 @@ from qaloop.core.ids import question_id
 from qaloop.core.model import Envelope, EventKind, QuestionRecord, QuestionState
 from qaloop.core.paraphrase import ParaphraseIndex
 from qaloop.core.wire import out
+from qaloop.gateway.admission import Admission, Ask
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
-from qaloop.storage.base import Repository
+from qaloop.storage.base import Repository, Resettable
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +52,8 @@ class CachedAnswer:
     score: float | None
     failed: bool = False
     error: str | None = None
+    reference: str | None = None  # the stored reference (the one this answer was judged on)
+    at: float = 0.0  # monotonic time it was cached (a failure is re-read after a while)
 
 
 class StatusBoard:
@@ -67,8 +80,12 @@ class QuestionService:
         board: StatusBoard | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        admission: Admission | None = None,
+        failed_recheck_s: float = 10.0,
     ) -> None:
         self.repo = repo
+        self.failed_recheck_s = failed_recheck_s
+        self.closing = asyncio.Event()  # set when a graceful stop begins: long-polls return
         self.bus = bus
         self.topics = topics
         self.cache = cache
@@ -86,6 +103,10 @@ class QuestionService:
         in_flight = (lambda: len(self.in_flight)) if board is not None else None
         self.metrics.watch_gateway(self.counters, cache, in_flight)
         self.paraphrases: ParaphraseIndex | None = None  # off by default (docs/spend.md)
+        # Checks are added by the entry point (qaloop.gateway.guard); none: all admitted.
+        self.admission = (
+            admission if admission is not None else Admission(registry=self.metrics.registry)
+        )
 
     async def ask(
         self,
@@ -94,18 +115,32 @@ class QuestionService:
         *,
         lane: str = "interactive",
         paraphrase: bool = True,
+        caller: str | None = None,
+        retry_failed: bool = False,
     ) -> tuple[int, dict[str, Any]]:
         qid = question_id(question)
         self.counters["asked"] += 1
         cached = self.cache.get(qid)
-        if cached is not None:
+        if cached is not None and not (
+            cached.failed and (retry_failed or time.monotonic() - cached.at > self.failed_recheck_s)
+        ):
             self.counters["answered_failed" if cached.failed else "answered_cache"] += 1
             self._pending_hits[qid] += 1
-            return 200, _answered(qid, cached, "cache")
+            return 200, _answered(qid, cached, "cache", reference)
         if self.paraphrases is not None and paraphrase:
             served = await self._paraphrased(qid, question)
             if served is not None:
                 return served
+        ask = Ask(qid, question, reference, caller)
+        if self.admission.checks:
+            rejection = await self.admission.check(ask)
+            if rejection is not None:
+                # Only a new question is refused: what storage knows is still served.
+                record = await asyncio.to_thread(self.repo.get, qid)
+                if record is None or (retry_failed and record.state is QuestionState.FAILED):
+                    self.counters["refused"] += 1
+                    raise self.admission.refused(rejection)
+                return self._known(record, reference)
         now = self.clock()
         envelope = Envelope(
             question_id=qid,
@@ -113,13 +148,63 @@ class QuestionService:
             reference_answer=reference,
             trace_id=uuid.uuid4().hex,
             first_seen=now,
+            caller=caller,
             lane=lane,
         ).with_event(EventKind.ACCEPTED, now)
         inserted, record = await self._accept(envelope)
         if inserted:
             self.counters["accepted"] += 1
+            self.admission.admitted(ask)
             return 202, {"id": qid, "status": "queued"}
-        return self._known(record)
+        if retry_failed and record.state is QuestionState.FAILED:
+            reset = await self.reset(qid, by=caller or "a request (retry_failed)", caller=caller)
+            if reset is not None:
+                self.admission.admitted(ask)
+                body: dict[str, Any] = {"id": qid, "status": "queued", "retried": True}
+                if reference is not None and reference != record.reference_answer:
+                    body["reference_ignored"] = True
+                return 202, body
+            record = await asyncio.to_thread(self.repo.get, qid) or record
+        return self._known(record, reference)
+
+    async def reset(
+        self,
+        qid: str,
+        *,
+        by: str,
+        reference: str | None = None,
+        replace_reference: bool = False,
+        caller: str | None = None,
+    ) -> Envelope | None:
+        """Ask a failed question again (a new run). None if it is not failed (or unknown).
+        Only an admin reset replaces the reference (`replace_reference`)."""
+        if not isinstance(self.repo, Resettable):
+            raise TypeError(f"{type(self.repo).__name__} cannot reset questions")
+        repo = self.repo
+        current = await asyncio.to_thread(repo.get, qid)
+        if current is None or current.state is not QuestionState.FAILED:
+            return None
+        new = await asyncio.to_thread(
+            lambda: repo.reset_failed(
+                qid,
+                at=self.clock(),
+                trace_id=uuid.uuid4().hex,
+                reference_answer=reference if replace_reference else current.reference_answer,
+                by=by,
+                caller=caller,
+            )
+        )
+        if new is None:
+            return None
+        if qid in self.cache:  # the cache has no delete: a failure dated -inf is re-read
+            self.cache.put(qid, CachedAnswer(None, None, True, at=float("-inf")))
+        if self.board is not None:
+            self.in_flight.add(qid)
+        # Stored (as queued) before published: a crash here is resumed like any accept.
+        await self.bus.publish_many([out(self.topics.questions, new)])
+        self.counters["reset"] += 1
+        log_event(log, "reset", new, "by %s (trace %s)", by, new.trace_id, state="queued")
+        return new
 
     async def _accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
         """Insert-if-absent, then publish if inserted — grouped: while one batch is being
@@ -163,23 +248,35 @@ class QuestionService:
             if not future.done():
                 future.set_result(result)
 
-    def _known(self, record: QuestionRecord) -> tuple[int, dict[str, Any]]:
+    def _known(
+        self, record: QuestionRecord, reference: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         qid = record.question_id
         self._pending_hits[qid] += 1
         if record.state is QuestionState.VALIDATED:
-            answer = CachedAnswer(record.answer, record.score)
+            answer = CachedAnswer(record.answer, record.score, reference=record.reference_answer)
             self.cache.put(qid, answer)
             if self.paraphrases is not None:
                 self.paraphrases.add(qid, record.question)
             self.counters["answered_storage"] += 1
-            return 200, _answered(qid, answer, "storage")
+            return 200, _answered(qid, answer, "storage", reference)
         if record.state is QuestionState.FAILED:
-            failed = CachedAnswer(record.answer, record.score, True, record.error_detail)
+            failed = CachedAnswer(
+                record.answer,
+                record.score,
+                True,
+                record.error_detail,
+                record.reference_answer,
+                time.monotonic(),
+            )
             self.cache.put(qid, failed)
             self.counters["answered_failed"] += 1
-            return 200, _answered(qid, failed, "storage")
+            return 200, _answered(qid, failed, "storage", reference)
         self.counters["coalesced"] += 1
-        return 202, {"id": qid, "status": "queued", "joined": True}
+        body: dict[str, Any] = {"id": qid, "status": "queued", "joined": True}
+        if reference is not None and reference != record.reference_answer:
+            body["reference_ignored"] = True
+        return 202, body
 
     async def status(self, qid: str) -> dict[str, Any] | None:
         record = await asyncio.to_thread(self.repo.get, qid)
@@ -203,7 +300,7 @@ class QuestionService:
             if body is None or body["status"] in ("validated", "failed"):
                 return body
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.closing.is_set():
                 return body
             # Notified in-process by the store; otherwise re-read storage with backoff.
             if not await self.final_signal(qid, min(delay, remaining)):
@@ -281,7 +378,9 @@ class QuestionService:
         return {"gateway": dict(self.counters), "cache": self.cache.stats.as_dict()}
 
 
-def _answered(qid: str, cached: CachedAnswer, source: str) -> dict[str, Any]:
+def _answered(
+    qid: str, cached: CachedAnswer, source: str, reference: str | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": qid,
         "status": "failed" if cached.failed else "answered",
@@ -291,4 +390,6 @@ def _answered(qid: str, cached: CachedAnswer, source: str) -> dict[str, Any]:
     }
     if cached.failed:
         body["error"] = cached.error
+    if reference is not None and reference != cached.reference:
+        body["reference_ignored"] = True
     return body

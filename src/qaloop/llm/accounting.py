@@ -71,6 +71,7 @@ class Meter:
             table.require([self.price_as])
         self.metrics = metrics
         self.totals: dict[tuple[str, str, str, str], UsageTotals] = {}
+        self._children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}  # metric series
 
     def price_for(self, provider: str, model: str, configured: str | None = None) -> ModelPrice:
         """The row for provider/model; a model the table doesn't list (a provider may report a
@@ -126,16 +127,25 @@ class Meter:
             totals = self.totals[key] = UsageTotals()
         totals.add(usage)
         m = self.metrics
-        if m is not None:
-            m.llm_cost.labels(usage.purpose, usage.provider, usage.model, usage.lane).inc(
-                usage.cost_usd
+        if m is None:
+            return
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and a dict look-up: once per series
+            children = self._children[key] = (
+                m.llm_cost.labels(*key),
+                m.llm_tokens.labels(usage.purpose, "input"),
+                m.llm_tokens.labels(usage.purpose, "output"),
+                m.llm_tokens.labels(usage.purpose, "cached"),
+                m.llm_usage_estimated.labels(usage.purpose, usage.provider),
             )
-            m.llm_tokens.labels(usage.purpose, "input").inc(usage.input_tokens)
-            m.llm_tokens.labels(usage.purpose, "output").inc(usage.output_tokens)
-            if usage.cached_tokens:
-                m.llm_tokens.labels(usage.purpose, "cached").inc(usage.cached_tokens)
-            if usage.estimated:
-                m.llm_usage_estimated.labels(usage.purpose, usage.provider).inc()
+        cost, tokens_in, tokens_out, tokens_cached, estimated = children
+        cost.inc(usage.cost_usd)
+        tokens_in.inc(usage.input_tokens)
+        tokens_out.inc(usage.output_tokens)
+        if usage.cached_tokens:
+            tokens_cached.inc(usage.cached_tokens)
+        if usage.estimated:
+            estimated.inc()
 
     def as_dict(self) -> dict[str, Any]:
         """This process's spend, for /v1/stats and a worker's stats line."""

@@ -73,6 +73,14 @@ class GenerationRequest:
     prompt: str
     # Only simulated providers may read the reference (to make answers of known quality).
     reference_answer: str | None = None
+    purpose: str = "answer"  # "answer" (generation) or "judge" (qaloop.llm.judge)
+    # Per-attempt escalation (worker settings); None: the provider's own default.
+    temperature: float | None = None
+    model: str | None = None
+    # Simulated providers only: the rejected attempt's reason the prompt carries (to apply
+    # the configured effect of feedback), and the answer a judge request grades.
+    feedback: str | None = None
+    answer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

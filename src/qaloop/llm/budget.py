@@ -138,6 +138,7 @@ class Budget:
         self.metrics = metrics
         self._soft_warned: set[tuple[str, float]] = set()
         self.stops = 0
+        self.last_spent: dict[str, float] = {}  # scope -> spend this period, as last charged
 
     def limits(self, caller: str | None) -> list[tuple[str, float]]:
         found = []
@@ -171,6 +172,7 @@ class Budget:
         totals = await self.ledger.charge([s for s, _ in limits], usd, start)
         for scope, limit in limits:
             total = totals[scope]
+            self.last_spent[scope] = total
             if self.metrics is not None:
                 self.metrics.budget_spent.labels(_label(scope)).set(total)
             if (
@@ -188,6 +190,20 @@ class Budget:
                     limit * self.config.soft_fraction,
                     limit,
                 )
+
+    def as_dict(self) -> dict[str, Any]:
+        """For /v1/stats: the limits and what this process last saw charged (the ledger
+        itself is the truth when several processes share it)."""
+        c = self.config
+        return {
+            "period": c.period,
+            "limit_usd": c.limit_usd,
+            "per_key_usd": c.per_key_usd,
+            "soft_fraction": c.soft_fraction,
+            "action": c.action,
+            "stops": self.stops,
+            "spent_usd": {k: round(v, 8) for k, v in sorted(self.last_spent.items())},
+        }
 
     async def aclose(self) -> None:
         await self.ledger.aclose()

@@ -24,6 +24,10 @@ def simulated_config(settings: Settings) -> SimulatedConfig:
         quota_rate=settings.sim_quota_rate,
         quota_retry_after_s=settings.sim_quota_retry_after_s,
         permanent_rate=settings.sim_permanent_rate,
+        kinds=dict(settings.sim_kinds),
+        hard_rate=settings.sim_hard_rate,
+        feedback_effect=settings.sim_feedback_effect,
+        judge_error_rate=settings.sim_judge_error_rate,
     )
 
 
@@ -104,11 +108,13 @@ def make_raw_provider(settings: Settings) -> Provider:
 
 def make_provider(settings: Settings) -> Provider:
     """The configured provider behind the protection every provider shares
-    (qaloop.llm.protection): budget, circuit breaker, concurrency bound, rate limit, timeout."""
+    (qaloop.llm.protection): budget, circuit breaker, concurrency bound, rate limit, timeout.
+    Its rate limits leave the LLM judge its share (make_judge_provider)."""
     from qaloop.llm.deployments import parse, parse_keys
     from qaloop.llm.fallback import FallbackProvider
 
-    primary = protect(make_raw_provider(settings), settings)
+    generation = _quota_share(settings, 1 - settings.judge_quota_share)
+    primary = protect(make_raw_provider(settings), generation)
     fallbacks = parse(settings.llm_fallbacks)
     escalation = parse_keys(settings.llm_escalation)
     if not fallbacks and not escalation:
@@ -122,6 +128,47 @@ def make_provider(settings: Settings) -> Provider:
         chain.append((deployment, protect(make_raw_provider(own), own)))
     return FallbackProvider(
         chain, escalation=escalation, quota_day_rest_s=settings.quota_day_delay_s
+    )
+
+
+def judge_settings(settings: Settings) -> Settings:
+    """The settings the LLM judge's provider is built from: its provider and model, its share
+    of the quota, under a limiter key of its own."""
+    llm = settings.llm if settings.judge_llm == "same" else settings.judge_llm
+    if llm == "replay":  # recorded answers can't grade anything
+        llm = "simulated"
+    shared = _quota_share(settings, settings.judge_quota_share)
+    base_key = settings.llm_rate_key or f"{llm}:{settings.judge_model or settings.llm_model or llm}"
+    return shared.model_copy(
+        update={
+            "llm": llm,
+            "llm_model": settings.judge_model or settings.llm_model,
+            "llm_rate_key": f"{base_key}:judge",
+            "llm_max_in_flight": settings.judge_concurrency,
+            "llm_max_output_tokens": min(256, settings.llm_max_output_tokens),
+        }
+    )
+
+
+def make_judge_provider(settings: Settings) -> Provider:
+    js = judge_settings(settings)
+    return protect(make_raw_provider(js), js)
+
+
+def _quota_share(settings: Settings, share: float) -> Settings:
+    """Settings whose client-side limits are `share` of the configured ones (0 stays 0)."""
+    if not (settings.llm_rpm or settings.llm_tpm or settings.llm_rpd):
+        return settings
+
+    def part(limit: int) -> int:
+        return max(1, int(limit * share)) if limit else 0
+
+    return settings.model_copy(
+        update={
+            "llm_rpm": part(settings.llm_rpm),
+            "llm_tpm": part(settings.llm_tpm),
+            "llm_rpd": part(settings.llm_rpd),
+        }
     )
 
 

@@ -213,8 +213,11 @@ class GeminiProvider:
 
         started = time.perf_counter()
         try:
+            config = self._config
+            if request.temperature is not None:  # a per-attempt escalation
+                config = config.model_copy(update={"temperature": request.temperature})
             response = await self._client.aio.models.generate_content(
-                model=self.model, contents=request.prompt, config=self._config
+                model=request.model or self.model, contents=request.prompt, config=config
             )
         except errors.APIError as exc:
             error = classify_gemini_error(exc.code, exc.status, exc.message, exc.details)
@@ -230,7 +233,7 @@ class GeminiProvider:
         except ValueError as exc:  # a 200 whose body isn't JSON (JSONDecodeError)
             raise ServerError(f"gemini: unreadable response body ({type(exc).__name__})") from exc
         return generation_from_response(
-            response, self.model, (time.perf_counter() - started) * 1000
+            response, request.model or self.model, (time.perf_counter() - started) * 1000
         )
 
     async def aclose(self) -> None:

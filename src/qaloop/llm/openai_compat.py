@@ -146,13 +146,14 @@ class OpenAICompatProvider:
 
     def _payload(self, request: GenerationRequest) -> dict[str, Any]:
         payload: dict[str, Any] = {
-            "model": self.model,
+            "model": request.model or self.model,  # a per-attempt escalation may name one
             "messages": [{"role": "user", "content": request.prompt}],
         }
         if self.max_output_tokens is not None:
             payload["max_tokens"] = self.max_output_tokens
-        if self.temperature is not None:
-            payload["temperature"] = self.temperature
+        temperature = request.temperature if request.temperature is not None else self.temperature
+        if temperature is not None:
+            payload["temperature"] = temperature
         return payload
 
     async def generate(self, request: GenerationRequest) -> Generation:
@@ -186,7 +187,7 @@ class OpenAICompatProvider:
             raise error
         if not isinstance(body, dict):
             raise PermanentError("openai-compatible: the reply is not a JSON object")
-        return generation_from_completion(body, self.model, latency_ms)
+        return generation_from_completion(body, request.model or self.model, latency_ms)
 
     async def aclose(self) -> None:
         await self._client.aclose()

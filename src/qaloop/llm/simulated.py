@@ -1,17 +1,43 @@
 """A seeded simulated LLM: configurable latency, overload (503) and quota (429) error rates,
-and answers of varying quality relative to the reference answer.
+answers of known kinds, and a simulated LLM judge.
 
-Every draw is seeded by (seed, question id, attempt, try), so results don't depend on the order
-in which concurrent calls happen: two runs with the same seed make the same answers and errors.
+Errors are drawn per call, seeded by (seed, question id, attempt, try). The answer is drawn per
+attempt, seeded by (seed, question id, attempt) and by whether the prompt carried feedback, so
+results don't depend on the order concurrent calls happen in, and a retried call of the same
+attempt gives the same answer.
+
+Answer kinds (weights `kinds`, renormalised):
+
+    good        the reference with a share of its words kept (Beta(alpha, beta)), the rest
+                filler; without a reference, a sentence about the question's terms
+    off_topic   filler with nothing of the question or reference
+    echo        the question repeated
+    non_answer  a stock non-answer ("It depends on many factors.", a refusal, ...)
+    wrong       the reference with its numbers changed and a claim negated
+
+A share `hard_rate` of questions (seeded by the question id) is hard: their bad kinds weigh
+`hard_factor` times more, so failures repeat on regeneration, as in the recorded data. When the
+prompt carries feedback, the bad kinds weigh `(1 - feedback_effect)` times as much.
+**That effect is an input of the simulation, not a finding**: a report of the simulated loop
+shows the gain it was configured with, plus sampling noise (docs/quality.md).
+
+The simulated judge (a request with purpose "judge") knows what it generated: for an answer it
+can regenerate from (question id, attempt, feedback) it grades by the kind, wrong with
+probability `judge_error_rate`; any other answer is graded by token overlap with the reference
+(pass >= 0.5) or, without a reference, failed. It replies with the JSON the real judge's prompt
+asks for (qaloop.quality.llm_judge).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
+import re
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from qaloop.llm.base import (
     Generation,
@@ -27,6 +53,29 @@ _FILLER_TEXT = (
     "basically mostly typically likely source useful idea good help"
 )
 _FILLER = _FILLER_TEXT.split()
+_NON_ANSWERS = (
+    "It depends on many factors.",
+    "I don't know, sorry.",
+    "There are many different opinions about this.",
+    "I'm sorry, I can't help with that.",
+    "You should ask someone who knows more about it.",
+)
+KINDS = ("good", "off_topic", "echo", "non_answer", "wrong")
+BAD_KINDS = KINDS[1:]
+_JUDGE_REASON = {
+    "good": "ok",
+    "off_topic": "off_topic",
+    "echo": "echo",
+    "non_answer": "non_answer",
+    "wrong": "contradiction",
+}
+_NUMBER = re.compile(r"\b\d+\b")
+_COPULA = re.compile(r"\b(is|are|was|were|can|will|does|do)\b", re.IGNORECASE)
+_WORD = re.compile(r"\w+")
+
+
+def _default_kinds() -> dict[str, float]:
+    return {"good": 0.62, "off_topic": 0.12, "echo": 0.08, "non_answer": 0.08, "wrong": 0.10}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +87,28 @@ class SimulatedConfig:
     quota_rate: float = 0.0  # probability of a 429 on any call
     quota_retry_after_s: float = 1.0
     permanent_rate: float = 0.0
-    quality_alpha: float = 4.0  # answer quality ~ Beta(alpha, beta): fraction of reference kept
+    quality_alpha: float = 4.0  # a good answer keeps a Beta(alpha, beta) share of the reference
     quality_beta: float = 1.5
-    # Share of answers that miss the point (keep ~5 % of the reference): real LLM answers are
-    # bimodal like this (docs/quality.md), and these are what the quality gate must catch.
-    off_topic_rate: float = 0.2
+    kinds: Mapping[str, float] = field(default_factory=_default_kinds)
+    hard_rate: float = 0.3  # share of questions whose bad kinds weigh hard_factor times more
+    hard_factor: float = 3.0
+    feedback_effect: float = 0.5  # an input: bad kinds weigh (1 - effect) with feedback
+    judge_error_rate: float = 0.0  # the simulated judge grades wrongly this often
+
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown answer kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+        if any(w < 0 for w in self.kinds.values()) or sum(self.kinds.values()) <= 0:
+            raise ValueError("answer kind weights must be >= 0 and not all 0")
+        for name in ("hard_rate", "feedback_effect", "judge_error_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+
+
+def _rng(*parts: object) -> random.Random:
+    key = ":".join(map(str, parts))
+    return random.Random(hashlib.blake2b(key.encode(), digest_size=8).digest())
 
 
 class SimulatedProvider:
@@ -51,10 +117,10 @@ class SimulatedProvider:
     def __init__(self, config: SimulatedConfig | None = None) -> None:
         self.config = config or SimulatedConfig()
         self.calls = 0
+        self.judge_calls = 0
 
     def _rng(self, request: GenerationRequest) -> random.Random:
-        key = f"{self.config.seed}:{request.question_id}:{request.attempt}:{request.try_no}"
-        return random.Random(hashlib.blake2b(key.encode(), digest_size=8).digest())
+        return _rng(self.config.seed, request.question_id, request.attempt, request.try_no)
 
     async def generate(self, request: GenerationRequest) -> Generation:
         self.calls += 1
@@ -79,26 +145,111 @@ class SimulatedProvider:
         roll -= cfg.quota_rate
         if roll < cfg.permanent_rate:
             raise PermanentError("simulated 400: invalid argument", status=400)
-        text = self._answer(request, rng)
+        if request.purpose == "judge":
+            self.judge_calls += 1
+            text = self._verdict(request)
+        else:
+            text = self.answer(
+                request.question_id,
+                request.question,
+                request.reference_answer,
+                request.attempt,
+                request.feedback,
+            )[1]
         return Generation(
             text=text,
             latency_ms=(time.perf_counter() - started) * 1000,
-            model="simulated",
+            model=request.model or "simulated",
             input_tokens=len(request.prompt.split()),
             output_tokens=len(text.split()),
         )
 
-    def _answer(self, request: GenerationRequest, rng: random.Random) -> str:
+    # ------------------------------------------------------------------ answers
+
+    def kind(self, question_id: str, attempt: int, feedback: str | None) -> str:
+        cfg = self.config
+        hard = _rng(cfg.seed, "hard", question_id).random() < cfg.hard_rate
+        weights = []
+        for k in KINDS:
+            w = float(cfg.kinds.get(k, 0.0))
+            if k != "good":
+                if hard:
+                    w *= cfg.hard_factor
+                if feedback:
+                    w *= 1.0 - cfg.feedback_effect
+            weights.append(w)
+        rng = _rng(cfg.seed, "kind", question_id, attempt, bool(feedback))
+        return rng.choices(KINDS, weights=weights)[0]
+
+    def answer(
+        self,
+        question_id: str,
+        question: str,
+        reference: str | None,
+        attempt: int,
+        feedback: str | None,
+    ) -> tuple[str, str]:
+        """(kind, text) of the attempt's answer: a pure function of its arguments and seed."""
+        kind = self.kind(question_id, attempt, feedback)
+        rng = _rng(self.config.seed, "text", question_id, attempt, bool(feedback))
+        words = (reference or "").split()[:200]
+        terms = [w for w in _WORD.findall(question) if len(w) > 3][:8] or question.split()[:5]
+        match kind:
+            case "good" if words:
+                quality = rng.betavariate(self.config.quality_alpha, self.config.quality_beta)
+                text = " ".join(w if rng.random() < quality else rng.choice(_FILLER) for w in words)
+            case "good":
+                text = (
+                    f"{' '.join(terms)}: the short answer is that it comes down to "
+                    f"{rng.choice(terms)}, for example {rng.choice(terms)} in practice."
+                )
+            case "off_topic":
+                text = " ".join(rng.choice(_FILLER) for _ in range(max(12, min(len(words), 40))))
+            case "echo":
+                text = f"{question.strip()} {question.strip().lower()}"
+            case "non_answer":
+                text = rng.choice(_NON_ANSWERS)
+            case _:  # wrong
+                base = " ".join(words) if words else " ".join(terms) + " is the usual answer."
+                text = _NUMBER.sub(lambda m: str(int(m.group()) + 7), base)
+                text = _COPULA.sub(lambda m: f"{m.group()} not", text, count=1)
+        text = text.strip() or "?"
+        if text[-1].isalnum():  # a finished sentence: a gate may fail answers cut mid-sentence
+            text += "."
+        return kind, text
+
+    # ------------------------------------------------------------------ the judge
+
+    def _verdict(self, request: GenerationRequest) -> str:
+        cfg = self.config
+        answer = request.answer or ""
         reference = request.reference_answer
-        if not reference or not reference.split():
-            return f"A concise answer to: {request.question.strip()}"
-        if rng.random() < self.config.off_topic_rate:
-            quality = rng.betavariate(1.0, 19.0)
-        else:
-            quality = rng.betavariate(self.config.quality_alpha, self.config.quality_beta)
-        words = reference.split()[:200]
-        out = [w if rng.random() < quality else rng.choice(_FILLER) for w in words]
-        return " ".join(out)
+        kind, expected = self.answer(
+            request.question_id, request.question, reference, request.attempt, request.feedback
+        )
+        if answer.strip() == expected.strip():
+            good = kind == "good"
+            if _rng(cfg.seed, "judge", request.question_id, request.attempt).random() < (
+                cfg.judge_error_rate
+            ):
+                good = not good
+            reason = "ok" if good else _JUDGE_REASON[kind]
+            if not good and reason == "ok":
+                reason = "other"
+        else:  # not an answer of ours: a plain overlap grade
+            ref = {w.lower() for w in _WORD.findall(reference or "")}
+            got = {w.lower() for w in _WORD.findall(answer)}
+            good = bool(ref) and len(ref & got) / len(ref) >= 0.5
+            reason = "ok" if good else ("off_topic" if ref else "other")
+        score = 8 if good else 2
+        return json.dumps(
+            {
+                "score": score,
+                "verdict": "pass" if good else "fail",
+                "reason": reason,
+                "explanation": "simulated grade",
+            }
+        )
 
     async def aclose(self) -> None:
         return None

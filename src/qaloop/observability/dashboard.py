@@ -204,7 +204,7 @@ def dashboard_data(history: list[Snapshot], states: dict[str, int], mode: str) -
     for a in attempts:
         validated = last.decisions.get(("validate", a), 0)
         regenerated = last.decisions.get(("regenerate", a), 0)
-        gave_up = last.decisions.get(("give_up", a), 0)
+        gave_up = last.decisions.get(("give_up", a), 0) + last.decisions.get(("judge_error", a), 0)
         decided = validated + regenerated + gave_up
         count = last.score_count.get(a, 0)
         per_attempt.append(
@@ -273,8 +273,12 @@ def dashboard_data(history: list[Snapshot], states: dict[str, int], mode: str) -
     }
 
 
+# A judge error (the LLM judge failed) ends the question like a give-up.
+_AS = {"judge_error": "give_up"}
+
+
 def _decided(s: Snapshot, decision: str) -> float:
-    return sum(n for (d, _), n in s.decisions.items() if d == decision)
+    return sum(n for (d, _), n in s.decisions.items() if _AS.get(d, d) == decision)
 
 
 def _lag(s: Snapshot, stage: str) -> int | None:

@@ -18,7 +18,7 @@ def topic_after(event: Event, topics: Topics) -> str | None:
     """The topic a step published the question to (None: it stayed inside the stage)."""
     name: str | None
     match event.kind:
-        case EventKind.ACCEPTED | EventKind.RESUMED:
+        case EventKind.ACCEPTED | EventKind.RESUMED | EventKind.RESET:
             name = "questions"
         case EventKind.GENERATED:
             name = "generated"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from qaloop.report import cost as C
+from qaloop.report import feedback as feedback_gain
 from qaloop.report import tables as T
 from qaloop.report.data import ReportData
 from qaloop.report.tables import Cell, Table
@@ -209,7 +210,8 @@ def build(data: ReportData, out_dir: Path, threshold: float) -> list[Path]:
                 "when the provider gave none) times the price table (docs/spend.md).",
                 [spend.summary_table(), spend.models_table(), spend.lanes_table()],
             ),
+            Section(*feedback_gain.section(data, out_dir)),
         ],
     )
     written = write_document(doc, out_dir)
-    return written + [out_dir / name for name in PLOT_FILES]
+    return written + [out_dir / name for name in (*PLOT_FILES, feedback_gain.PLOT_FILE)]

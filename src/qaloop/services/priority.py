@@ -31,25 +31,36 @@ class PrioritySlots:
                 self.free -= 1
                 future.set_result(None)
 
-    @contextlib.asynccontextmanager
-    async def slot(self, lane: str) -> AsyncIterator[None]:
-        lane = "batch" if lane == "batch" else "interactive"
+    def try_acquire(self, lane: str) -> bool:
+        """Take a slot at once if one is free and nobody of this priority or higher waits."""
         ahead = self._waiting["interactive"] or (lane == "batch" and self._waiting["batch"])
         if self.free > 0 and not ahead:
             self.free -= 1
-        else:
-            self.waited[lane] += 1
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting[lane].append(future)
-            try:
-                await future
-            except BaseException:
-                if future.done() and not future.cancelled():
-                    self.free += 1  # granted as we were cancelled: give it back
-                    self._wake()
-                raise
+            return True
+        return False
+
+    async def acquire(self, lane: str) -> None:
+        lane = "batch" if lane == "batch" else "interactive"
+        if self.try_acquire(lane):
+            return
+        self.waited[lane] += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[lane].append(future)
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release()  # granted as we were cancelled: give it back
+            raise
+
+    def release(self) -> None:
+        self.free += 1
+        self._wake()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, lane: str) -> AsyncIterator[None]:
+        await self.acquire(lane)
         try:
             yield
         finally:
-            self.free += 1
-            self._wake()
+            self.release()

@@ -79,6 +79,8 @@ class ConcurrentRunner:
         self.metrics.in_flight.labels(name).set_function(lambda: len(self._tasks))
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
+        # Bound of the drain on stop (None: wait for every call); see qaloop.lifecycle.
+        self.drain_timeout_s: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -96,9 +98,25 @@ class ConcurrentRunner:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
         finally:
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._drain()
             await self.consumer.close()
+
+    async def _drain(self) -> None:
+        """Let the calls in flight finish (their outputs are published and committed), for at
+        most `drain_timeout_s`; cancel the rest, uncommitted, so they are redelivered."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self.drain_timeout_s)
+        if pending:
+            log.warning(
+                "%s: %d message(s) still in flight after %.0f s: handing them back uncommitted",
+                self.name,
+                len(pending),
+                self.drain_timeout_s or 0,
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _handle(self, message: Message) -> None:
         try:

@@ -14,12 +14,13 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qaloop.bus.base import OutMessage, Topics
 from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState, Usage
 from qaloop.core.retry import GiveUp, Park, RetryNow, RetryPolicy, on_llm_error
+from qaloop.core.routing import prompt_feedback
 from qaloop.core.wire import out
 from qaloop.llm.accounting import GENERATE, Meter
 from qaloop.llm.base import (
@@ -34,7 +35,10 @@ from qaloop.llm.base import (
 from qaloop.llm.budget import Budget, BudgetStop
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import Metrics
+from qaloop.quality.lang import detect_language
+from qaloop.quality.verdict import Reason
 from qaloop.services.batch_lane import BatchLane
+from qaloop.services.gating import PromptConfig
 from qaloop.services.priority import PrioritySlots
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,7 @@ class WorkerConfig:
     request_timeout_s: float = 60.0
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     seed: int = 42  # seeds backoff jitter per (question, attempt, try): runs are repeatable
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # feedback, escalation
 
 
 class WorkerStats:
@@ -124,13 +129,18 @@ class Worker:
             if stop is not None:
                 return [out(self.topics.delayed, self._park_for_spend(env, stop))]
             try_no = env.tries_in_attempt + 1
+            pc = self.config.prompt
+            feedback = prompt_feedback(env) if pc.feedback else None
             request = GenerationRequest(
                 question_id=env.question_id,
                 question=env.question,
                 attempt=env.attempt,
                 try_no=env.llm_calls + 1,
-                prompt=render_prompt(self.config.prompt_template, env.question),
+                prompt=build_prompt(self.config.prompt_template, env.question, feedback),
                 reference_answer=env.reference_answer,
+                temperature=pc.temperature(env.attempt),
+                model=pc.model(env.attempt),
+                feedback=feedback,
             )
             started = self.clock()
             call_started = time.perf_counter()
@@ -304,10 +314,15 @@ class Worker:
 
     async def _call(self, env: Envelope, request: GenerationRequest) -> Generation:
         """The provider call; with priority lanes, interactive questions get slots first."""
-        if self.priority is None:
+        slots = self.priority
+        if slots is None:
             return await self.provider.generate(request)
-        async with self.priority.slot(env.lane):
+        if not slots.try_acquire(env.lane):  # the common case takes no await
+            await slots.acquire(env.lane)
+        try:
             return await self.provider.generate(request)
+        finally:
+            slots.release()
 
     async def _spend_stop(self, env: Envelope) -> BudgetStop | None:
         """The spend budget reached for this question's caller (or everyone), if any. A ledger
@@ -352,6 +367,54 @@ class Worker:
     async def _charge_spend(self, env: Envelope, usage: Usage | None) -> None:
         if self.budget is not None and usage is not None:
             await self.budget.charge(env.caller, usage.cost_usd)
+
+
+LANGUAGE_NAMES = {
+    "en": "English",
+    "es": "Spanish",
+    "pt": "Portuguese",
+    "fr": "French",
+    "de": "German",
+    "it": "Italian",
+    "ru": "Russian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "zh": "Chinese",
+    "ar": "Arabic",
+    "el": "Greek",
+    "he": "Hebrew",
+    "hi": "Hindi",
+    "th": "Thai",
+}
+
+
+def build_prompt(template: str, question: str, feedback: str | None) -> str:
+    """The template, plus the question's language when detected, plus -- for a regeneration in
+    the feedback arm -- what was wrong with the rejected attempt (Reason.feedback: the gate's
+    reason in words, never the reference answer)."""
+    notes: list[str] = []
+    lang = detect_language(question)
+    language = LANGUAGE_NAMES.get(lang)
+    if language is not None and lang != "en":  # the template already asks for the same language
+        notes.append(f"The question is in {language}: answer in {language}.")
+    if feedback is not None:
+        try:
+            said = Reason(feedback).feedback
+        except ValueError:
+            said = ""
+        notes.append(
+            "An earlier answer to this question was rejected. "
+            + (said or Reason.LOW_SCORE.feedback)
+            + " Write a better answer."
+        )
+    prompt = render_prompt(template, question)
+    if not notes:
+        return prompt
+    note = "\n".join(notes)
+    head, sep, tail = prompt.rpartition("Answer:")
+    if sep and not tail.strip():  # keep the template's closing cue last
+        return f"{head.rstrip()}\n\n{note}\n\nAnswer:{tail}"
+    return f"{prompt}\n\n{note}"
 
 
 def _usage(input_tokens: int | None, output_tokens: int | None) -> str | None:

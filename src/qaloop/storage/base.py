@@ -12,9 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from qaloop.core.model import Envelope, Event, QuestionRecord, progress_key
+from qaloop.core.model import (
+    Envelope,
+    Event,
+    EventKind,
+    QuestionRecord,
+    QuestionState,
+    progress_key,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,61 @@ class Repository(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Resettable(Protocol):
+    """Optional: re-ask a failed question (qaloop.gateway: `retry_failed`, the admin reset)."""
+
+    def reset_failed(
+        self,
+        question_id: str,
+        *,
+        at: float,
+        trace_id: str,
+        reference_answer: str | None,
+        by: str,
+        caller: str | None = None,
+    ) -> Envelope | None:
+        """In one transaction: if the question is failed, replace its row by a new run
+        (`reset_envelope`) and return it; else None (not failed, or unknown)."""
+        ...
+
+
+def reset_envelope(
+    old: Envelope,
+    *,
+    at: float,
+    trace_id: str,
+    reference_answer: str | None,
+    by: str,
+    caller: str | None = None,
+) -> Envelope:
+    """A new run of a failed question: attempt 1, state queued, no answer, a new trace id.
+    The history goes on (a `reset` event), so event keys (question id, seq) never collide.
+    The store applies an envelope only if its trace id is the row's (storage.sqlite _UPSERT):
+    a late message of the old run can never overwrite the new one."""
+    fresh = old.evolve(
+        state=QuestionState.QUEUED,
+        attempt=1,
+        trace_id=trace_id,
+        first_seen=at,
+        reference_answer=reference_answer,
+        answer=None,
+        score=None,
+        best_answer=None,
+        best_score=None,
+        best_attempt=None,
+        error_class=None,
+        error_detail=None,
+        due_at=None,
+        llm_calls=0,
+        tries_in_attempt=0,
+        feedback=None,  # the judge's feedback and experiment arm belong to the old run
+        arm=None,
+        caller=caller if caller is not None else old.caller,  # who pays for the new run
+    )
+    return fresh.with_event(EventKind.RESET, at, detail=f"reset by {by}"[:300])
 
 
 def dedupe_batch(envelopes: Sequence[Envelope]) -> list[Envelope]:

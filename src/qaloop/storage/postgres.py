@@ -49,7 +49,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from qaloop.core import codec
 from qaloop.core.model import Envelope, Event, QuestionRecord
 from qaloop.core.retry import full_jitter_backoff
-from qaloop.storage.base import DeadLetter, dedupe_batch
+from qaloop.storage.base import DeadLetter, dedupe_batch, reset_envelope
 from qaloop.storage.sqlite import (
     EVENT_COLUMNS,
     event_from_row,
@@ -96,8 +96,9 @@ ON CONFLICT (question_id) DO UPDATE SET
     answer = excluded.answer, score = excluded.score, llm_calls = excluded.llm_calls,
     error_class = excluded.error_class, error_detail = excluded.error_detail,
     envelope = excluded.envelope
-WHERE excluded.progress > questions.progress
+WHERE excluded.progress > questions.progress AND excluded.trace_id = questions.trace_id
 """
+# The trace id condition: see storage.base.reset_envelope (a reset starts a new run).
 
 _USAGE_INSERT = (
     f"INSERT INTO llm_usage ({USAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) "
@@ -485,6 +486,45 @@ class PostgresRepository:
                 "WHERE questions.question_id = h.question_id",
                 (ids, [int(hits[q]) for q in ids]),
             )
+
+    @_retry_transient
+    def reset_failed(
+        self,
+        question_id: str,
+        *,
+        at: float,
+        trace_id: str,
+        reference_answer: str | None,
+        by: str,
+        caller: str | None = None,
+    ) -> Envelope | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT envelope FROM questions WHERE question_id = %s AND state = 'failed' "
+                "FOR UPDATE",
+                (question_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            new = reset_envelope(
+                codec.decode(bytes(row[0])),
+                at=at,
+                trace_id=trace_id,
+                reference_answer=reference_answer,
+                by=by,
+                caller=caller,
+            )
+            values = _clean_question_row(question_row(new, at))
+            conn.execute(
+                "UPDATE questions SET reference_answer = %s, state = %s, attempt = %s, "
+                "progress = %s, first_seen = %s, updated_at = %s, finished_at = %s, answer = %s, "
+                "score = %s, llm_calls = %s, error_class = %s, error_detail = %s, trace_id = %s, "
+                "envelope = %s WHERE question_id = %s",
+                (*values[2:], question_id),
+            )
+            with conn.cursor() as cur:
+                cur.executemany(_EVENT_INSERT, [_clean_event_row(r) for r in event_rows(new)])
+        return new
 
     def unfinished(self) -> list[Envelope]:
         with self._tx() as conn:

@@ -4,6 +4,8 @@ survives the process being killed (SIGKILL); only an OS crash can lose the last 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -19,7 +21,7 @@ from qaloop.core.model import (
     QuestionState,
     progress_key,
 )
-from qaloop.storage.base import DeadLetter, dedupe_batch
+from qaloop.storage.base import DeadLetter, dedupe_batch, reset_envelope
 from qaloop.storage.usage import (
     EXPORT_QUERY,
     QUESTIONS_QUERY,
@@ -94,10 +96,20 @@ ON CONFLICT(question_id) DO UPDATE SET
     answer = excluded.answer, score = excluded.score, llm_calls = excluded.llm_calls,
     error_class = excluded.error_class, error_detail = excluded.error_detail,
     envelope = excluded.envelope
-WHERE excluded.progress > questions.progress
+WHERE excluded.progress > questions.progress AND excluded.trace_id = questions.trace_id
 """
+# The trace id condition: a reset (reset_failed) starts a new run with a new trace id; a late
+# message of the old run must not overwrite it, whatever its progress.
 
 _INSERT_NEW = _UPSERT.split("ON CONFLICT")[0] + "ON CONFLICT(question_id) DO NOTHING"
+
+# Overwrites every projected column of a failed row (question_row() order, minus id/question).
+_RESET = """
+UPDATE questions SET reference_answer = ?, state = ?, attempt = ?, progress = ?, first_seen = ?,
+    updated_at = ?, finished_at = ?, answer = ?, score = ?, llm_calls = ?, error_class = ?,
+    error_detail = ?, trace_id = ?, envelope = ?
+WHERE question_id = ?
+"""
 
 _EVENT_INSERT = """
 INSERT OR IGNORE INTO events (question_id, seq, attempt, kind, at, answer, score, latency_ms,
@@ -211,6 +223,51 @@ def event_from_row(row: Sequence[Any]) -> Event:
 EVENT_COLUMNS = (
     "seq, attempt, kind, at, answer, score, latency_ms, error_class, detail, decision, wait_s"
 )
+
+
+class DatabaseLocked(RuntimeError):
+    """Another process holds the embedded database (a second `qaloop serve` on it)."""
+
+
+class DatabaseLock:
+    """An exclusive lock on an embedded database, held for the life of the process that runs
+    every stage on it: two embedded pipelines on one file would both resume and re-run the
+    same unfinished questions (paying the LLM twice). `flock` on `<db>.lock` (beside the file:
+    SQLite's own fcntl locks on the database are per-transaction); the kernel drops it when
+    the process dies, so a SIGKILL leaves no stale lock."""
+
+    def __init__(self, db_path: str) -> None:
+        self.path = f"{db_path}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> DatabaseLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = _read_pid(self.path)
+            raise DatabaseLocked(
+                f"database {self.path[: -len('.lock')]} is in use by another qaloop process"
+                + (f" (pid {holder})" if holder else "")
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def _read_pid(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
 
 class SQLiteRepository:
@@ -342,6 +399,43 @@ class SQLiteRepository:
                 (cutoff, limit),
             ).fetchall()
         return [codec.decode(r[0]) for r in rows]
+
+    def reset_failed(
+        self,
+        question_id: str,
+        *,
+        at: float,
+        trace_id: str,
+        reference_answer: str | None,
+        by: str,
+        caller: str | None = None,
+    ) -> Envelope | None:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._conn.execute(
+                    "SELECT envelope FROM questions WHERE question_id = ? AND state = 'failed'",
+                    (question_id,),
+                ).fetchone()
+                if row is None:
+                    self._conn.execute("ROLLBACK")
+                    return None
+                new = reset_envelope(
+                    codec.decode(row[0]),
+                    at=at,
+                    trace_id=trace_id,
+                    reference_answer=reference_answer,
+                    by=by,
+                    caller=caller,
+                )
+                values = question_row(new, at)
+                self._conn.execute(_RESET, (*values[2:], question_id))
+                self._conn.executemany(_EVENT_INSERT, event_rows(new))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return new
 
     def events(self, question_id: str) -> list[Event]:
         with self._lock:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qaloop.core import codec
-from qaloop.core.model import QuestionState
+from qaloop.core.model import SCHEMA_VERSION, QuestionState
 from tests.integration.flink.harness import (
     REFERENCE,
     Collector,
@@ -101,7 +101,8 @@ def test_validated_regenerated_and_given_up_land_in_the_right_topics(job: FlinkJ
         (2, False, True): (t.questions, 3, QuestionState.QUEUED),
         (3, False, True): (t.dead_letter, 3, QuestionState.FAILED),
         (7, False, True): (t.dead_letter, 7, QuestionState.FAILED),  # replay past the limit
-        (1, False, False): (t.validated, 1, QuestionState.VALIDATED),  # no reference
+        # no reference: the LLM judge grades it (the simulated judge fails what it didn't write)
+        (1, False, False): (t.questions, 2, QuestionState.QUEUED),
     }
     ids = {}
     envelopes = []
@@ -121,7 +122,7 @@ def test_validated_regenerated_and_given_up_land_in_the_right_topics(job: FlinkJ
         assert (record.topic, out.attempt, out.state) == (topic, attempt, state), case
         assert record.headers["qaloop-id"] == qid
         assert record.headers["qaloop-attempt"] == str(attempt)
-        assert record.headers["qaloop-schema"] == "1"
+        assert record.headers["qaloop-schema"] == str(SCHEMA_VERSION)
         if topic == t.dead_letter:
             assert record.headers["qaloop-reason"] == "gave_up: low score"
             assert out.best_answer is not None

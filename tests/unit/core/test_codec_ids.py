@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from qaloop.core import codec
 from qaloop.core.ids import normalise, question_id
-from qaloop.core.model import Envelope, ErrorClass, Event, EventKind, QuestionState
+from qaloop.core.model import SCHEMA_VERSION, Envelope, ErrorClass, Event, EventKind, QuestionState
 
 
 def test_roundtrip_keeps_everything() -> None:
@@ -120,7 +120,8 @@ def test_fast_and_strict_paths_agree_on_what_encode_writes(envelope: Envelope) -
     st.dictionaries(
         st.sampled_from(
             ["question_id", "question", "reference_answer", "trace_id", "first_seen", "attempt",
-             "state", "score", "llm_calls", "history", "best_attempt", "schema_version"]
+             "state", "score", "llm_calls", "history", "best_attempt", "schema_version",
+             "feedback", "arm"]
         ),
         st.none() | st.booleans() | st.integers(-3, 3) | _floats | st.text(max_size=6)
         | st.lists(st.dictionaries(st.sampled_from(["seq", "kind", "attempt", "at"]),
@@ -128,7 +129,8 @@ def test_fast_and_strict_paths_agree_on_what_encode_writes(envelope: Envelope) -
     )
 )  # fmt: skip
 def test_fast_path_accepts_nothing_the_strict_path_refuses(data: dict[str, object]) -> None:
-    raw = b'{"schema_version":1,' + orjson.dumps(data)[1:] if data else b'{"schema_version":1}'
+    head = b'{"schema_version":%d' % SCHEMA_VERSION  # the fast path's prefix
+    raw = head + b"," + orjson.dumps(data)[1:] if data else head + b"}"
     try:
         expected: Envelope | None = codec._decode_strict(raw)
     except codec.InvalidMessage:

@@ -29,7 +29,7 @@ from qaloop.flink.core import (
 )
 from qaloop.services.judge import Judge
 from qaloop.settings import Settings
-from tests.cases.routing_cases import ROUTING_CASES
+from tests.cases.routing_cases import ROUTING_CASES, fixed_stage
 
 TOPICS = Topics.with_prefix("t")
 
@@ -65,20 +65,30 @@ def _message(value: bytes | None, offset: int = 7) -> Message:
 
 
 @pytest.mark.parametrize(
-    ("score", "attempt", "threshold", "max_attempts", "expected", "nxt"), ROUTING_CASES
+    ("outcome", "reason", "score", "attempt", "max_attempts", "expected", "nxt"), ROUTING_CASES
 )
 def test_job_map_follows_the_case_table(
-    score: float | None, attempt: int, threshold: float, max_attempts: int, expected: str, nxt: int
+    outcome: str,
+    reason: str,
+    score: float | None,
+    attempt: int,
+    max_attempts: int,
+    expected: str,
+    nxt: int,
 ) -> None:
     gate = GateFunction(
-        FixedScorer(score or 0.0), GateConfig(threshold, max_attempts), TOPICS, clock=lambda: 1.0
+        fixed_stage(outcome, reason, score),
+        GateConfig(0.5, max_attempts),
+        TOPICS,
+        clock=lambda: 1.0,
     )
-    env = _envelope(attempt, None if score is None else "ref")
+    env = _envelope(attempt)
     routed = gate.process(_message(codec.encode(env)))
     expected_topic = {
         "validate": TOPICS.validated,
         "regenerate": TOPICS.questions,
         "give_up": TOPICS.dead_letter,
+        "judge_error": TOPICS.dead_letter,
     }[expected]
     assert routed.topic == expected_topic
     assert routed.decision == expected
@@ -90,19 +100,29 @@ def test_job_map_follows_the_case_table(
     assert routed.key == env.question_id.encode()
 
 
-@pytest.mark.parametrize(("score", "attempt"), [(0.9, 1), (0.1, 1), (0.1, 3), (0.1, 9)])
-async def test_same_record_as_the_plain_judge(score: float, attempt: int) -> None:
+@pytest.mark.parametrize(
+    ("outcome", "reason", "score", "attempt", "max_attempts", "expected", "nxt"), ROUTING_CASES
+)
+async def test_same_record_as_the_plain_judge(
+    outcome: str,
+    reason: str,
+    score: float | None,
+    attempt: int,
+    max_attempts: int,
+    expected: str,
+    nxt: int,
+) -> None:
     """Topic, key, value and headers are identical to the plain judge's for the same input."""
-    gate_cfg = GateConfig(0.5, 3)
-    plain = Judge(FixedScorer(score), gate_cfg, TOPICS, clock=lambda: 5.0)
-    flink = GateFunction(FixedScorer(score), gate_cfg, TOPICS, clock=lambda: 5.0)
+    gate_cfg = GateConfig(0.5, max_attempts)
+    plain = Judge(fixed_stage(outcome, reason, score), gate_cfg, TOPICS, clock=lambda: 5.0)
+    flink = GateFunction(fixed_stage(outcome, reason, score), gate_cfg, TOPICS, clock=lambda: 5.0)
     message = _message(codec.encode(_envelope(attempt)))
-    [expected] = await plain.handle_batch([message])
+    [expected_out] = await plain.handle_batch([message])
     got = flink.process(message)
-    assert got.topic == expected.topic
-    assert got.key == expected.key.encode()
-    assert got.value == expected.value
-    assert got.headers == {k: v.encode() for k, v in expected.headers.items()}
+    assert got.topic == expected_out.topic
+    assert got.key == expected_out.key.encode()
+    assert got.value == expected_out.value
+    assert got.headers == {k: v.encode() for k, v in expected_out.headers.items()}
 
 
 def test_real_scorer_is_the_projects() -> None:

@@ -20,7 +20,10 @@ REWORDED = "Does anyone know why the sky is blue? Thanks!"
 
 async def _client(tmp_path: Path, **settings: object) -> AsyncIterator[httpx.AsyncClient]:
     pipeline = EmbeddedPipeline(
-        Settings(db=f"sqlite:///{tmp_path / 'p.db'}", threshold=0.0, **settings)  # type: ignore[arg-type]
+        # Good simulated answers only: this test is about the cache, not the gate.
+        Settings(  # type: ignore[arg-type]
+            db=f"sqlite:///{tmp_path / 'p.db'}", sim_kinds={"good": 1.0}, **settings
+        )
     )
     await pipeline.start()
     try:

@@ -88,6 +88,8 @@ async def test_hard_limit_per_key_and_global() -> None:
     await budget.charge(None, 0.5)
     stop = await budget.check("bob")
     assert stop is not None and stop.scope == "global"  # 1.09 in all
+    stats = budget.as_dict()
+    assert stats["spent_usd"]["global"] == pytest.approx(1.09) and stats["stops"] == 2
     clock.t += 43200  # a new day
     assert await budget.check("alice") is None
 

@@ -28,6 +28,7 @@ def error_settings(tmp_path: Path, **overrides: object) -> Settings:
         "backoff_cap_s": 0.05,
         "overload_tries": 2,
         "max_parks": 8,
+        "metrics_cache_s": 0,  # these tests scrape right after each step
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -64,10 +64,14 @@ async def test_every_state_change_is_one_line_with_question_and_trace_ids(
     i = parked[0].index("parked")
     assert parked[0][i - 1] == "llm_error" and "resumed" in parked[0][i:]
 
-    # The decision lines carry the score; the error lines their class.
+    # The decision lines carry the verdict (its reason, who judged, the score if any); the
+    # error lines their class.
     for r in lines:
         if r.event in ("validated", "regenerated"):  # type: ignore[attr-defined]
-            assert 0.0 <= r.score <= 1.0  # type: ignore[attr-defined]
+            assert r.reason and r.judged_by  # type: ignore[attr-defined]
+            assert r.score is None or 0.0 <= r.score <= 1.0  # type: ignore[attr-defined]
+        if r.event == "validated":  # type: ignore[attr-defined]
+            assert r.score is not None  # type: ignore[attr-defined]
         if r.event in ("llm_error", "parked"):  # type: ignore[attr-defined]
             assert r.error_class  # type: ignore[attr-defined]
 

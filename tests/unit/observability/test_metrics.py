@@ -60,7 +60,8 @@ async def test_metrics_move_as_questions_flow(
     )
     assert answered == 80
     assert value(after, "qaloop_gateway_rejected_total", code="invalid_field") == 1
-    assert _histogram_count(after, "qaloop_gateway_request_seconds") == N + 80
+    # every request is timed, the refused one too (issue 14: errors were invisible)
+    assert _histogram_count(after, "qaloop_gateway_request_seconds") == N + 80 + 1
     # cache: the second ask of each question hit it
     assert value(after, "qaloop_cache_hits_total") >= 40
     assert value(after, "qaloop_cache_misses_total") >= N

@@ -14,7 +14,7 @@ from qaloop.services.judge import Judge
 from qaloop.services.retrier import Retrier
 from qaloop.services.store import Store
 from qaloop.storage.sqlite import SQLiteRepository
-from tests.cases.routing_cases import ROUTING_CASES
+from tests.cases.routing_cases import ROUTING_CASES, fixed_stage
 
 TOPICS = Topics()
 
@@ -37,18 +37,27 @@ class FixedScorer:
 
 
 @pytest.mark.parametrize(
-    ("score", "attempt", "threshold", "max_attempts", "expected", "nxt"), ROUTING_CASES
+    ("outcome", "reason", "score", "attempt", "max_attempts", "expected", "nxt"), ROUTING_CASES
 )
 async def test_judge_follows_the_case_table(
-    score: float | None, attempt: int, threshold: float, max_attempts: int, expected: str, nxt: int
+    outcome: str,
+    reason: str,
+    score: float | None,
+    attempt: int,
+    max_attempts: int,
+    expected: str,
+    nxt: int,
 ) -> None:
     judge = Judge(
-        FixedScorer(score or 0.0), GateConfig(threshold, max_attempts), TOPICS, clock=lambda: 1.0
+        fixed_stage(outcome, reason, score),
+        GateConfig(0.5, max_attempts),
+        TOPICS,
+        clock=lambda: 1.0,
     )
     env = Envelope(
         "d" * 32,
         "q",
-        None if score is None else "ref",
+        "ref",
         "t",
         0.0,
         attempt=attempt,
@@ -60,9 +69,12 @@ async def test_judge_follows_the_case_table(
         "validate": TOPICS.validated,
         "regenerate": TOPICS.questions,
         "give_up": TOPICS.dead_letter,
+        "judge_error": TOPICS.dead_letter,
     }[expected]
     assert out.topic == expected_topic
     assert codec.decode(out.value).attempt == nxt
+    if expected == "judge_error":
+        assert out.headers["qaloop-reason"].startswith("judge_error: ")
 
 
 async def test_judge_dead_letters_poison_and_keeps_going() -> None:

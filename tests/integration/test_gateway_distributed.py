@@ -1,0 +1,111 @@
+"""The distributed gateway (Kafka + PostgreSQL) with issue 14's additions: readiness that
+reflects storage and the broker, `retry_failed` through PostgreSQL and Kafka, and admission
+from a storage count of the backlog."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from qaloop.core import codec
+from qaloop.core.ids import question_id
+from qaloop.core.model import Envelope, EventKind, QuestionState
+from qaloop.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+BOOTSTRAP = os.environ.get("QALOOP_KAFKA_BOOTSTRAP", "")
+PG_DSN = os.environ.get("QALOOP_PG_DSN", "")
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, object, Settings]]:
+    if not (BOOTSTRAP and PG_DSN):
+        pytest.skip('needs Kafka and PostgreSQL: scripts/infra up; eval "$(scripts/infra env)"')
+    import psycopg
+
+    from qaloop.distributed import build_gateway_app
+    from qaloop.storage.postgres import PostgresRepository
+
+    schema = f"qaloop_test_{uuid.uuid4().hex[:16]}"
+    settings = Settings(
+        bus="kafka",
+        kafka_bootstrap=BOOTSTRAP,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}",
+        kafka_partitions=1,
+        db=PG_DSN,
+        max_backlog=2,
+    )
+    repo = PostgresRepository(PG_DSN, schema=schema)
+    app = build_gateway_app(settings, repo=repo)
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                yield client, repo, settings
+    finally:
+        repo.close()
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+async def test_readiness_retry_failed_and_backlog(
+    gateway: tuple[httpx.AsyncClient, object, Settings],
+) -> None:
+    from qaloop.bus.kafka import KafkaBus, KafkaSettings
+    from qaloop.wiring import topics_for
+
+    client, repo, settings = gateway
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {
+        "status": "ok",
+        "storage": "ok",
+        "bus": "ok",
+    }
+    # a question that failed (as the judge leaves it)
+    now = 1_700_000_000.0
+    qid = question_id("Why did it fail?")
+    failed = (
+        Envelope(
+            question_id=qid,
+            question="Why did it fail?",
+            reference_answer="ref",
+            trace_id="old-trace",
+            first_seen=now,
+        )
+        .with_event(EventKind.ACCEPTED, now)
+        .evolve(state=QuestionState.FAILED, attempt=3, error_detail="low score")
+    )
+    repo.apply([failed])  # type: ignore[attr-defined]
+    body = {"question": "Why did it fail?", "retry_failed": True}
+    served = await client.post("/v1/questions", json={"question": "Why did it fail?"})
+    assert served.json()["status"] == "failed"
+    # the cache held the failure: retry_failed goes past it
+    retried = await client.post("/v1/questions", json=body)
+    assert retried.status_code == 202 and retried.json()["retried"] is True, retried.text
+    record = repo.get(qid)  # type: ignore[attr-defined]
+    assert record.state is QuestionState.QUEUED and record.trace_id != "old-trace"
+    topics = topics_for(settings)
+    bus = KafkaBus(KafkaSettings(BOOTSTRAP, partitions=1), topics)
+    await bus.start()
+    probe = bus.consumer(f"{settings.topic_prefix}.probe", [topics.questions])
+    got: list[Envelope] = []
+    for _ in range(40):
+        got += [codec.decode(m.value) for m in await probe.poll(10, 0.5)]
+        if got:
+            break
+    await probe.close()
+    await bus.close()
+    assert [e.question_id for e in got] == [qid] and got[0].trace_id == record.trace_id
+    # backlog: the retried question is queued; one more fits, then 429
+    assert (await client.post("/v1/questions", json={"question": "one more?"})).status_code == 202
+    import asyncio
+
+    await asyncio.sleep(2.5)  # the storage count is refreshed every 2 s
+    refused = await client.post("/v1/questions", json={"question": "too many?"})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "backlog"
+    assert "retry-after" in refused.headers

@@ -1,0 +1,89 @@
+"""The simulated LLM's answer kinds, its configured feedback effect, and its judge."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from qaloop.llm.base import GenerationRequest
+from qaloop.llm.simulated import KINDS, SimulatedConfig, SimulatedProvider
+from qaloop.quality import llm_judge
+from qaloop.quality.verdict import GateInput
+
+REF = "The stock market crashed in 1929 and it was a disaster for many families."
+
+
+def _kinds(sim: SimulatedProvider, feedback: str | None, n: int = 3000) -> Counter[str]:
+    return Counter(sim.kind(f"q{i}", 2, feedback) for i in range(n))
+
+
+def test_every_kind_appears_and_answers_are_repeatable() -> None:
+    sim = SimulatedProvider()
+    seen = _kinds(sim, None)
+    assert set(seen) == set(KINDS)
+    a = sim.answer("q1", "Why did the market crash?", REF, 1, None)
+    assert a == SimulatedProvider().answer("q1", "Why did the market crash?", REF, 1, None)
+
+
+def test_kinds_look_like_what_they_say() -> None:
+    sim = SimulatedProvider(SimulatedConfig(kinds={"echo": 1.0}))
+    assert sim.answer("q", "Why is it so?", REF, 1, None)[1].startswith("Why is it so?")
+    sim = SimulatedProvider(SimulatedConfig(kinds={"wrong": 1.0}))
+    wrong = sim.answer("q", "When?", REF, 1, None)[1]
+    assert "1936" in wrong and "1929" not in wrong and " not " in wrong
+    sim = SimulatedProvider(SimulatedConfig(kinds={"off_topic": 1.0}))
+    assert "1929" not in sim.answer("q", "When?", REF, 1, None)[1]
+
+
+def test_feedback_effect_is_the_configured_input() -> None:
+    sim = SimulatedProvider(SimulatedConfig(feedback_effect=0.6, hard_rate=0.0))
+    plain = _kinds(sim, None)
+    told = _kinds(sim, "off_topic")
+    bad_plain = 3000 - plain["good"]
+    bad_told = 3000 - told["good"]
+    assert bad_told < bad_plain * 0.6  # 1 - effect = 0.4 of the odds, renormalised
+    none = SimulatedProvider(SimulatedConfig(feedback_effect=0.0, hard_rate=0.0))
+    assert abs((3000 - _kinds(none, "echo")["good"]) - (3000 - _kinds(none, None)["good"])) < 150
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        SimulatedConfig(kinds={"great": 1.0})
+    with pytest.raises(ValueError):
+        SimulatedConfig(feedback_effect=1.5)
+
+
+async def test_the_simulated_judge_grades_its_own_answers_by_kind() -> None:
+    sim = SimulatedProvider()
+    verdicts: Counter[tuple[str, str]] = Counter()
+    for i in range(300):
+        qid = f"q{i}"
+        kind, text = sim.answer(qid, "Why did the market crash?", REF, 1, None)
+        item = GateInput("Why did the market crash?", text, REF)
+        request = GenerationRequest(
+            qid,
+            item.question,
+            1,
+            1,
+            llm_judge.build_prompt(item),
+            reference_answer=REF,
+            purpose="judge",
+            answer=text,
+        )
+        reply = (await sim.generate(request)).text
+        v = llm_judge.parse_verdict(reply, item)
+        verdicts[(kind, v.outcome.value)] += 1
+        assert json.loads(reply)["verdict"] in ("pass", "fail")
+    assert all(outcome == ("pass" if kind == "good" else "fail") for kind, outcome in verdicts)
+    assert sim.judge_calls == 300
+
+
+async def test_the_simulated_judge_grades_foreign_answers_by_overlap() -> None:
+    sim = SimulatedProvider()
+    for answer, expected in ((REF, "pass"), ("Bananas are yellow.", "fail")):
+        request = GenerationRequest(
+            "x", "When?", 1, 1, "p", reference_answer=REF, purpose="judge", answer=answer
+        )
+        assert json.loads((await sim.generate(request)).text)["verdict"] == expected

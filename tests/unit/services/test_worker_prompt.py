@@ -1,0 +1,85 @@
+"""The worker's prompt: the question's language, what was wrong with the rejected attempt (in
+the feedback arm only, never the reference), and per-attempt escalation."""
+
+from __future__ import annotations
+
+from qaloop.bus.base import Topics
+from qaloop.core.model import Envelope, QuestionState
+from qaloop.core.routing import GateConfig, judge
+from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
+from qaloop.quality.verdict import Outcome, Reason, Verdict
+from qaloop.services.gating import PromptConfig
+from qaloop.services.worker import Worker, WorkerConfig, build_prompt
+from tests.unit.services.test_worker import POLICY, ScriptedProvider
+
+REFERENCE = "SECRET-REFERENCE-TEXT the answer is 42"
+
+
+def _rejected(reason: Reason, control_share: float = 0.0, max_attempts: int = 3) -> Envelope:
+    env = Envelope(
+        "a" * 32,
+        "Why is the sky blue?",
+        REFERENCE,
+        "t",
+        1.0,
+        answer="Why is the sky blue?",
+        state=QuestionState.SCORING,
+    )
+    verdict = Verdict(0.1, Outcome.FAIL, reason, "repeats the question", "gate")
+    _, routed = judge(env, verdict, GateConfig(0.5, max_attempts, control_share=control_share), 2.0)
+    return routed
+
+
+async def _prompt(env: Envelope, prompt: PromptConfig | None = None) -> tuple[str, object]:
+    provider = ScriptedProvider(["an answer"])
+    config = WorkerConfig(prompt=prompt or PromptConfig())
+    worker = Worker(provider, Topics(), config, POLICY, clock=lambda: 3.0)
+    await worker.handle(env)
+    [request] = provider.requests
+    return request.prompt, request
+
+
+async def test_the_regeneration_prompt_says_what_was_wrong_without_the_reference() -> None:
+    prompt, request = await _prompt(_rejected(Reason.ECHO))
+    assert Reason.ECHO.feedback in prompt
+    assert "rejected" in prompt and prompt.rstrip().endswith("Answer:")
+    assert "SECRET-REFERENCE-TEXT" not in prompt and "repeats the question" not in prompt
+    assert request.feedback == "echo"  # type: ignore[attr-defined]
+
+
+async def test_the_control_arm_gets_the_plain_prompt() -> None:
+    env = _rejected(Reason.ECHO, control_share=1.0)
+    assert env.arm == "control"
+    prompt, request = await _prompt(env)
+    assert prompt == build_prompt(DEFAULT_PROMPT_TEMPLATE, env.question, None)
+    assert "rejected" not in prompt and request.feedback is None  # type: ignore[attr-defined]
+
+
+async def test_feedback_off_means_plain_prompts() -> None:
+    prompt, _ = await _prompt(_rejected(Reason.OFF_TOPIC), PromptConfig(feedback=False))
+    assert "rejected" not in prompt
+
+
+def test_every_reason_gives_words_and_the_first_attempt_is_plain() -> None:
+    for reason in Reason:
+        prompt = build_prompt(DEFAULT_PROMPT_TEMPLATE, "Why?", reason.value)
+        assert "rejected" in prompt and "better answer" in prompt
+    assert build_prompt(DEFAULT_PROMPT_TEMPLATE, "Why?", None) == DEFAULT_PROMPT_TEMPLATE.replace(
+        "{question}", "Why?"
+    )
+    assert "rejected" in build_prompt("{question}", "Why?", "not-a-reason")
+
+
+def test_a_spanish_question_is_asked_to_be_answered_in_spanish() -> None:
+    q = "¿Por qué el cielo es azul y no de otro color durante el día?"
+    assert "answer in Spanish" in build_prompt(DEFAULT_PROMPT_TEMPLATE, q, None)
+    assert "answer in" not in build_prompt(DEFAULT_PROMPT_TEMPLATE, "Why is the sky blue?", None)
+
+
+async def test_escalation_per_attempt() -> None:
+    pc = PromptConfig(temperatures=(0.2, 0.7), last_attempt_model="big-model", max_attempts=3)
+    assert [pc.temperature(a) for a in (1, 2, 3, 4)] == [0.2, 0.7, 0.7, 0.7]
+    assert [pc.model(a) for a in (1, 2, 3)] == [None, None, "big-model"]
+    assert PromptConfig().temperature(2) is None
+    _, request = await _prompt(_rejected(Reason.LOW_SCORE), pc)  # attempt 2
+    assert request.temperature == 0.7 and request.model is None  # type: ignore[attr-defined]
