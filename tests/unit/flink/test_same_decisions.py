@@ -72,6 +72,17 @@ def _route(topic: str, value: bytes) -> Route:
     return topic, e.state, e.attempt, e.score
 
 
+def assert_same(plain: list[Route], flink: list[Route]) -> None:
+    """Same topics, states and attempts; scores equal to 1e-6. The plain judge embeds a batch
+    (padded to its longest text) and the Flink map one record, and ONNX Runtime's sums differ in
+    the last bits (~1e-8) between the two."""
+    assert [r[:3] for r in plain] == [r[:3] for r in flink]
+    for (*_, a), (*_, b) in zip(plain, flink, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            assert a == pytest.approx(b, abs=1e-6)
+
+
 def _states(routes: list[Route]) -> set[QuestionState]:
     return {state for _, state, _, _ in routes}
 
@@ -81,7 +92,7 @@ async def test_defaults_judge_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(Settings.model_fields):
         monkeypatch.delenv(f"QALOOP_{name.upper()}", raising=False)
     plain, flink = await decisions_of_both(Settings(), [])
-    assert plain == flink
+    assert_same(plain, flink)
     assert {QuestionState.VALIDATED, QuestionState.QUEUED} <= _states(plain)  # both ways
     assert FlinkJobConfig(settings_from_args([], prog="t")).settings.scorer == "composite"
 
@@ -92,7 +103,7 @@ async def test_environment_and_flags_judge_alike(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("QALOOP_TOPIC_PREFIX", "p")
     # `qaloop judge --max-attempts 2` and `flink run -pym qaloop.flink.job --max-attempts 2`
     plain, flink = await decisions_of_both(Settings(max_attempts=2), ["--max-attempts", "2"])
-    assert plain == flink
+    assert_same(plain, flink)
     assert QuestionState.FAILED in _states(plain)  # attempt 2 of 2 gives up
     other, _ = await decisions_of_both(Settings(), [])
     assert other != plain  # the settings do change the decisions
