@@ -30,6 +30,9 @@ from tests.integration.flink.harness import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
 
+# The lexical scorer, as in test_flink_job.py: the calibrated default gate (embedding scorer)
+# needs the embeddings extra, which `make flink-venv` does not install into .venv-flink.
+JUDGE = ("--scorer", "jaccard", "--threshold", "0.5")
 CHECKPOINT_MS = "1000"  # short, so a restore replays little and the test stays short
 
 
@@ -128,6 +131,7 @@ def test_a_sigkilled_taskmanager_recovers_from_the_checkpoint_exactly_once(
     try:
         job_id = cluster.submit(
             stream.prefix,
+            *JUDGE,
             "--flink-checkpoint-interval-ms",
             CHECKPOINT_MS,
             log=tmp_path / "submit.log",
@@ -170,6 +174,7 @@ def test_stop_with_a_savepoint_then_a_new_build_resumes_from_it(
     try:
         first = cluster.submit(
             stream.prefix,
+            *JUDGE,
             "--flink-checkpoint-interval-ms",
             CHECKPOINT_MS,
             log=tmp_path / "first.log",
@@ -189,7 +194,11 @@ def test_stop_with_a_savepoint_then_a_new_build_resumes_from_it(
         # A new build: a new client run builds a new job graph (another checkpoint interval);
         # `--resume latest` (the default) finds the savepoint in the checkpoint dir.
         second = cluster.submit(
-            stream.prefix, "--flink-checkpoint-interval-ms", "1500", log=tmp_path / "second.log"
+            stream.prefix,
+            *JUDGE,
+            "--flink-checkpoint-interval-ms",
+            "1500",
+            log=tmp_path / "second.log",
         )
         assert second != first
         cluster.wait_running(second)
