@@ -18,7 +18,8 @@ with `qaloop up --judge flink`: the Flink judge on a local mini-cluster).
     eval "$(scripts/infra env)"
     PYTHONPATH=src .venv/bin/python bench/bench_latency.py [--modes embedded,plain,flink]
 
-Writes bench/results/latency.json (and prints a table).
+Writes bench/results/latency/latest.json (and prints one line per mode); the runs quoted in
+BENCHMARKS.md are the other files there.
 """
 
 from __future__ import annotations
@@ -316,6 +317,8 @@ def _wait_healthy(client: Any, up: subprocess.Popen[bytes], timeout_s: float) ->
 
 
 def _wait_final(client: Any, ids: list[str], up: subprocess.Popen[bytes], timeout_s: float) -> None:
+    import httpx
+
     deadline = time.monotonic() + timeout_s
     for qid in ids:
         while True:
@@ -324,8 +327,13 @@ def _wait_final(client: Any, ids: list[str], up: subprocess.Popen[bytes], timeou
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"question {qid} not final after {timeout_s} s")
-            body = client.get(f"/v1/questions/{qid}", params={"wait": min(10, remaining)}).json()
-            if body.get("status") in ("validated", "failed"):
+            try:
+                r = client.get(f"/v1/questions/{qid}", params={"wait": min(10, remaining)})
+            except httpx.TransportError as exc:  # a long-poll cut on a loaded machine: ask again
+                print(f"GET {qid}: {exc!r}, retrying", file=sys.stderr)
+                time.sleep(0.2)
+                continue
+            if r.json().get("status") in ("validated", "failed"):
                 break
 
 
@@ -393,7 +401,9 @@ def main() -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="QALOOP_X=V", help="extra service env"
     )
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency.json")
+    p.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "latency" / "latest.json"
+    )
     args = p.parse_args()
     args.env = dict(item.split("=", 1) for item in args.set)
     results = []

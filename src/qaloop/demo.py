@@ -154,9 +154,13 @@ def _ms(value: float | None) -> float | None:
 
 
 def format_summary(s: dict[str, Any], settings: Settings) -> str:
+    from qaloop.gate_config import gate_spec_from_settings
+
+    gate = gate_spec_from_settings(settings)
     lines = [
         "qaloop demo — embedded mode, simulated LLM "
-        f"(seed {settings.sim_seed}, scorer {settings.scorer}, threshold {settings.threshold}, "
+        f"(seed {settings.sim_seed}, gate {gate.scorer} >= {gate.pass_threshold} "
+        f"[unsure >= {gate.unsure_threshold}: LLM judge], "
         f"max attempts {settings.max_attempts}, "
         f"cache {settings.cache_policy}/{settings.cache_size})",
         "",

@@ -296,6 +296,11 @@ class Settings(BaseSettings):
         60.0, ge=0, description="Longest wait of a batch question before its job is submitted"
     )
     batch_poll_s: float = Field(30.0, gt=0, description="How often a batch job's status is read")
+    batch_journal: str | None = Field(
+        None,
+        description="JSON file of this worker's submitted batch jobs, polled again after a "
+        "restart (one per worker process; unset: they come back via their 25 h safety copies)",
+    )
 
     paraphrase_cache: bool = Field(
         False, description="Serve a validated answer to a question that means the same"

@@ -5,8 +5,10 @@ from a storage count of the backlog."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -109,3 +111,67 @@ async def test_readiness_retry_failed_and_backlog(
     refused = await client.post("/v1/questions", json={"question": "too many?"})
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "backlog"
     assert "retry-after" in refused.headers
+
+
+async def test_a_key_over_its_shared_spend_budget_gets_429_another_key_is_served(
+    tmp_path: Path,
+) -> None:
+    """The distributed gateway reads the workers' spend from the PostgreSQL ledger."""
+    if not (BOOTSTRAP and PG_DSN):
+        pytest.skip('needs Kafka and PostgreSQL: scripts/infra up; eval "$(scripts/infra env)"')
+    import psycopg
+
+    from qaloop.distributed import build_gateway_app
+    from qaloop.gateway.auth import ApiKey, format_key, hash_token, new_token
+    from qaloop.llm.budget import period_bounds
+    from qaloop.llm.budget_pg import PostgresLedger
+    from qaloop.storage.postgres import PostgresRepository
+
+    run = uuid.uuid4().hex[:10]  # key names of this run: the ledger table is shared
+    spender, other = f"spender-{run}", f"other-{run}"
+    spender_key, other_key = new_token(), new_token()
+    keys = tmp_path / "keys.txt"
+    keys.write_text(
+        f"{format_key(ApiKey(spender, hash_token(spender_key), 'user'))}\n"
+        f"{format_key(ApiKey(other, hash_token(other_key), 'user'))}\n",
+        encoding="utf-8",
+    )
+    ledger = PostgresLedger(PG_DSN)  # what a worker charged for the spender's calls
+    await ledger.charge([f"key:{spender}"], 0.75, period_bounds("day", time.time())[0])
+    await ledger.aclose()
+
+    schema = f"qaloop_test_{uuid.uuid4().hex[:16]}"
+    settings = Settings(
+        bus="kafka",
+        kafka_bootstrap=BOOTSTRAP,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}",
+        kafka_partitions=1,
+        db=PG_DSN,
+        auth="on",
+        api_keys_file=str(keys),
+        budget_key_usd=0.5,
+        budget_action="reject",
+        budget_backend="postgres",
+    )
+    repo = PostgresRepository(PG_DSN, schema=schema)
+    app = build_gateway_app(settings, repo=repo)
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                body = {"question": "Is the budget shared?"}
+                over = await client.post(
+                    "/v1/questions", json=body, headers={"X-API-Key": spender_key}
+                )
+                assert over.status_code == 429, over.text
+                assert over.json()["error"]["code"] == "budget"
+                assert int(over.headers["retry-after"]) >= 1
+                served = await client.post(
+                    "/v1/questions", json=body, headers={"X-API-Key": other_key}
+                )
+                assert served.status_code == 202, served.text
+    finally:
+        repo.close()
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute("DELETE FROM qaloop_llm_spend WHERE scope LIKE %s", (f"key:%-{run}",))

@@ -259,6 +259,12 @@ def build_gateway_app(settings: Settings, *, repo: Repository | None = None) -> 
         if settings.budget_backend == "postgres"
         else None
     )
+    reject = settings.budget_action == "reject" and (settings.budget_usd or settings.budget_key_usd)
+    if budget is None and reject:
+        log.warning(
+            "gateway: QALOOP_BUDGET_ACTION=reject needs QALOOP_BUDGET_BACKEND=postgres in "
+            "distributed mode (the workers' spend is not visible here); questions park instead"
+        )
     # API keys and admission (backlog: a storage count, refreshed off the request path).
     auth = guard_gateway(
         service,

@@ -89,9 +89,11 @@ def guard_gateway(
     if settings.llm_rpd and llm_calls is not None:
         admission.add(DailyCallBudget(settings.llm_rpd, llm_calls))
     if budget is not None:
-        from qaloop.llm.budget import BudgetAdmission
+        from qaloop.llm.budget import BudgetAdmission, LocalLedger
 
-        admission.add(BudgetAdmission(budget, Rejection))
+        # A shared ledger is a database read: reuse a caller's answer for a second.
+        refresh_s = 0.0 if isinstance(budget.ledger, LocalLedger) else 1.0
+        admission.add(BudgetAdmission(budget, Rejection, refresh_s=refresh_s))
     auth = build_auth(settings, service)
     if auth is not None:
         admission.add(QuotaCheck(auth))

@@ -148,8 +148,9 @@ class Budget:
             found.append((f"key:{caller}", self.config.per_key_usd))
         return found
 
-    async def check(self, caller: str | None) -> BudgetStop | None:
-        """The first hard limit reached for this caller, or None."""
+    async def check(self, caller: str | None, *, count: bool = True) -> BudgetStop | None:
+        """The first hard limit reached for this caller, or None. `count`: a stop of an LLM
+        call (the gateway's admission counts its refusals itself)."""
         limits = self.limits(caller)
         if not limits:
             return None
@@ -158,6 +159,8 @@ class Budget:
         spent = await self.ledger.spent([s for s, _ in limits], start)
         for scope, limit in limits:
             if spent[scope] >= limit:
+                if not count:
+                    return BudgetStop(scope, spent[scope], limit, max(0.0, end - now))
                 self.stops += 1
                 if self.metrics is not None:
                     self.metrics.budget_stops.labels(_label(scope)).inc()
@@ -220,21 +223,58 @@ class BudgetAdmission:
     a new question whose caller (or everyone) is over a hard limit gets 429 + Retry-After.
 
     `rejection` builds the gateway's rejection object from (reason, message, retry_after_s):
-    pass qaloop.gateway.admission.Rejection."""
+    pass qaloop.gateway.admission.Rejection. `refresh_s`: how long a caller's answer is reused
+    (a shared ledger costs a database round trip per read; the worker still checks before
+    every call, so reuse only delays a 429, never lets a call past the budget). A ledger that
+    can't be read admits: the question is stored and the worker, which fails closed, parks it."""
 
     name = "budget"
 
-    def __init__(self, budget: Budget, rejection: Callable[[str, str, float], Any]) -> None:
+    def __init__(
+        self,
+        budget: Budget,
+        rejection: Callable[[str, str, float], Any],
+        *,
+        refresh_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.budget = budget
         self.rejection = rejection
+        self.refresh_s = refresh_s
+        self.clock = clock
+        self._seen: dict[str | None, tuple[float, BudgetStop | None]] = {}
+        self._unreadable_logged = 0.0
+
+    async def _stop(self, caller: str | None) -> BudgetStop | None:
+        now = self.clock()
+        seen = self._seen.get(caller)
+        if seen is not None and now - seen[0] < self.refresh_s:
+            at, stop = seen
+            if stop is None:
+                return None
+            return BudgetStop(
+                stop.scope, stop.spent_usd, stop.limit_usd, stop.retry_after_s - (now - at)
+            )
+        try:
+            stop = await self.budget.check(caller, count=False)
+        except Exception as exc:  # fail open here: the worker fails closed
+            if now - self._unreadable_logged > 60:
+                self._unreadable_logged = now
+                log.warning("budget: cannot read the spend ledger (admitting): %s", exc)
+            return None
+        if self.refresh_s > 0:
+            if len(self._seen) > 10_000:  # one entry per key: bounded anyway, but be safe
+                self._seen.clear()
+            self._seen[caller] = (now, stop)
+        return stop
 
     async def check(self, ask: Any) -> Any | None:
         if self.budget.config.action != "reject":
             return None
-        stop = await self.budget.check(getattr(ask, "caller", None))
+        stop = await self._stop(getattr(ask, "caller", None))
         if stop is None:
             return None
-        return self.rejection("budget", stop.message, stop.retry_after_s)
+        return self.rejection("budget", stop.message, max(1.0, stop.retry_after_s))
 
     def admitted(self, ask: Any) -> None:
         return None

@@ -8,8 +8,8 @@ attempt gives the same answer.
 
 Answer kinds (weights `kinds`, renormalised):
 
-    good        the reference with a share of its words kept (Beta(alpha, beta)), the rest
-                filler; without a reference, a sentence about the question's terms
+    good        the reference's sentences, each after the first kept with a Beta(alpha, beta)
+                chance; without a reference, a sentence about the question's terms
     off_topic   filler with nothing of the question or reference
     echo        the question repeated
     non_answer  a stock non-answer ("It depends on many factors.", a refusal, ...)
@@ -70,6 +70,7 @@ _JUDGE_REASON = {
     "wrong": "contradiction",
 }
 _NUMBER = re.compile(r"\b\d+\b")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _COPULA = re.compile(r"\b(is|are|was|were|can|will|does|do)\b", re.IGNORECASE)
 _WORD = re.compile(r"\w+")
 
@@ -196,8 +197,13 @@ class SimulatedProvider:
         terms = [w for w in _WORD.findall(question) if len(w) > 3][:8] or question.split()[:5]
         match kind:
             case "good" if words:
+                # A restatement: whole sentences of the reference, each kept with a Beta(alpha,
+                # beta) chance (the first always), so what it says stays true -- a good answer
+                # does not garble the reference's numbers, names or negations.
                 quality = rng.betavariate(self.config.quality_alpha, self.config.quality_beta)
-                text = " ".join(w if rng.random() < quality else rng.choice(_FILLER) for w in words)
+                sentences = _SENTENCE.split(" ".join(words))
+                kept = [sentences[0]] + [x for x in sentences[1:] if rng.random() < quality]
+                text = " ".join(kept)
             case "good":
                 text = (
                     f"{' '.join(terms)}: the short answer is that it comes down to "
@@ -213,6 +219,10 @@ class SimulatedProvider:
                 base = " ".join(words) if words else " ".join(terms) + " is the usual answer."
                 text = _NUMBER.sub(lambda m: str(int(m.group()) + 7), base)
                 text = _COPULA.sub(lambda m: f"{m.group()} not", text, count=1)
+                if text == base:  # nothing to change: negate the first claim anyway
+                    head, _, rest = text.partition(" ")
+                    second, _, tail = rest.partition(" ")
+                    text = f"{head} {second} never {tail}" if tail else f"Not {text}"
         text = text.strip() or "?"
         if text[-1].isalnum():  # a finished sentence: a gate may fail answers cut mid-sentence
             text += "."

@@ -19,18 +19,26 @@ flight, the retrier brings the copy back at the deadline and the worker answers 
 interactively (`take` sees a copy of a job it doesn't know). A copy whose answer already came
 is dropped. (After a restart that memory is gone: such a question may be answered once more,
 an extra call but no duplicate row, since storage keeps the first final state.)
+
+With a journal (`journal_path`, QALOOP_BATCH_JOURNAL) a restart doesn't wait for the copies:
+the lane writes its submitted jobs (job id and their questions' envelopes) to a JSON file,
+replaced atomically after every submit and every finished job, and on start polls those jobs
+again, so their answers arrive as soon as the provider has them. One file per worker process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from qaloop.bus.base import OutMessage, Topics
+from qaloop.core import codec
 from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState, Usage
 from qaloop.core.wire import out
 from qaloop.llm.accounting import BATCH, GENERATE, Meter
@@ -51,6 +59,7 @@ class BatchLaneConfig:
     poll_every_s: float = 30.0
     deadline_s: float = 25 * 3600.0  # safety copy due: the 24 h window + an hour
     tick_s: float = 0.5
+    journal_path: str | None = None  # submitted jobs, re-polled after a restart
 
 
 @dataclass
@@ -88,7 +97,7 @@ class BatchLane:
         topics: Topics,
         publish: Publish,
         *,
-        prompt: Callable[[str], str],
+        prompt: Callable[[Envelope], str],  # the worker's prompt for this attempt
         meter: Meter | None = None,
         budget: Budget | None = None,
         config: BatchLaneConfig | None = None,
@@ -130,6 +139,7 @@ class BatchLane:
     # ------------------------------------------------------------------ the background loop
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.reattach()
         while not stop.is_set():
             try:
                 await self.step()
@@ -149,6 +159,64 @@ class BatchLane:
             if job.next_poll <= self.clock():
                 await self._poll(job)
 
+    # ------------------------------------------------------------------ the journal
+
+    def reattach(self) -> int:
+        """Load the journal's jobs (a previous process's) to poll them again; how many.
+        An unreadable journal is logged and left for a person: its questions still come
+        back through their safety copies."""
+        path = self.config.journal_path
+        if not path or not os.path.exists(path):
+            return 0
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            jobs = {
+                str(job_id): [codec.decode(raw) for raw in job["envelopes"]]
+                for job_id, job in data["jobs"].items()
+            }
+            submitted = {
+                str(job_id): float(job["submitted_at"]) for job_id, job in data["jobs"].items()
+            }
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.error("batch lane: cannot read the journal %s (%s); not reattaching", path, exc)
+            return 0
+        now = self.clock()
+        for job_id, envelopes in jobs.items():
+            if job_id in self.jobs:
+                continue
+            self.jobs[job_id] = _Job(
+                job_id, {e.question_id: e for e in envelopes}, submitted[job_id], now
+            )
+            self._waiting.update(e.question_id for e in envelopes)
+        if jobs:
+            log.info("batch lane: reattached %d job(s) from %s", len(jobs), path)
+        return len(jobs)
+
+    def _journal(self) -> None:
+        """Write the jobs in flight (tmp file + rename: a crash leaves the old or the new)."""
+        path = self.config.journal_path
+        if not path:
+            return
+        data = {
+            "jobs": {
+                job.id: {
+                    "submitted_at": job.submitted_at,
+                    "envelopes": [codec.encode(e).decode() for e in job.envelopes.values()],
+                }
+                for job in self.jobs.values()
+            }
+        }
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:  # the safety copies still cover the jobs
+            log.error("batch lane: cannot write the journal %s: %s", path, exc)
+
     async def _submit(self) -> None:
         chunk, self.pending = (
             self.pending[: self.config.max_size],
@@ -162,7 +230,7 @@ class BatchLane:
                     e.question,
                     e.attempt,
                     e.llm_calls + 1,
-                    self.prompt(e.question),
+                    self.prompt(e),
                     e.reference_answer,
                 ),
             )
@@ -179,6 +247,7 @@ class BatchLane:
         )
         self.stats.submitted_jobs += 1
         self.stats.submitted_questions += len(chunk)
+        self._journal()
         log.info("batch lane: submitted job %s with %d questions", job_id, len(chunk))
 
     async def _poll(self, job: _Job) -> None:
@@ -195,6 +264,7 @@ class BatchLane:
         log.info("batch lane: job %s %s (%s)", job.id, result.state.value, result.detail)
         if result.state is BatchState.FAILED:
             await self._put_back(list(job.envelopes.values()), result.detail or "batch failed")
+            self._journal()  # after the publish: a crash before it polls the job again
             return
         messages: list[OutMessage] = []
         back: list[tuple[Envelope, str, LLMError | None]] = []
@@ -218,6 +288,7 @@ class BatchLane:
             await self.publish(messages)
         for env, reason, error in back:
             await self._put_back([env], reason, error)
+        self._journal()
 
     def _finish(self, qid: str) -> None:
         self._waiting.discard(qid)
@@ -231,7 +302,7 @@ class BatchLane:
         if self.meter is not None:
             usage = self.meter.usage(
                 generation,
-                self.prompt(env.question),
+                self.prompt(env),
                 self.client.name,
                 purpose=GENERATE,
                 lane=BATCH,

@@ -5,6 +5,7 @@ tokens at half price). And the gateway's `priority` field."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,11 @@ from qaloop.settings import Settings
 from tests.fakes.llm_server import FakeConfig, FakeLLMServer
 
 REFERENCE = "a concise answer to the question about the subject " * 3
+# The fake answers "A concise answer to: <what follows Question:>": more than the question,
+# so the gate's echo check passes it at the first attempt.
+TEMPLATE = (
+    "Question: {question}\nThe subject of the question, explained with its main facts.\n\nAnswer:"
+)
 
 
 async def test_two_lanes_through_one_pipeline(tmp_path: Path) -> None:
@@ -27,9 +33,13 @@ async def test_two_lanes_through_one_pipeline(tmp_path: Path) -> None:
             llm_base_url=f"{server.base_url}/v1",
             llm_model="gpt-4o-mini",
             batch_lane=True,
-            batch_max_wait_s=0.2,
+            # Submitted when all four are pending (by size, not by age: a loaded machine can
+            # take longer than a short wait between two asks and split the job).
+            batch_max_size=4,
+            batch_max_wait_s=60,
             batch_poll_s=0.2,
             threshold=0.0,  # any answer validates: this test is about the lanes
+            prompt_template=TEMPLATE,
         )
         pipeline = EmbeddedPipeline(settings)
         await pipeline.start()
@@ -77,3 +87,48 @@ async def test_priority_field(tmp_path: Path) -> None:
             assert await pipeline.drain(10)  # no batch lane configured: answered interactively
     finally:
         await pipeline.stop()
+
+
+async def test_a_job_in_flight_is_reattached_after_a_restart(tmp_path: Path) -> None:
+    """The process stops with its job running at the provider; the next one, on the same
+    journal, polls the job again and stores its answers (the safety copies are 25 h away)."""
+    with FakeLLMServer(FakeConfig(batch_polls=10_000)) as server:
+        settings = Settings(
+            db=f"sqlite:///{tmp_path / 'r.db'}",
+            llm="openai",
+            llm_base_url=f"{server.base_url}/v1",
+            llm_model="gpt-4o-mini",
+            batch_lane=True,
+            batch_max_size=2,
+            batch_max_wait_s=60,
+            batch_poll_s=0.2,
+            batch_journal=str(tmp_path / "batch.json"),
+            threshold=0.0,
+            prompt_template=TEMPLATE,
+        )
+        first = EmbeddedPipeline(settings)
+        await first.start()
+        try:
+            for i in range(2):
+                await first.service.ask(f"Reattached question {i}?", REFERENCE, lane="batch")
+            for _ in range(100):  # until the job is submitted
+                if server.batch.submitted:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.batch.submitted == 1
+        finally:
+            await first.stop()
+        server.config.batch_polls = 0  # the provider finishes the job meanwhile
+        second = EmbeddedPipeline(settings)
+        await second.start()
+        try:
+            assert await second.drain(30)
+            states = {q["state"] for q in second.repo.export_questions()}
+            lanes = {u["lane"] for u in second.repo.export_usage()}
+        finally:
+            await second.stop()
+        # No new job: the old one was polled again. (Without the journal the restarted
+        # pipeline resumes the unfinished questions into a second job, paying twice.)
+        assert server.batch.submitted == 1
+        assert len(server.stats.arrivals) == 0  # and nothing went interactive
+    assert states == {"validated"} and lanes == {"batch"}

@@ -14,7 +14,11 @@ from qaloop.gateway.http import create_app
 from qaloop.pipeline import EmbeddedPipeline
 from qaloop.settings import Settings
 
-ASKED = {"question": "Why is the sky blue?", "reference_answer": "Rayleigh scattering " * 10}
+ASKED = {
+    "question": "Why is the sky blue?",
+    "reference_answer": "Sunlight is scattered by air molecules, and blue light is scattered much "
+    "more than red light. This is called Rayleigh scattering.",
+}
 REWORDED = "Does anyone know why the sky is blue? Thanks!"
 
 

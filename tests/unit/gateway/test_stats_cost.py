@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
 from qaloop.gateway.http import create_app
 from qaloop.pipeline import EmbeddedPipeline
@@ -30,4 +31,5 @@ async def test_stats_report_cost_per_validated_answer(tmp_path: Path) -> None:
     assert cost["estimated_calls"] == 0  # the simulated provider reports its usage
     assert set(cost["by_purpose"]) == {"generate"}
     if cost["validated"]:
-        assert cost["per_validated_answer_usd"] == cost["cost_usd"] / cost["validated"]
+        per = cost["cost_usd"] / cost["validated"]
+        assert cost["per_validated_answer_usd"] == pytest.approx(per, rel=1e-6)

@@ -6,7 +6,9 @@ ran back to the interactive lane with its reason. And priority slots: interactiv
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -82,12 +84,14 @@ def _env(qid: str) -> Envelope:
     return env.with_event(EventKind.ACCEPTED, 1000.0)
 
 
-def _lane(client: ScriptedBatch, clock: Clock, sink: list[OutMessage], **cfg: float) -> BatchLane:
+def _lane(
+    client: ScriptedBatch, clock: Clock, sink: list[OutMessage], **cfg: float | str
+) -> BatchLane:
     async def publish(messages: Sequence[OutMessage]) -> None:
         sink.extend(messages)
 
     config = BatchLaneConfig(**{"max_size": 3, "max_wait_s": 10.0, "poll_every_s": 5.0, **cfg})  # type: ignore[arg-type]
-    return BatchLane(client, TOPICS, publish, prompt=lambda q: f"Question: {q}",
+    return BatchLane(client, TOPICS, publish, prompt=lambda e: f"Question: {e.question}",
                      meter=Meter(PriceTable.load()), config=config, clock=clock)  # fmt: skip
 
 
@@ -258,7 +262,7 @@ async def test_batch_spend_is_budgeted() -> None:
         client,
         TOPICS,
         publish,
-        prompt=lambda q: q,
+        prompt=lambda e: e.question,
         meter=Meter(PriceTable.load()),
         budget=budget,
         config=BatchLaneConfig(max_wait_s=0.0, poll_every_s=0.0),
@@ -289,3 +293,54 @@ class Counting:
 
     async def aclose(self) -> None:
         return None
+
+
+async def test_a_job_in_flight_is_reattached_after_a_restart(tmp_path: Path) -> None:
+    journal = str(tmp_path / "batch.json")
+    clock, sink = Clock(), []
+    provider = ScriptedBatch(polls=0)  # the provider keeps the job across our restart
+    first = _lane(provider, clock, sink, journal_path=journal)
+    copies = [m for qid in ("a", "b") for m in first.take(_env(qid)) or []]
+    clock.t += 10
+    await first.step()
+    assert len(provider.jobs) == 1 and not _decoded(sink, TOPICS.generated)
+    saved = json.loads(Path(journal).read_text(encoding="utf-8"))
+    assert list(saved["jobs"]) == ["job0"] and len(saved["jobs"]["job0"]["envelopes"]) == 2
+
+    restarted = _lane(provider, clock, sink, journal_path=journal)  # `first` died here
+    assert restarted.reattach() == 1
+    await restarted.step()  # polled at once, not after the 25 h safety copies
+    assert sorted(e.answer or "" for e in _decoded(sink, TOPICS.generated)) == [
+        "answer to a",
+        "answer to b",
+    ]
+    assert json.loads(Path(journal).read_text(encoding="utf-8")) == {"jobs": {}}
+    for copy in copies:  # their safety copies, due later, are dropped
+        assert restarted.take(codec.decode(copy.value)) == []
+    assert restarted.reattach() == 0
+
+
+async def test_an_unreadable_journal_is_logged_and_not_reattached(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = tmp_path / "batch.json"
+    journal.write_text('{"jobs": {"job0": {"envelopes": ["not an envelope"]}}}', encoding="utf-8")
+    lane = _lane(ScriptedBatch(), Clock(), [], journal_path=str(journal))
+    assert lane.reattach() == 0 and not lane.jobs
+    assert "cannot read the journal" in caplog.text
+
+
+def test_a_batch_regeneration_carries_the_judges_feedback_like_an_interactive_one() -> None:
+    from qaloop.bus.memory import MemoryBus
+    from qaloop.core.routing import CONTROL, FEEDBACK
+    from qaloop.settings import Settings
+    from qaloop.wiring import batch_lane_for
+
+    settings = Settings(llm="openai", llm_base_url="http://127.0.0.1:9/v1", batch_lane=True)
+    lane = batch_lane_for(settings, TOPICS, MemoryBus(), meter=None)
+    assert lane is not None
+    first = _env("a")
+    again = first.evolve(attempt=2, feedback="echo", arm=FEEDBACK)
+    assert "rejected" not in lane.prompt(first)
+    assert "An earlier answer to this question was rejected" in lane.prompt(again)
+    assert "rejected" not in lane.prompt(again.evolve(arm=CONTROL))  # the control arm: plain
