@@ -63,7 +63,7 @@ from bench_distributed import (
 
 from qaloop.bus.base import Topics
 from qaloop.bus.kafka import KafkaBus, KafkaSettings
-from qaloop.services.runner import out
+from qaloop.core.wire import out
 from qaloop.storage.postgres import PostgresRepository
 
 ROOT = Path(__file__).resolve().parents[1]

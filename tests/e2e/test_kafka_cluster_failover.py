@@ -166,7 +166,14 @@ def test_killing_the_hot_partitions_leader_loses_and_doubles_nothing(
         )
         collector: Collector | None = None
         try:
-            stack.start_all(workers=2)
+            # start_all, with more patience: six interpreters starting at once on a shared
+            # 2-core machine took more than start_all's 30 s to answer
+            for service in ("store", "judge", "retrier"):
+                stack.start(service)
+            for i in (1, 2):
+                stack.start("worker", f"worker-{i}")
+            stack.start("gateway")
+            stack.wait_http(timeout_s=120)
             p = stack.prefix
             hot = [f"{p}.questions", f"{p}.generated", f"{p}.validated"]
             for topic in [*hot, f"{p}.delayed", f"{p}.dead-letter"]:
