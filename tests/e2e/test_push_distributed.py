@@ -19,7 +19,10 @@ from tests.e2e.distributed_stack import Stack, pg_schema, require_servers, sql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 SECRET = "e2e-secret-not-a-real-one"
-REFERENCE = "Rayleigh scattering makes the sky look blue during the day"
+REFERENCE = (
+    "Sunlight is refracted, reflected and dispersed inside raindrops, which splits it into its "
+    "colours."
+)
 
 
 class Hooks(BaseHTTPRequestHandler):
@@ -56,7 +59,8 @@ def test_sse_and_a_callback_across_processes(tmp_path: Path) -> None:
         )
         try:
             stack.start_all()
-            body = {"question": "Why is the sky blue?", "reference_answer": REFERENCE}
+            # A question the seeded simulated LLM answers well at once (seed 42; see README).
+            body = {"question": "How does a rainbow form?", "reference_answer": REFERENCE}
             with httpx.Client(base_url=stack.url, timeout=60) as client:
                 r = client.post("/v1/questions", json={**body, "callback_url": hook_url})
                 assert r.status_code == 202, r.text

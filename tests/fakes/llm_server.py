@@ -317,7 +317,11 @@ class FakeLLMServer:
         if prompt.startswith("You grade answers"):
             return _judge_reply(prompt, kind)
         question = prompt.split("Question:", 1)[-1].split("Answer:", 1)[0].strip()
-        return f"A concise answer to: {question}"
+        # More than the question's own words: the gate fails a bare echo of the question.
+        return (
+            f"A concise answer to: {question} The fake provider server wrote this reply, "
+            "naming concrete facts about the subject in plain words."
+        )
 
     # ------------------------------------------------------------------ gemini
 

@@ -26,7 +26,9 @@ from qaloop.core.model import Envelope, QuestionState
 ROOT = Path(__file__).resolve().parents[3]
 FLINK_PYTHON = ROOT / ".venv-flink" / "bin" / "python"
 BOOTSTRAP = os.environ.get("QALOOP_KAFKA_BOOTSTRAP")
-REFERENCE = "the cat sat on the mat by the door"
+REFERENCE = (
+    "The cat sat on the mat by the door."  # a finished sentence: the gate fails cut-off ones
+)
 
 
 def require_flink() -> str:
@@ -50,12 +52,12 @@ def require_flink() -> str:
 def envelope(qid: str, attempt: int, good: bool, reference: str | None = REFERENCE) -> Envelope:
     return Envelope(
         qid,
-        f"question {qid}",
+        f"Where did the cat sit? ({qid})",
         reference,
         f"trace-{qid}",
         time.time(),
         attempt=attempt,
-        answer=REFERENCE if good else "completely unrelated words",
+        answer=REFERENCE if good else "Completely unrelated words about the weather in spring.",
         state=QuestionState.SCORING,
     )
 

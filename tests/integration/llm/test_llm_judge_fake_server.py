@@ -118,7 +118,12 @@ async def test_pipeline_judges_questions_without_a_reference(
         await pipeline.service.ask(refused, None)
         await pipeline.service.ask(injected, None)
         with_ref = f"What is item 9 for {protocol}?"
-        await pipeline.service.ask(with_ref, "a concise answer about item 9")
+        # The reference says what the fake answer says (tests/fakes/llm_server.py): it passes.
+        await pipeline.service.ask(
+            with_ref,
+            "The fake provider server wrote this reply, naming concrete facts about the subject "
+            "in plain words.",
+        )
         assert await pipeline.drain(60)
     finally:
         await pipeline.stop()
