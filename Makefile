@@ -62,7 +62,7 @@ unit: venv
 # Flink session cluster (scripts/infra starts them if they aren't running, in parallel;
 # `make infra-down` stops them). The 3-broker Kafka test starts a private cluster of its own.
 test: venv flink-venv lint typecheck browser compose-check
-	eval "$$(scripts/infra up kafka postgres flink)" && $(BIN)/pytest -q -p no:cacheprovider
+	env="$$(scripts/infra up kafka postgres flink)" && eval "$$env" && $(BIN)/pytest -q -p no:cacheprovider
 
 # Headless Chromium for the dashboard test (Debian package; skipped by the test if absent).
 browser:
