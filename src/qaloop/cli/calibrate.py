@@ -11,16 +11,27 @@ from pathlib import Path
 import click
 import orjson
 
-from qaloop.quality.base import Scorer
-from qaloop.quality.calibration import (
-    CalibrationInputError,
-    CalibrationResult,
-    Example,
-    calibrate,
-    load_pairs,
-    summary_json,
+from qaloop.cli.calibrate_output import (
+    answers_option,
+    build_scorers,
+    enable_text_cache,
+    load_scorers,
+    no_plots_option,
+    out_option,
+    pairs_or_fail,
+    pct,
+    plots_or_fail,
+    pyplot,
+    save,
+    scorer_list_or_fail,
+    scorers_option,
+    seed_option,
+    shares,
 )
-from qaloop.quality.registry import get_scorer, scorer_names
+from qaloop.quality.calibration import CalibrationResult, Example, calibrate, summary_json
+from qaloop.quality.registry import scorer_names
+
+__all__ = ["build_scorers", "command", "default_scorers", "enable_text_cache", "render_markdown"]
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +44,6 @@ CORE_SCORERS = (
     "keyword_recall",
     "composite",
 )
-
-
-def _pct(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{100 * x:.1f} %"
 
 
 def _num(x: float, digits: int = 3) -> str:
@@ -54,11 +61,7 @@ def _snippet(text: str, limit: int = 160) -> str:
 
 def write_plots(result: CalibrationResult, out_dir: Path) -> dict[str, str]:
     """One histogram per scorer + a sweep plot; returns {key: file name}. Needs `report`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     files: dict[str, str] = {}
     bins = [i / 40 for i in range(41)]
     for name, r in result.scorers.items():
@@ -66,25 +69,21 @@ def write_plots(result: CalibrationResult, out_dir: Path) -> dict[str, str]:
         same = [r.scores[i] for i in result.same_idx]
         cross = [r.scores[i] for i in result.cross_idx]
 
-        # Each group in % of its own size, so groups of different sizes compare.
-        def pct(values: list[float]) -> list[float]:
-            return [100.0 / len(values)] * len(values)
-
         ax.hist(
-            same, bins=bins, weights=pct(same), alpha=0.6, label=f"same language (n={len(same)})"
+            same, bins=bins, weights=shares(same), alpha=0.6, label=f"same language (n={len(same)})"
         )
         if cross:
             ax.hist(
                 cross,
                 bins=bins,
-                weights=pct(cross),
+                weights=shares(cross),
                 alpha=0.5,
                 label=f"cross-language (n={len(cross)})",
             )
         if r.shuffled:
             ax.hist(
                 r.shuffled,
-                weights=pct(r.shuffled),
+                weights=shares(r.shuffled),
                 bins=bins,
                 histtype="step",
                 linewidth=1.5,
@@ -95,18 +94,14 @@ def write_plots(result: CalibrationResult, out_dir: Path) -> dict[str, str]:
             r.candidate,
             color="red",
             linestyle="--",
-            label=f"threshold {r.candidate:.2f} (false pass {_pct(r.candidate_row.false_pass)})",
+            label=f"threshold {r.candidate:.2f} (false pass {pct(r.candidate_row.false_pass)})",
         )
         ax.set_title(f"{name}: score distribution (AUC true vs shuffled {_num(r.auc)})")
         ax.set_xlabel("score (0–1, unitless)")
         ax.set_ylabel("share of the group's answers (%)")
         ax.set_xlim(0, 1)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        file = f"hist_{name}.png"
-        fig.savefig(out_dir / file)
-        plt.close(fig)
-        files[name] = file
+        files[name] = save(fig, out_dir, f"hist_{name}.png")
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     for name, r in result.scorers.items():
@@ -125,10 +120,7 @@ def write_plots(result: CalibrationResult, out_dir: Path) -> dict[str, str]:
     ax2.set_xlabel("threshold (score, 0–1)")
     ax2.set_ylabel("extra LLM calls per question (calls)")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "sweep.png")
-    plt.close(fig)
-    files["sweep"] = "sweep.png"
+    files["sweep"] = save(fig, out_dir, "sweep.png")
     return files
 
 
@@ -147,7 +139,7 @@ def render_markdown(result: CalibrationResult, plots: dict[str, str], source: st
         f"Negative control: each same-language answer against another question's reference "
         f"from the same source (seeded derangement, seed {result.seed}). "
         f"Candidate threshold = smallest t with a false-pass rate <= "
-        f"{_pct(result.target_false_pass)} on that control. "
+        f"{pct(result.target_false_pass)} on that control. "
         f"Loop cost with max_attempts = {result.max_attempts}: independent attempts "
         f"(E[calls] = Σ_(k<m) (1-p)^k) and a correlated bound (extra = (1-p)(m-1)).",
         "",
@@ -167,10 +159,10 @@ def render_markdown(result: CalibrationResult, plots: dict[str, str], source: st
             f"| {name}{'' if name in CORE_SCORERS else ' (extra)'} | {_num(r.auc)} | "
             f"{_num(r.mean_same)} | {_num(r.mean_shuffled)} | "
             f"{_num(r.mean_cross)} | {_num(r.mean_und)} | {r.candidate:.2f} | "
-            f"{_pct(row.pass_rate)} | {_pct(row.false_pass)} | {_pct(row.pass_rate_cross)} | "
-            f"{_pct(row.pass_rate_und)} | "
+            f"{pct(row.pass_rate)} | {pct(row.false_pass)} | {pct(row.pass_rate_cross)} | "
+            f"{pct(row.pass_rate_und)} | "
             f"{row.cost.extra_calls:.3f}; {row.cost.extra_calls_correlated:.3f} | "
-            f"{_pct(row.cost.given_up)}; {_pct(row.cost.given_up_correlated)} | "
+            f"{pct(row.cost.given_up)}; {pct(row.cost.given_up_correlated)} | "
             f"{r.seconds:.1f} |"
         )
     for name, why in result.skipped_scorers.items():
@@ -222,11 +214,11 @@ def render_markdown(result: CalibrationResult, plots: dict[str, str], source: st
         for row in r.sweep:
             mark = " **(candidate)**" if row.threshold == r.candidate else ""
             lines.append(
-                f"| {row.threshold:.2f}{mark} | {_pct(row.pass_rate)} | {_pct(row.false_pass)} | "
-                f"{_pct(row.pass_rate_cross)} | {_pct(row.pass_rate_und)} | "
-                f"{_pct(row.pass_rate_all)} | "
+                f"| {row.threshold:.2f}{mark} | {pct(row.pass_rate)} | {pct(row.false_pass)} | "
+                f"{pct(row.pass_rate_cross)} | {pct(row.pass_rate_und)} | "
+                f"{pct(row.pass_rate_all)} | "
                 f"{row.cost.calls:.3f} | {row.cost.extra_calls_correlated:.3f} | "
-                f"{_pct(row.cost.given_up)}; {_pct(row.cost.given_up_correlated)} |"
+                f"{pct(row.cost.given_up)}; {pct(row.cost.given_up_correlated)} |"
             )
         lines += ["", f"Examples at the candidate threshold {r.candidate:.2f}:", ""]
         lines += _examples("just above (pass)", r.above)
@@ -274,51 +266,15 @@ def default_scorers() -> list[str]:
     return [n for n in scorer_names() if n not in SLOW_VARIANTS]
 
 
-def build_scorers(names: Sequence[str]) -> tuple[dict[str, Scorer], dict[str, str]]:
-    scorers: dict[str, Scorer] = {}
-    skipped: dict[str, str] = {}
-    for name in names:
-        try:
-            scorers[name] = get_scorer(name)
-        except (ImportError, RuntimeError) as exc:
-            skipped[name] = str(exc).splitlines()[0]
-    return scorers, skipped
-
-
-def enable_text_cache(scorers: Sequence[Scorer], size: int) -> None:
-    """Memoise encodings in every embedding model the scorers use, composites' parts included
-    (a composite has no `model` of its own: before, `--scorers composite_embedding` encoded
-    every answer twice, once for the true pairs and once for the shuffled control)."""
-    for scorer in scorers:
-        parts = getattr(scorer, "parts", None)
-        for part in [scorer, *(parts.values() if isinstance(parts, dict) else ())]:
-            model = getattr(part, "model", None)
-            if model is not None and hasattr(model, "text_cache_size"):
-                model.text_cache_size = max(model.text_cache_size, size)
-
-
 @click.command("calibrate")
-@click.option(
-    "--answers",
-    "answers",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSONL of recorded answers: llm_answer|answer, original_answer|reference, "
-    "[question], [source], [score].",
+@answers_option(
+    "JSONL of recorded answers: llm_answer|answer, original_answer|reference, "
+    "[question], [source], [score]."
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Directory for report.md, results.json, scores.csv and the PNG plots.",
-)
-@click.option(
-    "--scorers",
-    "scorer_list",
-    default=None,
-    help="Comma-separated scorer names (default: all but "
-    f"{', '.join(SLOW_VARIANTS)}). Known: {', '.join(scorer_names())}.",
+@out_option("Directory for report.md, results.json, scores.csv and the PNG plots.")
+@scorers_option(
+    "Comma-separated scorer names (default: all but "
+    f"{', '.join(SLOW_VARIANTS)}). Known: {', '.join(scorer_names())}."
 )
 @click.option(
     "--max-attempts",
@@ -334,9 +290,9 @@ def enable_text_cache(scorers: Sequence[Scorer], size: int) -> None:
     show_default=True,
     help="False-pass rate on shuffled pairs for the candidate.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle.")
+@seed_option("Seed of the shuffle.")
 @click.option("--no-repair", is_flag=True, help="Don't undo CP437 mojibake in the input.")
-@click.option("--no-plots", is_flag=True, help="Skip the PNG plots (no `report` extra needed).")
+@no_plots_option()
 def command(
     answers: Path,
     out_dir: Path,
@@ -350,17 +306,9 @@ def command(
     """Score recorded answers with every scorer and report distributions, a threshold sweep
     with the feedback-loop cost, scorer agreement, the cross-language subset and boundary
     examples."""
-    names = [n.strip() for n in scorer_list.split(",")] if scorer_list else default_scorers()
-    unknown = [n for n in names if n not in scorer_names()]
-    if unknown:
-        raise click.ClickException(f"unknown scorer(s) {unknown}; known: {scorer_names()}")
-    try:
-        pairs, load = load_pairs(answers, repair=not no_repair)
-    except (CalibrationInputError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    scorers, skipped = build_scorers(names)
-    for name, why in skipped.items():
-        click.echo(f"skipping scorer {name}: {why}", err=True)
+    names = scorer_list_or_fail(scorer_list, default_scorers())
+    pairs, load = pairs_or_fail(answers, repair=not no_repair)
+    scorers, skipped = load_scorers(names)
     if not scorers:
         raise click.ClickException("no scorer could be loaded")
     enable_text_cache(list(scorers.values()), 4 * len(pairs))
@@ -378,13 +326,7 @@ def command(
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: dict[str, str] = {}
     if not no_plots:
-        try:
-            plots = write_plots(result, out_dir)
-        except ImportError as exc:
-            raise click.ClickException(
-                f"plots need the `report` extra: pip install 'qaloop[report]' "
-                f"(or pass --no-plots) ({exc})"
-            ) from exc
+        plots = plots_or_fail(lambda: write_plots(result, out_dir))
     (out_dir / "report.md").write_text(render_markdown(result, plots, answers.name))
     write_scores_csv(result, out_dir / "scores.csv")
     (out_dir / "results.json").write_bytes(
@@ -393,5 +335,5 @@ def command(
     best = max(result.scorers.values(), key=lambda r: -1 if math.isnan(r.auc) else r.auc)
     click.echo(
         f"wrote {out_dir / 'report.md'}; highest AUC: {best.name} {_num(best.auc)} "
-        f"(candidate threshold {best.candidate:.2f}, pass {_pct(best.candidate_row.pass_rate)})"
+        f"(candidate threshold {best.candidate:.2f}, pass {pct(best.candidate_row.pass_rate)})"
     )

@@ -15,10 +15,9 @@ from typing import Any
 import click
 import orjson
 
-from qaloop.cli.calibrate import build_scorers, enable_text_cache
+from qaloop.cli import calibrate_output as shared
 from qaloop.cli.common import build_settings
 from qaloop.quality.base import Scorer
-from qaloop.quality.calibration import CalibrationInputError, load_pairs
 from qaloop.quality.gate import DefaultGate, GateSpec, build_gate
 from qaloop.quality.gate_bench import (
     CALIBRATION,
@@ -35,7 +34,6 @@ from qaloop.quality.gate_bench import (
     fit_relevance,
     threshold_for_real,
 )
-from qaloop.quality.registry import scorer_names
 from qaloop.quality.verdict import Outcome, Verdict
 
 DEFAULT_SCORERS = (
@@ -54,7 +52,7 @@ KEEP_REAL = 0.90  # each scorer alone is shown at the threshold keeping 90 % of 
 
 
 def _pct(x: float) -> str:
-    return "–" if math.isnan(x) else f"{100 * x:.1f} %"
+    return shared.pct(x, missing="–")
 
 
 def embedding_most_similar(scorer: Scorer | None) -> Any:
@@ -89,11 +87,7 @@ def write_plots(
     band: tuple[float, float],
     out: Path,
 ) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = shared.pyplot()
     files: list[str] = []
     families = [REAL, *FAMILIES]
 
@@ -122,10 +116,7 @@ def write_plots(
     ax.set_ylabel("answers validated (%)")
     ax.set_title("Default gate: real answers validated vs adversarial answers false-accepted")
     ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    fig.savefig(out / "gate_families.png")
-    plt.close(fig)
-    files.append("gate_families.png")
+    files.append(shared.save(fig, out, "gate_families.png"))
 
     # 2. Every scorer alone at the threshold keeping 90 % of real answers: false accepts.
     names = list(scorer_rows)
@@ -151,10 +142,7 @@ def write_plots(
             fontsize=9,
         )
         fig.colorbar(im, ax=ax, label="false accepts (%)")
-        fig.tight_layout()
-        fig.savefig(out / "scorers_false_accepts.png")
-        plt.close(fig)
-        files.append("scorers_false_accepts.png")
+        files.append(shared.save(fig, out, "scorers_false_accepts.png"))
 
     # 3. The gate's score on the cases only the score decides, with the band.
     cases = bench.cases
@@ -176,7 +164,7 @@ def write_plots(
             ax.hist(
                 values,
                 bins=bins,
-                weights=[100 / len(values)] * len(values),
+                weights=shared.shares(values),
                 histtype="step",
                 linewidth=1.4,
                 label=f"{family} (n={len(values)})",
@@ -187,10 +175,7 @@ def write_plots(
     ax.set_ylabel("share of the family's scored cases (%)")
     ax.set_title("Gate score of the answers that passed every check (both splits)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gate_scores.png")
-    plt.close(fig)
-    files.append("gate_scores.png")
+    files.append(shared.save(fig, out, "gate_scores.png"))
 
     # 4. Sweep of the pass threshold: real answers kept vs the worst family.
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
@@ -231,10 +216,7 @@ def write_plots(
     ax.set_ylabel("%")
     ax.set_title("Choosing the pass threshold (checks on, calibration vs held out)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gate_sweep.png")
-    plt.close(fig)
-    files.append("gate_sweep.png")
+    files.append(shared.save(fig, out, "gate_sweep.png"))
     return files
 
 
@@ -345,33 +327,21 @@ def render(
 
 
 @click.command("gate-bench")
-@click.option(
-    "--answers",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSONL of recorded answers (question, llm_answer, original_answer, source, score).",
+@shared.answers_option(
+    "JSONL of recorded answers (question, llm_answer, original_answer, source, score)."
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Directory for report.md, families.csv, verdicts.csv, results.json and the plots.",
+@shared.out_option(
+    "Directory for report.md, families.csv, verdicts.csv, results.json and the plots."
 )
-@click.option(
-    "--scorers",
-    "scorer_list",
-    default=None,
-    help=f"Comma-separated scorers (default: {','.join(DEFAULT_SCORERS)}).",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the families.")
+@shared.scorers_option(f"Comma-separated scorers (default: {','.join(DEFAULT_SCORERS)}).")
+@shared.seed_option("Seed of the families.")
 @click.option(
     "--limit",
     type=click.IntRange(min=10),
     default=None,
     help="Use only the first N rows of the file (a quick run).",
 )
-@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@shared.no_plots_option()
 @click.option(
     "--fit",
     is_flag=True,
@@ -393,26 +363,18 @@ def command(
     half; the gate is the one configured (QALOOP_SCORER, QALOOP_THRESHOLD, QALOOP_GATE_*)."""
     from qaloop.gate_config import gate_spec_from_settings
 
-    names = [n.strip() for n in scorer_list.split(",")] if scorer_list else list(DEFAULT_SCORERS)
-    unknown = [n for n in names if n not in scorer_names()]
-    if unknown:
-        raise click.ClickException(f"unknown scorer(s) {unknown}; known: {scorer_names()}")
-    try:
-        pairs, _ = load_pairs(answers)
-    except (CalibrationInputError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    names = shared.scorer_list_or_fail(scorer_list, DEFAULT_SCORERS)
+    pairs, _ = shared.pairs_or_fail(answers)
     if limit is not None:
         pairs = pairs[:limit]
     try:
         spec = gate_spec_from_settings(build_settings())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    scorers, skipped = build_scorers(list(dict.fromkeys([*names, spec.scorer])))
-    for name, why in skipped.items():
-        click.echo(f"skipping scorer {name}: {why}", err=True)
+    scorers, _ = shared.load_scorers(list(dict.fromkeys([*names, spec.scorer])))
     if spec.scorer not in scorers:
         raise click.ClickException(f"the gate's scorer {spec.scorer!r} could not be loaded")
-    enable_text_cache(list(scorers.values()), 20 * len(pairs))
+    shared.enable_text_cache(list(scorers.values()), 20 * len(pairs))
     notes: list[str] = []
     nearest = embedding_most_similar(scorers.get("embedding") or scorers[spec.scorer])
     if nearest is None:
@@ -459,8 +421,8 @@ def command(
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: list[str] = []
     if not no_plots:
-        try:
-            plots = write_plots(
+        plots = shared.plots_or_fail(
+            lambda: write_plots(
                 bench,
                 gate_rows,
                 scorer_rows,
@@ -469,10 +431,7 @@ def command(
                 (spec.pass_threshold, spec.unsure_threshold),
                 out_dir,
             )
-        except ImportError as exc:
-            raise click.ClickException(
-                f"plots need matplotlib (or pass --no-plots): {exc}"
-            ) from exc
+        )
     spec_text = (
         f"scorer {spec.scorer}, pass >= {spec.pass_threshold}, unsure >= {spec.unsure_threshold}"
     )
