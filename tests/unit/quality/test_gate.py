@@ -12,6 +12,7 @@ from qaloop.quality.gate import (
     is_non_answer,
     is_truncated,
     malformed,
+    without_question,
 )
 from qaloop.quality.verdict import Gate, GateInput, Outcome, Reason
 
@@ -103,6 +104,47 @@ def test_an_answer_in_its_own_words_is_no_contradiction() -> None:
     assert contradiction(REF, REF) is None
 
 
+def test_sharing_only_the_questions_words_is_no_contradiction() -> None:
+    # Both restate the question: the run around the change is the question's words, so the
+    # answer is not a restatement of the reference.
+    question = "Where can I buy life size posters of college football teams?"
+    reference = "Fathead life size posters of college football teams are durable."
+    answer = "Amazon life size posters of college football teams are cheap, and so on."
+    assert contradiction(answer, reference) is not None  # without the question: caught
+    assert contradiction(answer, reference, question) is None
+    # The same change in the reference's own words is still caught with the question given.
+    changed = REF.replace("1929", "1936")
+    assert contradiction(changed, REF, Q) is not None
+
+
+def test_a_name_spelt_another_way_is_no_contradiction() -> None:
+    reference = (
+        "The first film is Harry Potter and the Sorcers Stone, made in 2001 by Chris Columbus."
+    )
+    answer = (
+        "The first film is Harry Potter and the Sorcerers Stone, made in 2001 by Chris Columbus."
+    )
+    assert contradiction(answer, reference) is None
+    # A different name, or a number that looks alike, is still a change of fact.
+    assert contradiction(answer.replace("Columbus", "Nolan"), reference) is not None
+    assert contradiction(reference.replace("2001", "2002"), reference) is not None
+
+
+def test_echo_padded_with_filler_is_judged_on_the_filler() -> None:
+    filler = "Good question, very interesting topic indeed. Thanks for asking about it."
+    echo = f"The question is: {Q} {filler}"
+    assert without_question(Q, echo) == "The question is: " + filler
+    assert without_question(Q.upper(), echo.replace(" ", "  ")) == "The question is: " + filler
+    assert without_question(Q, GOOD) == GOOD  # no copy: unchanged
+    assert without_question("Why?", "Why? Because it rains.") == "Why? Because it rains."
+    # It adds enough words to pass the echo check, and its relevance is the filler's.
+    g = build_gate(GateSpec(scorer="bag"), _ModelScorer())  # type: ignore[arg-type]
+    assert g.precheck(GateInput(Q, echo, REF)) is None
+    (padded,) = g.relevance_features([GateInput(Q, echo, REF)])
+    (alone,) = g.relevance_features([GateInput(Q, "The question is: " + filler, REF)])
+    assert padded == alone
+
+
 def test_the_relevance_band() -> None:
     g = build_gate(GateSpec(scorer="keyword_recall", pass_threshold=0.6, unsure_threshold=0.2))
     assert g.decide(0.6).outcome is Outcome.PASS
@@ -118,6 +160,9 @@ def test_helpers() -> None:
     assert not is_truncated("It started in 1929.")
     assert not is_truncated("Teams:\n*   Detroit Lions\n*   Dallas Cowboys")
     assert not is_truncated("Great question! 😊")
+    # A last list item that is a labelled link may end without a full stop.
+    assert not is_truncated("Sites:\n*   **Psychology Today:** psychologytoday.com")
+    assert is_truncated("Sites:\n*   **Psychology Today:** a directory of therapists and")
     assert is_non_answer("I don't know.", 25)
     assert not is_non_answer(GOOD, 25)
     assert malformed(GOOD, 20_000) is None

@@ -75,6 +75,21 @@ def test_families_are_seeded_and_split_by_question() -> None:
             assert gb.NON_ANSWERS_B[k].split("{")[0] in c.item.answer
 
 
+def test_echo_with_filler_is_the_question_verbatim_plus_a_split_pool() -> None:
+    data = pairs()
+    bench = gb.build_benchmark(data, seed=3)
+    fillers = [c for c in bench.cases if c.family == "echo" and c.variant.startswith("filler")]
+    assert len(fillers) == len(TOPICS)  # one per real answer, on top of the plain echoes
+    for c in fillers:
+        assert c.item.question in c.item.answer
+        pool = gb.ECHO_FILLERS_A if c.split == gb.CALIBRATION else gb.ECHO_FILLERS_B
+        rest = c.item.answer.replace(c.item.question, "")
+        assert any(f in rest for f in pool)
+        other = gb.ECHO_FILLERS_B if c.split == gb.CALIBRATION else gb.ECHO_FILLERS_A
+        assert not any(f in rest for f in other)
+    assert not set(gb.ECHO_FILLERS_A) & set(gb.ECHO_FILLERS_B)
+
+
 def test_mutations() -> None:
     rng = random.Random(0)
     assert gb.mutate_number("It holds 50,000 people and 12 lions.", rng) not in (
