@@ -26,6 +26,7 @@ from qaloop.cli.calibrate_output import (
     scorer_list_or_fail,
     scorers_option,
     seed_option,
+    share_parts,
     shares,
 )
 from qaloop.quality.calibration import CalibrationResult, Example, calibrate, summary_json
@@ -311,6 +312,7 @@ def command(
     scorers, skipped = load_scorers(names)
     if not scorers:
         raise click.ClickException("no scorer could be loaded")
+    scorers = share_parts(scorers)
     enable_text_cache(list(scorers.values()), 4 * len(pairs))
     click.echo(f"{len(pairs)} pairs; scoring with {', '.join(scorers)}", err=True)
     result = calibrate(

@@ -204,3 +204,25 @@ def test_cli_errors(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 0 and (tmp_path / "x" / "report.md").exists()
+
+
+def test_a_run_scores_each_pair_once_per_scorer() -> None:
+    """calibrate scores chrF alone and inside composite_embedding: the run's memo is shared."""
+    from qaloop.cli.calibrate_output import PairMemo, share_parts
+    from qaloop.quality.scorers import CompositeScorer, JaccardScorer
+
+    calls: list[int] = []
+
+    class Counting(JaccardScorer):
+        def score_batch(self, pairs):  # type: ignore[no-untyped-def]
+            calls.append(len(pairs))
+            return super().score_batch(pairs)
+
+    composite = CompositeScorer({"jaccard": 1.0}, "combo", resolve=lambda _: Counting())
+    scorers = share_parts({"jaccard": Counting(), "combo": composite})
+    pairs = [("the cat sat", "a cat sat"), ("dogs bark", "cats purr"), ("the cat sat", "a cat sat")]
+    alone = scorers["jaccard"].score_batch(pairs)
+    inside = scorers["combo"].score_batch(pairs)
+    assert alone == inside and calls == [2]  # two distinct pairs, scored once for both
+    assert isinstance(composite.parts["jaccard"], PairMemo)
+    assert scorers["combo"].score("dogs bark", "cats purr") == alone[1] and calls == [2]
