@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         description="Pass threshold on the score (>=); set explicitly, also the gate's "
-        "(unset: the calibrated gate's 0.29)",
+        "(unset: the calibrated gate's 0.28)",
     )
     gate_unsure_threshold: float | None = Field(
         None,
