@@ -371,7 +371,8 @@ def command(
         spec = gate_spec_from_settings(build_settings())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    scorers, _ = shared.load_scorers(list(dict.fromkeys([*names, spec.scorer])))
+    loaded, _ = shared.load_scorers(list(dict.fromkeys([*names, spec.scorer])))
+    scorers = shared.share_parts(loaded)  # chrF alone and inside composite_embedding: once
     if spec.scorer not in scorers:
         raise click.ClickException(f"the gate's scorer {spec.scorer!r} could not be loaded")
     shared.enable_text_cache(list(scorers.values()), 20 * len(pairs))
