@@ -41,12 +41,15 @@ def default_model(provider: str) -> str:
 
 
 def configured_deployments(settings: Settings) -> list[tuple[str, str]]:
-    """Every provider/model these settings may call, primary first (the price table must
-    list each one)."""
+    """Every provider/model these settings may call, primary first, the LLM judge's last (the
+    price table must list each one)."""
     from qaloop.llm.deployments import parse
 
     primary = (settings.llm, settings.llm_model or default_model(settings.llm))
-    return [primary, *((d.provider, d.model) for d in parse(settings.llm_fallbacks))]
+    found = [primary, *((d.provider, d.model) for d in parse(settings.llm_fallbacks))]
+    js = judge_settings(settings)
+    judge = (js.llm, js.llm_model or default_model(js.llm))
+    return found if judge in found else [*found, judge]
 
 
 def deployment_settings(settings: Settings, deployment: Deployment) -> Settings:

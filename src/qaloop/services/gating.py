@@ -15,10 +15,13 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from qaloop.core.model import Envelope
 from qaloop.core.routing import GateConfig, prompt_feedback
+from qaloop.llm.accounting import Meter, meter_from_settings
 from qaloop.llm.base import Provider
+from qaloop.llm.budget import Budget, budget_from_settings
 from qaloop.quality import get_scorer, llm_judge
 from qaloop.quality.cascade import Cascade, JudgeItem, ScorerGate
 from qaloop.quality.verdict import Gate, GateInput
@@ -43,12 +46,27 @@ def cheap_gate(settings: Settings) -> Gate | None:
     return gate
 
 
-def build_gate_stage(settings: Settings, *, judge_provider: Provider | None = None) -> Cascade:
+def build_gate_stage(
+    settings: Settings,
+    *,
+    judge_provider: Provider | None = None,
+    meter: Meter | None = None,
+    budget: Budget | None = None,
+    metrics: Any | None = None,
+) -> Cascade:
     """The cascade for these settings. `judge_provider` replaces the LLM judge's provider
-    (tests); by default it is built like generation's, with its own share of the quota."""
+    (tests); by default it is built like generation's, with its own share of the quota.
+
+    The LLM judge's calls are priced by `meter` and charged to `budget`: pass the worker's
+    when both run in one process (one ledger); without them they are built from the settings
+    here (a judge process, the Flink job), like the worker builds its own."""
     from qaloop.llm.factory import make_judge_provider
     from qaloop.llm.judge import LLMJudge
 
+    if meter is None:
+        meter = meter_from_settings(settings, metrics)  # a bad price table stops the start
+        if budget is None:
+            budget = budget_from_settings(settings, metrics)
     provider = judge_provider or make_judge_provider(settings)
     second = LLMJudge(
         provider,
@@ -59,6 +77,8 @@ def build_gate_stage(settings: Settings, *, judge_provider: Provider | None = No
         max_wait_s=settings.llm_max_queue_wait_s,
         timeout_s=settings.llm_timeout_s + settings.llm_max_queue_wait_s + 5.0,
         seed=settings.sim_seed,
+        meter=meter,
+        budget=budget,
     )
     return Cascade(cheap_gate(settings), second)
 
@@ -80,6 +100,7 @@ def judge_item(envelope: Envelope) -> JudgeItem:
         attempt=envelope.attempt,
         calls_so_far=envelope.llm_calls,
         feedback=prompt_feedback(envelope),
+        caller=envelope.caller,
     )
 
 
