@@ -117,7 +117,9 @@ class Settings(BaseSettings):
         "value repeats; empty: the provider's default)",
     )
     last_attempt_model: str | None = Field(
-        None, description="A stronger model for the last attempt (None: the same model)"
+        None,
+        description="A stronger model for the last attempt (None: the same model); an alias of "
+        "QALOOP_LLM_ESCALATION (the primary, then <llm>/<model> on the last attempt): set one",
     )
 
     # Flink judge (`qaloop flink-job`, `flink run -pym qaloop.flink.job`; docs/flink.md). The
@@ -421,6 +423,13 @@ class Settings(BaseSettings):
 
         parse_keys(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_attempt_escalation(self) -> Settings:
+        from qaloop.llm.escalation import escalation_from_settings
+
+        escalation_from_settings(self)  # both escalation settings set: a clear error at start
+        return self
 
     @model_validator(mode="after")
     def _check_replicas(self) -> Settings:

@@ -21,10 +21,10 @@ from qaloop.core.cache import Cache, make_cache
 from qaloop.core.model import Envelope
 from qaloop.core.paraphrase import ParaphraseIndex
 from qaloop.core.retry import RetryPolicy
-from qaloop.core.routing import GateConfig, prompt_feedback
+from qaloop.core.routing import GateConfig
 from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
 from qaloop.llm.accounting import Meter, meter_from_settings
-from qaloop.llm.base import Provider
+from qaloop.llm.base import GenerationRequest, Provider
 from qaloop.llm.batch import make_batch_client
 from qaloop.llm.budget import Budget, budget_from_settings
 from qaloop.llm.fallback import attach_metrics
@@ -38,7 +38,7 @@ from qaloop.services.recovery import Recovery
 from qaloop.services.retrier import Retrier
 from qaloop.services.runner import BatchRunner, ConcurrentRunner
 from qaloop.services.store import Store
-from qaloop.services.worker import Worker, WorkerConfig, build_prompt
+from qaloop.services.worker import Worker, WorkerConfig, attempt_request
 from qaloop.settings import Settings
 from qaloop.storage.base import Repository
 
@@ -162,16 +162,18 @@ def batch_lane_for(
     """The batch lane (docs/spend.md) when `batch_lane` is on."""
     if not settings.batch_lane:
         return None
-    template, feedback_on = settings.prompt_template, prompt_config(settings).feedback
+    config = worker_config(settings)
 
-    def prompt(env: Envelope) -> str:  # the interactive prompt: a regeneration's feedback too
-        return build_prompt(template, env.question, prompt_feedback(env) if feedback_on else None)
+    def request(env: Envelope, model: str | None) -> GenerationRequest:
+        # the interactive lane's request: feedback prompt, the attempt's temperature and model
+        return attempt_request(config, env, model=model)
 
     return BatchLane(
         make_batch_client(settings),
         topics,
         bus.publish_many,
-        prompt=prompt,
+        request=request,
+        escalation=config.prompt.escalation,
         meter=meter,
         budget=budget,
         config=BatchLaneConfig(

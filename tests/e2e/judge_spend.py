@@ -82,5 +82,7 @@ def check_judge_spend(
     assert summary["by_purpose"][JUDGE] == pytest.approx(judge_usd, abs=1e-8)
     assert summary["judge_calls"] == len(judge_rows)
     assert summary["judge_share"] == pytest.approx(judge_usd / summary["cost_usd"], abs=1e-4)
-    assert summary["judge_per_validated_answer_usd"] == pytest.approx(judge_usd / validated)
+    assert summary["judge_per_validated_answer_usd"] == pytest.approx(
+        judge_usd / validated, abs=1e-9
+    )
     return summary

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qaloop.core.model import Envelope
@@ -22,6 +22,7 @@ from qaloop.core.routing import GateConfig, prompt_feedback
 from qaloop.llm.accounting import Meter, meter_from_settings
 from qaloop.llm.base import Provider
 from qaloop.llm.budget import Budget, budget_from_settings
+from qaloop.llm.escalation import Escalation, Step, escalation_from_settings
 from qaloop.quality import get_scorer, llm_judge
 from qaloop.quality.cascade import Cascade, JudgeItem, ScorerGate
 from qaloop.quality.verdict import Gate, GateInput
@@ -106,26 +107,16 @@ def judge_item(envelope: Envelope) -> JudgeItem:
 
 @dataclass(frozen=True, slots=True)
 class PromptConfig:
-    """What the worker's prompt for attempt n says beyond the template (services.worker)."""
+    """What the prompt of attempt n says beyond the template, and what it runs on: the
+    feedback, and the escalation (model and temperature per attempt: qaloop.llm.escalation,
+    the one place that decides them). The worker and the batch lane both read it."""
 
     feedback: bool = True
-    temperatures: tuple[float, ...] = ()  # per attempt; the last value repeats
-    last_attempt_model: str | None = None
-    max_attempts: int = 3
+    escalation: Escalation = field(default_factory=Escalation)
 
-    def temperature(self, attempt: int) -> float | None:
-        if not self.temperatures:
-            return None
-        return self.temperatures[min(attempt, len(self.temperatures)) - 1]
-
-    def model(self, attempt: int) -> str | None:
-        return self.last_attempt_model if attempt >= self.max_attempts else None
+    def step(self, attempt: int) -> Step:
+        return self.escalation.step(attempt)
 
 
 def prompt_config(settings: Settings) -> PromptConfig:
-    return PromptConfig(
-        feedback=settings.feedback,
-        temperatures=tuple(settings.attempt_temperatures),
-        last_attempt_model=settings.last_attempt_model,
-        max_attempts=settings.max_attempts,
-    )
+    return PromptConfig(feedback=settings.feedback, escalation=escalation_from_settings(settings))
