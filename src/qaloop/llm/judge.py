@@ -152,7 +152,7 @@ class LLMJudge:
                 return Judged(verdict, JudgeCost(calls, tokens, usage))
 
     async def _spend_stop(self, item: JudgeItem) -> str | None:
-        """"budget: ..." when the spend budget (the caller's, or everyone's) is reached. Like
+        """ "budget: ..." when the spend budget (the caller's, or everyone's) is reached. Like
         the worker, a ledger that can't be read stops too (fails closed)."""
         if self.budget is None:
             return None
@@ -162,9 +162,7 @@ class LLMJudge:
             return f"budget: spend ledger unavailable ({exc.detail[:120]})"
         return None if stop is None else stop.message
 
-    async def _account(
-        self, generation: Generation, prompt: str, item: JudgeItem
-    ) -> Usage | None:
+    async def _account(self, generation: Generation, prompt: str, item: JudgeItem) -> Usage | None:
         """Price the call (purpose judge) and charge it to the spend budget."""
         if self.meter is None:
             return None

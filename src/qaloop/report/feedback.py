@@ -170,8 +170,11 @@ class FeedbackGain:
             ["LLM-judge spend (USD)", _usd(self.llm_usd)],
             [
                 "  per validated answer (USD)",
-                _usd(self.llm_usd / self.validated if self.llm_usd is not None and self.validated
-                     else None),
+                _usd(
+                    self.llm_usd / self.validated
+                    if self.llm_usd is not None and self.validated
+                    else None
+                ),
             ],
         ]
         rows += [[f"  LLM judge: {k}", v] for k, v in sorted(self.llm_outcomes.items())]

@@ -104,9 +104,7 @@ async def test_the_usage_rides_the_scored_event_into_llm_usage_and_llm_calls() -
 
 async def test_judge_calls_are_charged_to_the_spend_budget() -> None:
     budget = Budget(BudgetConfig(limit_usd=1.0, per_key_usd=1.0), LocalLedger())
-    [j] = await LLMJudge(Grader(), meter=Meter(TABLE), budget=budget).judge_many(
-        [_item("alice")]
-    )
+    [j] = await LLMJudge(Grader(), meter=Meter(TABLE), budget=budget).judge_many([_item("alice")])
     assert j.cost.usage is not None
     spent = budget.last_spent
     assert spent["global"] == pytest.approx(j.cost.usage.cost_usd)
