@@ -120,3 +120,24 @@ async def test_a_reached_budget_stops_the_call_and_never_validates() -> None:
     assert j.verdict.reason is Reason.JUDGE_ERROR and not j.verdict.passed
     assert j.verdict.detail.startswith("budget:")
     assert j.cost.calls == 0 and budget.stops == 1
+
+
+def test_the_flink_jobs_map_meters_the_llm_judge_too() -> None:
+    """The Flink job builds its gate stage where the plain judge does (wiring.judge_gate): an
+    answer the simulated LLM judge grades leaves the map with a priced judge usage."""
+    from qaloop.bus.base import Message
+    from qaloop.flink.core import GateFunction
+    from qaloop.settings import Settings
+
+    settings = Settings(scorer="llm_judge", topic_prefix="fj")
+    gate = GateFunction.from_settings(settings)
+    env = Envelope("e" * 32, "Why is the sky blue?", None, "t", 1.0, llm_calls=1)
+    env = env.with_event(EventKind.ACCEPTED, 1.0).evolve(
+        state=QuestionState.SCORING,
+        answer="Sunlight is scattered by air molecules, and blue light the most.",
+    )
+    routed = gate.process(Message("fj.generated", 0, 1, env.question_id, codec.encode(env), {}))
+    out = codec.decode(routed.value)
+    scored = [e for e in out.history if e.kind is EventKind.SCORED]
+    assert scored and scored[-1].usage is not None and scored[-1].usage.purpose == JUDGE
+    assert scored[-1].usage.cost_usd > 0 and out.llm_calls >= 2
