@@ -33,3 +33,31 @@ async def test_stats_report_cost_per_validated_answer(tmp_path: Path) -> None:
     if cost["validated"]:
         per = cost["cost_usd"] / cost["validated"]
         assert cost["per_validated_answer_usd"] == pytest.approx(per, rel=1e-6)
+
+
+async def test_stats_show_the_llm_judges_share_and_cost(tmp_path: Path) -> None:
+    """Questions without a reference are graded by the LLM judge: /v1/stats shows its calls,
+    its share of the answers and of the spend, and its cost per validated answer."""
+    pipeline = EmbeddedPipeline(Settings(db=f"sqlite:///{tmp_path / 'j.db'}"))
+    await pipeline.start()
+    try:
+        app = create_app(pipeline.service, pipeline.settings, stats=pipeline.stats)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            for i in range(4):
+                body = {"question": f"How do tides work, part {i}?"}
+                assert (await client.post("/v1/questions", json=body)).status_code == 202
+            assert await pipeline.drain(20)
+            cost = (await client.get("/v1/stats")).json()["cost"]
+    finally:
+        await pipeline.stop()
+    assert set(cost["by_purpose"]) == {"generate", "judge"}
+    assert cost["judge_calls"] >= 4  # every answer to a question without a reference
+    assert 0.5 < cost["judge_answer_share"] <= 1.0
+    # (by_purpose is rounded to 1e-8 USD: compare within that rounding)
+    assert cost["judge_share"] == pytest.approx(
+        cost["by_purpose"]["judge"] / cost["cost_usd"], rel=0.02
+    )
+    if cost["validated"]:
+        per = cost["by_purpose"]["judge"] / cost["validated"]
+        assert cost["judge_per_validated_answer_usd"] == pytest.approx(per, abs=1e-8)
