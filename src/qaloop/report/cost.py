@@ -158,6 +158,8 @@ class Cost:
 def _usd(value: float | None) -> str:
     if value is None:
         return "–"
+    if 0 < value < 1e-4:  # per-answer costs of cheap models: keep two significant digits
+        return f"{value:.8f}"
     return f"{value:.6f}" if value < 1 else f"{value:.2f}"
 
 
