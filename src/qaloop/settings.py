@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
@@ -418,18 +418,26 @@ class Settings(BaseSettings):
 
     @field_validator("llm_escalation")
     @classmethod
-    def _check_escalation(cls, value: str) -> str:
-        from qaloop.llm.deployments import parse_keys
+    def _check_escalation(cls, value: str, info: ValidationInfo) -> str:
+        from qaloop.llm.deployments import default_model
+        from qaloop.llm.escalation import deployments
 
-        parse_keys(value)
+        llm = str(info.data.get("llm", "simulated"))
+        deployments(  # a bad entry, or QALOOP_LAST_ATTEMPT_MODEL set too: a clear error at start
+            llm=llm,
+            primary_model=info.data.get("llm_model") or default_model(llm),
+            escalation=value,
+            last_attempt_model=info.data.get("last_attempt_model"),
+            max_attempts=int(info.data.get("max_attempts", 3)),
+        )
         return value
 
-    @model_validator(mode="after")
-    def _check_attempt_escalation(self) -> Settings:
-        from qaloop.llm.escalation import escalation_from_settings
+    @field_validator("attempt_temperatures")
+    @classmethod
+    def _check_temperatures(cls, value: list[float]) -> list[float]:
+        from qaloop.llm.escalation import parse_temperatures
 
-        escalation_from_settings(self)  # both escalation settings set: a clear error at start
-        return self
+        return list(parse_temperatures(value))
 
     @model_validator(mode="after")
     def _check_replicas(self) -> Settings:
