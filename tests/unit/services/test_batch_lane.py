@@ -115,6 +115,17 @@ def _request(env: Envelope, model: str | None) -> GenerationRequest:
     return attempt_request(WorkerConfig(prompt_template="Question: {question}"), env, model=model)
 
 
+async def _one_job(lane: BatchLane, clock: Clock, qids: str, wait_s: float = 10.0) -> None:
+    """Queue these questions, let the wait pass (submit), then one poll later (the job ends:
+    `ScriptedBatch(polls=0)`)."""
+    for q in qids:
+        lane.take(_env(q))
+    clock.t += wait_s
+    await lane.step()
+    clock.t += 5
+    await lane.step()
+
+
 def _decoded(messages: Sequence[OutMessage], topic: str) -> list[Envelope]:
     return [codec.decode(m.value) for m in messages if m.topic == topic]
 
@@ -164,11 +175,7 @@ async def test_item_errors_are_routed_by_class() -> None:
         "c": PermanentError("openai-compatible: empty answer"),  # no status: about the reply
     }
     lane = _lane(client, clock, sink)
-    for q in "abc":
-        lane.take(_env(q))
-    await lane.step()
-    clock.t += 5
-    await lane.step()
+    await _one_job(lane, clock, "abc", wait_s=0.0)
     [dead] = _decoded(sink, TOPICS.dead_letter)
     assert dead.question_id == "a" and dead.state is QuestionState.FAILED
     back = {e.question_id: e for e in _decoded(sink, TOPICS.questions)}
@@ -180,12 +187,7 @@ async def test_item_errors_are_routed_by_class() -> None:
 async def test_failed_job_puts_every_question_back_with_the_reason() -> None:
     clock, sink = Clock(), []
     lane = _lane(ScriptedBatch(BatchState.FAILED, polls=0), clock, sink)
-    for q in "ab":
-        lane.take(_env(q))
-    clock.t += 10
-    await lane.step()
-    clock.t += 5
-    await lane.step()
+    await _one_job(lane, clock, "ab")
     back = _decoded(sink, TOPICS.questions)
     assert [e.question_id for e in back] == ["a", "b"]
     assert all(e.lane == "interactive" for e in back)
@@ -198,12 +200,7 @@ async def test_expired_job_answers_what_ran_and_puts_back_the_rest() -> None:
     client = ScriptedBatch(BatchState.EXPIRED, polls=0)
     client.item_results = {"b": BatchExpired("openai batch: expired")}
     lane = _lane(client, clock, sink)
-    for q in "ab":
-        lane.take(_env(q))
-    clock.t += 10
-    await lane.step()
-    clock.t += 5
-    await lane.step()
+    await _one_job(lane, clock, "ab")
     assert [e.question_id for e in _decoded(sink, TOPICS.generated)] == ["a"]
     [back] = _decoded(sink, TOPICS.questions)
     assert back.question_id == "b" and back.error_detail is not None
