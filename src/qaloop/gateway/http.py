@@ -39,7 +39,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from qaloop.core.model import LANES
-from qaloop.gateway import dashboard, openapi, push
+from qaloop.gateway import admin, dashboard, openapi, push
 from qaloop.gateway.admission import Rejected
 from qaloop.gateway.auth import Authenticator, Denied
 from qaloop.gateway.service import QuestionService
@@ -475,39 +475,15 @@ def create_app(
             raise BadRequest(404, "not_found", f"no question with id {question_id!r}")
         return json_response(200, body)
 
-    @app.post("/v1/admin/questions/{question_id}/reset")
-    async def reset_question(request: Request, question_id: str) -> Response:
-        """Ask a failed question again; `{"reference_answer": ...}` replaces its reference."""
-        if not valid_id(question_id):
-            raise BadRequest(404, "not_found", f"no question with id {question_id!r}")
-        raw = await request.body()
-        data: dict[str, Any] = {}
-        if raw:
-            try:
-                loaded = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise BadRequest(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-            if not isinstance(loaded, dict):
-                raise BadRequest(422, "invalid_body", "expected a JSON object")
-            data = loaded
-        reference = data.get("reference_answer")
-        if reference is not None and not isinstance(reference, str):
-            raise BadRequest(422, "invalid_field", "'reference_answer' must be a string or null")
-        record = await asyncio.to_thread(service.repo.get, question_id)
-        if record is None:
-            raise BadRequest(404, "not_found", f"no question with id {question_id!r}")
-        caller = request.scope.get("qaloop.caller") or "admin (auth off)"
-        new = await service.reset(
-            question_id,
-            by=f"admin {caller}",
-            reference=reference,
-            replace_reference="reference_answer" in data,
-        )
-        if new is None:
-            raise BadRequest(
-                409, "not_failed", f"question {question_id} is {record.state.value}, not failed"
-            )
-        return json_response(202, {"id": question_id, "status": "queued", "retried": True})
+    # /v1/admin/...: reset a failed question, list and replay dead letters
+    admin.install(
+        app,
+        service,
+        error_response,
+        json_response,
+        valid_id=valid_id,
+        max_body_bytes=settings.max_body_bytes,
+    )
 
     @app.get("/v1/stats")
     async def get_stats() -> Response:
