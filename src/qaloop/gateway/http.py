@@ -25,7 +25,8 @@ import re
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -42,6 +43,7 @@ from qaloop.core.model import LANES
 from qaloop.gateway import admin, dashboard, openapi, push
 from qaloop.gateway.admission import Rejected
 from qaloop.gateway.auth import Authenticator, Denied
+from qaloop.gateway.dashboard import Lifespan
 from qaloop.gateway.service import QuestionService
 from qaloop.observability.dashboard import DashboardSampler
 from qaloop.observability.remote import RemoteMetrics, parse_targets
@@ -365,7 +367,10 @@ def create_app(
         mode="embedded" if service.board is not None else "distributed",
         remote=RemoteMetrics(targets) if targets else None,
     )
-    fastapi_kwargs["lifespan"] = dashboard.with_sampler(sampler, fastapi_kwargs.get("lifespan"))
+    lifespan = dashboard.with_sampler(sampler, fastapi_kwargs.get("lifespan"))
+    if auth is not None:
+        lifespan = _closing(auth, lifespan)
+    fastapi_kwargs["lifespan"] = lifespan
     app = GatewayApp(
         title="qaloop",
         version="0.1.0",
@@ -511,6 +516,20 @@ def create_app(
         if isinstance(route, APIRoute) and route.methods and "GET" in route.methods:
             route.methods.add("HEAD")
     return app
+
+
+def _closing(auth: Authenticator, inner: Lifespan) -> Lifespan:
+    """The app's lifespan, then the authenticator's shared quota connection closed."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            async with inner(app):
+                yield
+        finally:
+            await auth.aclose()
+
+    return lifespan
 
 
 def storage_ready(service: QuestionService, timeout_s: float = 2.0) -> Readiness:
