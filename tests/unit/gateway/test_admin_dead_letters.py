@@ -8,43 +8,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from qaloop.bus.base import OutMessage
-from qaloop.gateway.auth import ApiKey, Authenticator, AuthConfig, hash_token
+from qaloop.gateway.auth import ApiKey, AuthConfig, Authenticator, hash_token
 from qaloop.gateway.http import create_app
 from qaloop.pipeline import EmbeddedPipeline
-from qaloop.settings import Settings
 from qaloop.storage.base import DeadLetter
+from tests.unit.gateway.conftest import asgi_client
 
 REFERENCE = "Rayleigh scattering makes the sky look blue during the day"
 
 
 @pytest.fixture
-async def failing(tmp_path: Path) -> AsyncIterator[EmbeddedPipeline]:
-    """Every question fails (one attempt, threshold 1): each gives up with a dead letter."""
-    p = EmbeddedPipeline(
-        Settings(
-            db=f"sqlite:///{tmp_path / 'dl.db'}",
-            sim_latency_ms=1,
-            max_wait_s=5,
-            threshold=1.0,
-            max_attempts=1,
-        )
-    )
-    await p.start()
-    yield p
-    await p.stop()
-
-
-@pytest.fixture
 async def client(failing: EmbeddedPipeline) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(failing.service, failing.settings, stats=failing.stats)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+    async with asgi_client(create_app(failing.service, failing.settings)) as c:
         yield c
 
 
@@ -171,9 +151,7 @@ async def test_dead_letter_routes_need_an_admin_key_when_auth_is_on(
             ]
 
     auth = Authenticator([Keys()], AuthConfig())
-    app = create_app(failing.service, failing.settings, auth=auth)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+    async with asgi_client(create_app(failing.service, failing.settings, auth=auth)) as c:
         for method, path in (
             ("GET", "/v1/admin/dead-letters"),
             ("POST", "/v1/admin/dead-letters/replay"),

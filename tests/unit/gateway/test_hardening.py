@@ -105,23 +105,6 @@ async def test_5xx_is_counted_and_timed(
     assert 'qaloop_http_responses_total{status="503"} 2.0' in exposition  # POST + readyz
 
 
-@pytest.fixture
-async def failing(tmp_path: Path) -> AsyncIterator[EmbeddedPipeline]:
-    """Every question fails: one attempt, and no answer reaches a threshold of 1."""
-    p = EmbeddedPipeline(
-        Settings(
-            db=f"sqlite:///{tmp_path / 'f.db'}",
-            sim_latency_ms=1,
-            max_wait_s=5,
-            threshold=1.0,
-            max_attempts=1,
-        )
-    )
-    await p.start()
-    yield p
-    await p.stop()
-
-
 async def test_a_failed_question_can_be_asked_again(failing: EmbeddedPipeline) -> None:
     app = create_app(failing.service, failing.settings, stats=failing.stats)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
