@@ -19,6 +19,7 @@ GET routes answer HEAD too; a wrong method gets 405 with `Allow`; no trailing-sl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -47,6 +48,7 @@ from qaloop.gateway.dashboard import Lifespan
 from qaloop.gateway.service import QuestionService
 from qaloop.observability.dashboard import DashboardSampler
 from qaloop.observability.remote import RemoteMetrics, parse_targets
+from qaloop.observability.server import serve_metrics
 from qaloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -367,7 +369,14 @@ def create_app(
         mode="embedded" if service.board is not None else "distributed",
         remote=RemoteMetrics(targets) if targets else None,
     )
-    lifespan = dashboard.with_sampler(sampler, fastapi_kwargs.get("lifespan"))
+    port = settings.gateway_metrics_port
+    lifespan = dashboard.with_sampler(
+        sampler,
+        fastapi_kwargs.get("lifespan"),
+        None
+        if not port
+        else functools.partial(serve_metrics, service.metrics, settings.host, port),
+    )
     if auth is not None:
         lifespan = _closing(auth, lifespan)
     fastapi_kwargs["lifespan"] = lifespan
@@ -508,7 +517,7 @@ def create_app(
 
     # /metrics, /v1/questions/{id}/trace, /dashboard and its data (qaloop.gateway.dashboard)
     dashboard.install(
-        app, service, sampler, error_response, json_response, settings.metrics_cache_s
+        app, service, sampler, error_response, json_response, settings.metrics_cache_s, port
     )
 
     # HEAD wherever GET is served (Starlette's own routes do this; FastAPI's don't).

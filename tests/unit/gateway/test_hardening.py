@@ -15,6 +15,7 @@ from qaloop.gateway.admission import BacklogLimit
 from qaloop.gateway.http import create_app, has_visible_text
 from qaloop.pipeline import EmbeddedPipeline
 from qaloop.settings import Settings
+from tests.unit.gateway.conftest import asgi_client
 
 REFERENCE = "Rayleigh scattering makes the sky look blue during the day"
 
@@ -204,3 +205,25 @@ async def test_backlog_full_gets_429_but_known_answers_are_served(
     exposition = (await client.get("/metrics")).text
     assert 'qaloop_gateway_admission_rejected_total{reason="backlog"} 1.0' in exposition
     pipeline.resume_workers()
+
+
+async def test_metrics_can_move_off_the_api_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    settings = Settings(db=f"sqlite:///{tmp_path / 'm.db'}", gateway_metrics_port=port)
+    p = EmbeddedPipeline(settings)
+    app = create_app(p.service, settings, stats=p.stats)
+    await p.start()
+    try:
+        async with app.router.lifespan_context(app), asgi_client(app) as client:
+            moved = await client.get("/metrics")
+            assert moved.status_code == 404 and str(port) in moved.json()["error"]["message"]
+            async with httpx.AsyncClient() as direct:
+                scraped = await direct.get(f"http://127.0.0.1:{port}/metrics")
+            assert scraped.status_code == 200 and "qaloop_http_responses_total" in scraped.text
+            assert (await client.get("/v1/dashboard-data")).status_code == 200  # stays
+    finally:
+        await p.stop()
