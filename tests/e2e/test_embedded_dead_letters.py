@@ -6,6 +6,8 @@ skipped unless forced, and a forced replay adds no row."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from tests.e2e.embedded_server import serve
 pytestmark = [pytest.mark.e2e]
 
 POISON = b"\x00\xffnot an envelope"
+QALOOP = (sys.executable, "-m", "qaloop")
 
 
 def _letters(client: httpx.Client, **params: str) -> list[dict[str, object]]:
@@ -63,6 +66,15 @@ def test_dead_letters_are_listed_and_replayed_over_http(tmp_path: Path) -> None:
             refused = _until(lambda: [r for r in _letters(client) if r["question_id"] in ids])
             assert len(refused) == 3 and all("permanent" in str(r["reason"]) for r in refused)  # type: ignore[arg-type, union-attr]
 
+            # the CLI goes through the same route (`--url`: embedded mode has no Kafka)
+            cli = subprocess.run(
+                [*QALOOP, "dlq", "replay", "--url", gateway.url, "--all", "--dry-run"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert cli.returncode == 0, cli.stderr
+            assert "earlier-poison  replay" in cli.stdout and "1 to replay (dry run)" in cli.stdout
             # every letter not replayed: the poison goes back, the failed questions are skipped
             r = client.post("/v1/admin/dead-letters/replay", json={"all": True})
             assert r.status_code == 200, r.text
@@ -103,6 +115,16 @@ def test_dead_letters_are_listed_and_replayed_over_http(tmp_path: Path) -> None:
             assert all(x["replayed"] for x in _letters(client, all="true") if x["key"] in keys)
             denied = client.get("/v1/admin/dead-letters", params={"limit": "0"})
             assert denied.status_code == 422
+            # `qaloop reset --url` asks a failed question again through the running gateway
+            reset = subprocess.run(
+                [*QALOOP, "reset", ids[0], "--url", gateway.url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert reset.returncode == 0 and "queued again" in reset.stdout, reset.stderr
+            final = client.get(f"/v1/questions/{ids[0]}", params={"wait": 20}).json()
+            assert final["status"] == "failed"
     finally:
         gateway.stop()
     repo = SQLiteRepository(str(db))

@@ -31,6 +31,28 @@ async def _replay(
         await bus.close()
 
 
+def _replay_through(
+    url: str,
+    key_file: str | None,
+    keys: tuple[str, ...],
+    replay_all: bool,
+    *,
+    force: bool,
+    dry_run: bool,
+) -> None:
+    from qaloop.cli.admin import admin_call
+
+    body: dict[str, object] = {"force": force, "dry_run": dry_run}
+    body.update({"keys": list(keys)} if keys else {"all": replay_all})
+    result = admin_call(url, "POST", "/v1/admin/dead-letters/replay", key_file, body).json()
+    for step in result["results"]:
+        click.echo(f"{step['key']}  {step['action']:<6}  {step['detail']}")
+    if dry_run:
+        click.echo(f"{result['would_replay']} to replay (dry run)")
+    else:
+        click.echo(f"replayed {result['replayed']} dead letters")
+
+
 @click.group("dlq")
 def command() -> None:
     """Inspect and replay dead letters."""
@@ -78,8 +100,16 @@ def list_command(db: str | None, limit: int, include_replayed: bool, as_json: bo
 @click.option("--bus", default=None, help="Message bus: kafka [QALOOP_BUS]")
 @click.option("--kafka-bootstrap", default=None, help="Kafka bootstrap servers")
 @click.option("--topic-prefix", default=None, help="Prefix of every topic name")
+@click.option("--url", default=None, help="Or a running gateway (its admin route; either mode)")
+@click.option("--key-file", default=None, help="File holding an admin API key (with --url)")
 def replay_command(
-    keys: tuple[str, ...], replay_all: bool, force: bool, dry_run: bool, **flags: Any
+    keys: tuple[str, ...],
+    replay_all: bool,
+    force: bool,
+    dry_run: bool,
+    url: str | None,
+    key_file: str | None,
+    **flags: Any,
 ) -> None:
     """Re-publish dead letters (by KEY, or --all) and mark them replayed."""
     from qaloop.distributed import make_bus
@@ -87,6 +117,9 @@ def replay_command(
 
     if not keys and not replay_all:
         raise click.UsageError("give dead-letter KEYs (see `qaloop dlq list`) or --all")
+    if url is not None:  # the gateway publishes on its own bus: embedded mode too
+        _replay_through(url, key_file, keys, replay_all, force=force, dry_run=dry_run)
+        return
     if flags.get("bus") is None:
         flags["bus"] = "kafka"
     settings = build_settings(**flags)
