@@ -218,3 +218,13 @@ async def test_a_later_refusal_gives_back_what_an_earlier_check_took() -> None:
     admission = Admission([Takes(), Refuses()])
     assert await admission.check(Ask("q", "q?", None, "k")) is not None
     assert taken == []
+
+
+def test_the_compose_deployment_turns_api_keys_on() -> None:
+    import yaml
+
+    compose = Path(__file__).resolve().parents[3] / "deploy" / "docker-compose.yml"
+    gateway = yaml.safe_load(compose.read_text(encoding="utf-8"))["services"]["gateway"]
+    env = gateway["environment"]
+    assert env["QALOOP_AUTH"] == "on" and env["QALOOP_API_KEYS_FILE"].startswith("/run/secrets/")
+    assert "0.0.0.0" in gateway["command"]  # not loopback: `auto` would turn them on too

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from qaloop.core.model import QuestionState
-from qaloop.gateway.admission import BacklogLimit
+from qaloop.gateway.admission import DAY_S, Ask, BacklogLimit, DailyCallBudget
 from qaloop.gateway.http import create_app, has_visible_text
 from qaloop.pipeline import EmbeddedPipeline
 from qaloop.settings import Settings
@@ -227,3 +227,39 @@ async def test_metrics_can_move_off_the_api_port(tmp_path: Path) -> None:
             assert (await client.get("/v1/dashboard-data")).status_code == 200  # stays
     finally:
         await p.stop()
+
+
+async def test_a_spent_daily_call_budget_refuses_new_questions_until_the_day_turns() -> None:
+    calls = [0]
+    now = [10 * DAY_S + 3600.0]
+    budget = DailyCallBudget(5, lambda: calls[0], clock=lambda: now[0])
+    ask = Ask("q", "q?", None)
+    assert await budget.check(ask) is None
+    calls[0] = 5
+    refused = await budget.check(ask)
+    assert refused is not None and refused.reason == "daily_calls"
+    assert refused.retry_after_s == pytest.approx(DAY_S - 3600.0)  # until midnight UTC
+    now[0] += DAY_S  # the next day counts from its own start
+    assert await budget.check(ask) is None
+
+
+@pytest.mark.parametrize(("cache_s", "builds"), [(60.0, 1), (0.0, 40)])  # 60: no timing
+async def test_metrics_polled_in_a_loop_are_built_once_per_cache_period(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_s: float, builds: int
+) -> None:
+    """Issue 14 item 5's cause: every poll rebuilt the exposition on the event loop."""
+    settings = Settings(db=f"sqlite:///{tmp_path / 'p.db'}", metrics_cache_s=cache_s)
+    p = EmbeddedPipeline(settings)
+    built = [0]
+    real = p.metrics.exposition
+
+    def counting() -> bytes:
+        built[0] += 1
+        return real()
+
+    monkeypatch.setattr(p.metrics, "exposition", counting)
+    async with asgi_client(create_app(p.service, settings, stats=p.stats)) as client:
+        for _ in range(40):
+            assert (await client.get("/metrics")).status_code == 200
+    p.repo.close()
+    assert built[0] == builds
