@@ -136,13 +136,14 @@ def replay_command(
             ) from None
     repo = open_storage(settings.db, must_exist=True)
     try:
-        letters = repo.dead_letters(limit=1_000_000, include_replayed=bool(keys))
         if keys:
             wanted = set(keys)
-            letters = [letter for letter in letters if letter.dedup_key in wanted]
+            letters = repo.dead_letters_by_key(sorted(wanted))
             missing = wanted - {letter.dedup_key for letter in letters}
             if missing:
                 raise click.ClickException(f"no dead letter with key {', '.join(sorted(missing))}")
+        else:
+            letters = repo.dead_letters(limit=1_000_000)
         if dry_run:  # says what would happen: no bus
             steps = plan_replays(letters, topics, repo, force=force)
         else:

@@ -168,8 +168,7 @@ def install(
             if keys is not None:
                 wanted = set(keys)
                 # By key, a letter replayed before may be replayed again (as the CLI does).
-                found = await asyncio.to_thread(repo.dead_letters, 1_000_000, True)
-                letters = [letter for letter in found if letter.dedup_key in wanted]
+                letters = await asyncio.to_thread(repo.dead_letters_by_key, sorted(wanted))
                 missing = wanted - {letter.dedup_key for letter in letters}
                 if missing:
                     return error(

@@ -603,6 +603,28 @@ class PostgresRepository:
             for r in rows
         ]
 
+    def dead_letters_by_key(self, dedup_keys: Sequence[str]) -> list[DeadLetter]:
+        if not dedup_keys:
+            return []
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT dedup_key, reason, source_topic, at, question_id, raw, replayed "
+                "FROM dead_letters WHERE dedup_key = ANY(%s) ORDER BY at, dedup_key",
+                (sorted(set(dedup_keys)),),
+            ).fetchall()
+        return [
+            DeadLetter(
+                r[0],
+                r[1],
+                r[2],
+                float(r[3]),
+                r[4],
+                None if r[5] is None else bytes(r[5]),
+                bool(r[6]),
+            )
+            for r in rows
+        ]
+
     def mark_replayed(self, dedup_keys: Sequence[str]) -> None:
         if not dedup_keys:
             return
