@@ -7,8 +7,9 @@ A check is anything with `name` and `async check(ask) -> Rejection | None`, plus
 called once the question is stored (for checks that count). A check that takes something
 when it passes (the per-key quota reserves a slot) also has `async released(ask)`, called when
 the question was not stored after all (known, in flight, refused by a later check, or an
-error). `Admission` runs the checks in order; the first rejection wins. It is counted in `qaloop_gateway_admission_rejected_total`
-only when the question is refused (not when it turns out to be known or in flight).
+error). `Admission` runs the checks in order; the first rejection wins. It is counted in
+`qaloop_gateway_admission_rejected_total` only when the question is refused (not when it
+turns out to be known or in flight).
 Built in: `BacklogLimit` (questions accepted and not final), `DailyCallBudget` (LLM calls per
 UTC day against `llm_rpd`) and the per-key quota of qaloop.gateway.auth; the spend budget
 (qaloop.llm.budget.BudgetAdmission) plugs in the same way (`Admission.add`).
