@@ -120,12 +120,16 @@ def replay_command(
     if url is not None:  # the gateway publishes on its own bus: embedded mode too
         _replay_through(url, key_file, keys, replay_all, force=force, dry_run=dry_run)
         return
-    if flags.get("bus") is None:
-        flags["bus"] = "kafka"
     settings = build_settings(**flags)
+    # No bus named (memory, the default): replays go to Kafka, except for an embedded (SQLite)
+    # database, whose stages run inside `qaloop serve` (below).
+    embedded = settings.bus == "memory"
+    if embedded:
+        settings = build_settings(**{**flags, "bus": "kafka"})
     topics = topics_for(settings)
     if not dry_run:
         from qaloop.cli.errors import install_hint
+        from qaloop.cli.serve import sqlite_path
 
         try:
             import confluent_kafka  # noqa: F401  (before anything is read or marked)
@@ -134,6 +138,12 @@ def replay_command(
                 f"replaying publishes to Kafka, which needs the kafka extra: "
                 f"{install_hint('confluent_kafka')} (or use --dry-run)"
             ) from None
+        if embedded and sqlite_path(settings.db) is not None:
+            # Embedded: the stages run inside `qaloop serve`, on its in-process bus.
+            raise click.ClickException(
+                f"{settings.db} is an embedded database: replay through its running gateway "
+                "with --url <its address> (or --bus kafka if a distributed stack uses it)"
+            )
     repo = open_storage(settings.db, must_exist=True)
     try:
         if keys:
