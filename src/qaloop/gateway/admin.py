@@ -42,9 +42,16 @@ class _Invalid(Exception):
 
 
 async def _json_object(request: Request, max_bytes: int, *, required: bool) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > max_bytes:
-        raise _Invalid(413, "body_too_large", f"body is {len(raw)} bytes; the limit is {max_bytes}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:  # refused before it is read
+        raise _Invalid(413, "body_too_large", f"body is {declared} bytes; the limit is {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # chunked: the limit holds while reading
+        size += len(chunk)
+        if size > max_bytes:
+            raise _Invalid(413, "body_too_large", f"body exceeds {max_bytes} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw:
         if required:
             raise _Invalid(400, "empty_body", "request body is empty; send a JSON object")

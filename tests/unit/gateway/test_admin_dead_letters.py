@@ -134,6 +134,19 @@ async def test_bad_replay_requests_get_a_4xx_with_a_message(
     assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
 
 
+async def test_an_oversized_replay_body_is_a_413(client: httpx.AsyncClient) -> None:
+    keys = ["k" * 60] * 2000  # ~130 KB, over the 64 KiB body limit
+    r = await client.post("/v1/admin/dead-letters/replay", json={"keys": keys})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+        for _ in range(100):
+            yield b" " * 1024
+
+    r = await client.post("/v1/admin/dead-letters/replay", content=chunked())
+    assert r.status_code == 413
+
+
 @pytest.mark.parametrize("query", [{"limit": "0"}, {"limit": "x"}, {"all": "maybe"}])
 async def test_bad_list_queries_get_a_422(client: httpx.AsyncClient, query: dict[str, str]) -> None:
     r = await client.get("/v1/admin/dead-letters", params=query)
