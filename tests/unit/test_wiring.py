@@ -44,3 +44,26 @@ def test_the_embedded_pipeline_uses_the_wiring() -> None:
     assert p.cache.capacity == 3  # type: ignore[attr-defined]
     assert p.topics == wiring.topics_for(p.settings)
     assert p.runners["store"].max_batch == wiring.STORE_MAX_BATCH  # type: ignore[union-attr]
+
+
+def test_the_worker_and_the_llm_judge_of_one_process_share_the_meter_and_the_budget() -> None:
+    """One price table and one spend ledger per process: the judge's calls count against the
+    budget that stops generation (issue 12, point 3), and a separate process builds its own."""
+    from qaloop.llm.judge import LLMJudge
+
+    s = Settings(budget_usd=1.0)
+    w = wiring.Wiring(s, shared_bus=False)
+    bus = MemoryBus(w.topics)
+    metrics = Metrics()
+    worker = w.worker(bus, SimulatedProvider(), metrics).worker
+    judge = w.judge(bus, metrics)
+    second = judge.judge.stage.second
+    assert isinstance(second, LLMJudge)
+    assert worker.budget is not None and second.budget is worker.budget
+    assert second.meter is worker.meter and judge.meter is worker.meter
+    # the Flink job / a judge process: its own, from the same settings
+    stage, _ = wiring.judge_gate(s)
+    alone = stage.second
+    assert isinstance(alone, LLMJudge) and alone.meter is not None
+    assert alone.budget is not None and alone.budget is not worker.budget
+    assert alone.budget.config == worker.budget.config

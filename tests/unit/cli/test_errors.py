@@ -86,6 +86,16 @@ def test_postgresql_without_the_postgres_extra(monkeypatch: pytest.MonkeyPatch) 
         )
 
 
+def test_dlq_replay_on_an_embedded_database_points_to_the_gateway() -> None:
+    pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
+    repo = open_repository("sqlite:///q.db")
+    repo.record_dead_letters([DeadLetter("k1", "poison", "qaloop.questions", 1.0, None, b"x")])
+    repo.close()
+    assert_one_line_error(run("dlq", "replay", "--all", "--db", "sqlite:///q.db"), "--url")
+    dry = run("dlq", "replay", "--all", "--dry-run", "--db", "sqlite:///q.db")
+    assert dry.exit_code == 0 and "1 to replay (dry run)" in dry.output  # no bus needed
+
+
 def test_dlq_replay_without_the_kafka_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     repo = open_repository("sqlite:///q.db")
     repo.record_dead_letters([DeadLetter("k1", "poison", "qaloop.questions", 1.0, None, b"x")])
@@ -129,6 +139,25 @@ def test_bad_settings_name_the_flag(args: list[str], needles: list[str]) -> None
 
 def test_bad_settings_from_the_environment_name_the_variable() -> None:
     assert_one_line_error(run("serve", env={"QALOOP_PORT": "abc"}), "QALOOP_PORT=abc")
+
+
+def test_both_escalation_settings_are_one_line_naming_the_equivalent() -> None:
+    env = {"QALOOP_LAST_ATTEMPT_MODEL": "big", "QALOOP_LLM_ESCALATION": "simulated/simulated"}
+    assert_one_line_error(
+        run("serve", env=env),
+        "QALOOP_LAST_ATTEMPT_MODEL and QALOOP_LLM_ESCALATION are both set",
+        "simulated/simulated,simulated/simulated,simulated/big",
+    )
+
+
+def test_a_check_across_settings_never_prints_their_values() -> None:
+    env = {
+        "QALOOP_KAFKA_REPLICATION_FACTOR": "1",
+        "QALOOP_KAFKA_MIN_INSYNC_REPLICAS": "2",
+        "QALOOP_LLM_API_KEY": "sk-do-not-print",
+    }
+    text = assert_one_line_error(run("serve", env=env), "invalid settings", "replication")
+    assert "sk-do-not-print" not in text
 
 
 def test_dlq_list_says_what_it_shows() -> None:
