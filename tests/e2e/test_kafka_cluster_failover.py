@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import signal
 import subprocess
 import time
@@ -29,8 +28,10 @@ from tests.e2e.distributed_stack import (
     Stack,
     Traffic,
     check_invariants,
+    infra,
     pg_schema,
     questions,
+    require_java,
     require_servers,
     sql,
     wait_final,
@@ -54,16 +55,7 @@ class KafkaCluster:
         return ",".join(f"127.0.0.1:{self.base_port + i}" for i in range(NODES))
 
     def infra(self, *args: str) -> str:
-        done = subprocess.run(
-            ["bash", str(INFRA), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
-        assert done.returncode == 0, f"scripts/infra {' '.join(args)}:\n{done.stderr[-3000:]}"
-        return done.stdout
+        return infra(self.env, *args)
 
     def pid(self, node: int) -> int:
         return int((self.state / "kafka-cluster" / f"node-{node}" / "kafka.pid").read_text())
@@ -104,8 +96,7 @@ def _free_base_port() -> int:
 @pytest.fixture(scope="module")
 def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     require_servers()
-    if shutil.which("java") is None:
-        pytest.skip("java is not installed (the Kafka brokers need Java 17+)")
+    require_java()
     state = tmp_path_factory.mktemp("kafka-cluster-state")
     base = _free_base_port()
     env = {**os.environ, "QALOOP_STATE": str(state), "QALOOP_KAFKA_CLUSTER_PORT": str(base)}
