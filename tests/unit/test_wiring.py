@@ -44,3 +44,11 @@ def test_the_embedded_pipeline_uses_the_wiring() -> None:
     assert p.cache.capacity == 3  # type: ignore[attr-defined]
     assert p.topics == wiring.topics_for(p.settings)
     assert p.runners["store"].max_batch == wiring.STORE_MAX_BATCH  # type: ignore[union-attr]
+
+
+def test_the_judge_takes_small_batches_only_when_its_gate_embeds() -> None:
+    # the default gate embeds (all-MiniLM-L6-v2), where a batch adds latency, not throughput
+    assert wiring.judge_max_batch(Settings()) == wiring.JUDGE_EMBEDDING_MAX_BATCH
+    assert wiring.judge_max_batch(Settings(scorer="embedding")) == wiring.JUDGE_EMBEDDING_MAX_BATCH
+    assert wiring.judge_max_batch(Settings(scorer="composite")) == wiring.JUDGE_MAX_BATCH
+    assert wiring.JUDGE_EMBEDDING_MAX_BATCH < wiring.JUDGE_MAX_BATCH
