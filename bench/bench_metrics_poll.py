@@ -1,15 +1,17 @@
 """What 8 clients polling `/metrics` and `/v1/dashboard-data` cost a normal POST (issue 14).
 
-Two `qaloop serve` run side by side: one as shipped (the two are built at most once a second,
-`QALOOP_METRICS_CACHE_S=1`), one building them on every request (`QALOOP_METRICS_CACHE_S=0`,
-the behaviour before). For each, in alternating rounds: the latency of sequential POSTs of
-new questions with nobody polling, then with 8 pollers (wrk, 4 connections on each path, as
-fast as they can), and, for reference, with the same 8 clients on `/healthz`, the cheapest
-route (what any flood costs). Medians over rounds; the machine's load hits both alike.
+Three `qaloop serve` run side by side: one as shipped (the two are built at most once a
+second, `QALOOP_METRICS_CACHE_S=1`), one building them on every request
+(`QALOOP_METRICS_CACHE_S=0`, the behaviour before), and one with `/metrics` on its own port
+(`QALOOP_GATEWAY_METRICS_PORT`: prometheus_client's server in a thread of the same process;
+its pollers hit that port). For each, in alternating rounds: the latency of sequential POSTs
+of new questions with nobody polling, then with 8 pollers (wrk, 4 connections on each path,
+as fast as they can), and, for reference, with the same 8 clients on `/healthz`, the cheapest
+route (what any flood costs). Medians over rounds; the machine's load hits all alike.
 
     .venv/bin/python bench/bench_metrics_poll.py [--rounds 3] [--posts 300]
 
-Needs `wrk`. Writes bench/results/metrics_poll.json.
+Needs `wrk` (`make bench-deps`). Writes bench/results/metrics_poll.json.
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(port: int, db: Path, cache_s: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "QALOOP_LOG_LEVEL": "WARNING", "QALOOP_METRICS_CACHE_S": cache_s}
+def start(port: int, db: Path, cache_s: str, metrics_port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "QALOOP_LOG_LEVEL": "WARNING",
+        "QALOOP_METRICS_CACHE_S": cache_s,
+        "QALOOP_GATEWAY_METRICS_PORT": str(metrics_port),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "qaloop", "serve", "--port", str(port), "--db", f"sqlite:///{db}"],
         env=env,
@@ -67,10 +74,16 @@ def posts(port: int, n: int) -> list[float]:
     return out
 
 
-def pollers(port: int, seconds: int, paths: tuple[str, ...]) -> list[subprocess.Popen[bytes]]:
+def pollers(
+    port: int, seconds: int, paths: tuple[str, ...], metrics_port: int
+) -> list[subprocess.Popen[bytes]]:
+    def url(path: str) -> str:
+        on = metrics_port if path == "/metrics" and metrics_port else port
+        return f"http://127.0.0.1:{on}{path}"
+
     return [
         subprocess.Popen(
-            ["wrk", "-t1", "-c4", f"-d{seconds}s", f"http://127.0.0.1:{port}{path}"],
+            ["wrk", "-t1", "-c4", f"-d{seconds}s", url(path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -84,10 +97,14 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=300)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        sys.exit("wrk not found: apt-get install -y wrk")
+        sys.exit("Error: wrk not found: run `make bench-deps` (apt-get install wrk)")
     tmp = Path(tempfile.mkdtemp(prefix="qaloop-poll-"))
-    servers = {"cached_1s": (free_port(), "1"), "every_request": (free_port(), "0")}
-    procs = [start(port, tmp / f"{name}.db", c) for name, (port, c) in servers.items()]
+    servers = {
+        "cached_1s": (free_port(), "1", 0),
+        "every_request": (free_port(), "0", 0),
+        "own_port": (free_port(), "1", free_port()),
+    }
+    procs = [start(port, tmp / f"{name}.db", c, m) for name, (port, c, m) in servers.items()]
     phases = {
         "idle": (),
         "polled": ("/metrics", "/v1/dashboard-data"),
@@ -97,12 +114,12 @@ def main() -> None:
     p50: dict[str, dict[str, list[float]]] = {n: {k: [] for k in phases} for n in servers}
     p95: dict[str, dict[str, list[float]]] = {n: {k: [] for k in phases} for n in servers}
     try:
-        for port, _ in servers.values():
+        for port, _, _ in servers.values():
             posts(port, 50)  # warm-up
         for _ in range(args.rounds):
-            for name, (port, _) in servers.items():
+            for name, (port, _, metrics_port) in servers.items():
                 for phase, paths in phases.items():
-                    load = pollers(port, 60, paths)
+                    load = pollers(port, 60, paths, metrics_port)
                     if load:
                         time.sleep(0.5)
                     values = posts(port, args.posts)

@@ -391,6 +391,13 @@ class Settings(BaseSettings):
         description="Prometheus port of a worker/judge/store/retrier process (0 = none; "
         "the gateway serves /metrics on its own port)",
     )
+    gateway_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="The gateway's /metrics on this port instead of its API port (0 = the API "
+        "port; docs/security.md says why that is the default)",
+    )
     metrics_cache_s: float = Field(
         1.0,
         ge=0,

@@ -451,6 +451,24 @@ def test_dead_letters_dedup_and_mark_replayed(repo: Repository) -> None:
     assert [d.dedup_key for d in repo.dead_letters()] == ["k2"]
 
 
+def test_dead_letters_by_key(repo: Repository) -> None:
+    repo.record_dead_letters(
+        [
+            DeadLetter("b", "permanent", "generated", T0 + 2, "q2", b"{}"),
+            DeadLetter("a", "not JSON", "questions", T0 + 1, None, b"\xff"),
+            DeadLetter("c", "budget", "validated", T0 + 3, "q3", None),
+        ]
+    )
+    repo.mark_replayed(["a"])
+    found = repo.dead_letters_by_key(["c", "a", "nope", "a"])
+    assert [(d.dedup_key, d.replayed) for d in found] == [("a", True), ("c", False)]  # oldest first
+    assert found[0] == DeadLetter("a", "not JSON", "questions", T0 + 1, None, b"\xff", True)
+    assert repo.dead_letters_by_key([]) == [] and repo.dead_letters_by_key(["nope"]) == []
+    many = [DeadLetter(f"m{i}", "r", "questions", T0 + 10 + i) for i in range(1200)]
+    repo.record_dead_letters(many)
+    assert len(repo.dead_letters_by_key([d.dedup_key for d in many])) == 1200
+
+
 # -- lifecycle and concurrency -------------------------------------------------------------
 
 

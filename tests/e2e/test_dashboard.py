@@ -8,13 +8,10 @@ Needs Debian's `chromium` package (`make test` installs it when absent); skipped
 from __future__ import annotations
 
 import html
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,6 +21,8 @@ import httpx
 import pytest
 
 from qaloop.dataset import load_sample
+from tests.e2e.distributed_stack import free_port
+from tests.e2e.embedded_server import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -49,12 +48,6 @@ def _chromium() -> str:
     pytest.skip("chromium is not installed (apt-get install -y chromium; `make test` does it)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _browser(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
     with tempfile.TemporaryDirectory(prefix="qaloop-chromium-") as profile:
         return subprocess.run(
@@ -78,39 +71,19 @@ def _number(text: str) -> float:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    db = f"sqlite:///{tmp_path / 'dash.db'}"
-    env = {
-        **os.environ,
-        "QALOOP_LOG_LEVEL": "WARNING",
-        "QALOOP_SIM_LATENCY_MS": "20",
-        "QALOOP_SIM_OVERLOAD_RATE": "0.15",
-        "QALOOP_SIM_QUOTA_RATE": "0.1",
-        "QALOOP_SIM_QUOTA_RETRY_AFTER_S": "0.3",
-        "QALOOP_BACKOFF_BASE_S": "0.01",
-        "QALOOP_OVERLOAD_TRIES": "2",
-        "QALOOP_MAX_PARKS": "8",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qaloop", "serve", "--port", str(port), "--db", db],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    gateway = serve(
+        tmp_path / "dash.db",
+        QALOOP_LOG_LEVEL="WARNING",
+        QALOOP_SIM_LATENCY_MS="20",
+        QALOOP_SIM_OVERLOAD_RATE="0.15",
+        QALOOP_SIM_QUOTA_RATE="0.1",
+        QALOOP_SIM_QUOTA_RETRY_AFTER_S="0.3",
+        QALOOP_BACKOFF_BASE_S="0.01",
+        QALOOP_OVERLOAD_TRIES="2",
+        QALOOP_MAX_PARKS="8",
     )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{base}/healthz", timeout=1)
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("qaloop serve did not start") from None
-            time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+    yield gateway.url
+    gateway.stop(timeout_s=20)
 
 
 def test_dashboard_renders_real_numbers_in_chromium(server: str) -> None:
@@ -182,7 +155,7 @@ def test_distributed_metrics_ports_and_the_gateways_view(tmp_path: Path) -> None
         ports = {}
         try:
             for service in ("store", "judge", "retrier", "worker"):
-                ports[service] = _free_port()
+                ports[service] = free_port()
                 stack.env["QALOOP_METRICS_PORT"] = str(ports[service])
                 stack.start(service)
             del stack.env["QALOOP_METRICS_PORT"]

@@ -4,21 +4,16 @@ serve` that loses no accepted question."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from qaloop.dataset import load_sample
 from qaloop.pipeline import EmbeddedPipeline
 from qaloop.settings import Settings
 from qaloop.storage.sqlite import SQLiteRepository
+from tests.e2e.embedded_server import EmbeddedServer, serve
 
 
 async def test_every_retry_path_end_to_end(tmp_path: Path) -> None:
@@ -65,51 +60,18 @@ async def test_every_retry_path_end_to_end(tmp_path: Path) -> None:
     assert pipeline.settings.max_attempts >= max(e["attempt"] for e in events)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(db: Path, port: int, latency_ms: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "QALOOP_SIM_LATENCY_MS": str(latency_ms), "QALOOP_LLM_CONCURRENCY": "4"}
-    log = db.with_suffix(f".{port}.{latency_ms}.log")
-    with log.open("ab") as sink:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "qaloop",
-                "serve",
-                "--port",
-                str(port),
-                "--db",
-                f"sqlite:///{db}",
-            ],
-            env=env,
-            stdout=sink,
-            stderr=sink,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"gateway did not start: {log.read_text()}")
+def _serve(db: Path, port: int | None, latency_ms: int) -> EmbeddedServer:
+    return serve(db, port, QALOOP_SIM_LATENCY_MS=str(latency_ms), QALOOP_LLM_CONCURRENCY="4")
 
 
 @pytest.mark.slow
 def test_sigkill_and_restart_loses_no_accepted_question(tmp_path: Path) -> None:
     db = tmp_path / "crash.db"
-    port = _free_port()
-    proc = _serve(db, port, latency_ms=400)  # slow LLM: questions are in flight when killed
+    gateway = _serve(db, None, latency_ms=400)  # slow LLM: questions are in flight when killed
+    port = gateway.port
     accepted: list[str] = []
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        with gateway.client(timeout=5) as client:
             for qa in load_sample(limit=60):
                 r = client.post(
                     "/v1/questions",
@@ -119,23 +81,21 @@ def test_sigkill_and_restart_loses_no_accepted_question(tmp_path: Path) -> None:
                 accepted.append(r.json()["id"])
             time.sleep(0.5)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        gateway.kill()
     repo = SQLiteRepository(str(db))
     unfinished_before = len(repo.unfinished())
     repo.close()
     assert unfinished_before > 0, "the kill came too late to prove anything"
 
-    proc = _serve(db, port, latency_ms=1)
+    gateway = _serve(db, port, latency_ms=1)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with gateway.client(timeout=30) as client:
             for qid in accepted:
                 r = client.get(f"/v1/questions/{qid}", params={"wait": 20})
                 assert r.status_code == 200
                 assert r.json()["status"] in ("validated", "failed"), r.json()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+        gateway.stop(timeout_s=20)
     repo = SQLiteRepository(str(db))
     counts = repo.state_counts()
     assert sum(counts.values()) == len(accepted) == len(set(accepted))

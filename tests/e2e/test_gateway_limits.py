@@ -11,68 +11,29 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.distributed_stack import free_port
+from tests.e2e.embedded_server import serve, serve_command
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(db: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
-    full = {**os.environ, "QALOOP_SIM_LATENCY_MS": "1", **env}
-    log = db.with_suffix(f".{port}.log")
-    with log.open("ab") as sink:  # a file, not a pipe nobody reads (a full pipe blocks)
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "qaloop",
-                "serve",
-                "--port",
-                str(port),
-                "--db",
-                f"sqlite:///{db}",
-            ],
-            env=full,
-            stdout=sink,
-            stderr=sink,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"gateway did not start: {log.read_text()}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture
-def server(tmp_path: Path):  # type: ignore[no-untyped-def]
-    port = _free_port()
-    db = tmp_path / "limits.db"
-    proc = _serve(db, port, QALOOP_HEADER_TIMEOUT_S="1", QALOOP_BODY_TIMEOUT_S="1")
-    yield port
-    _stop(proc)
-    log = db.with_suffix(f".{port}.log").read_text()
+def server(tmp_path: Path) -> Iterator[int]:
+    gateway = serve(
+        tmp_path / "limits.db",
+        QALOOP_SIM_LATENCY_MS="1",
+        QALOOP_HEADER_TIMEOUT_S="1",
+        QALOOP_BODY_TIMEOUT_S="1",
+    )
+    yield gateway.port
+    gateway.stop()
+    log = gateway.output()
     assert "ERROR" not in log and "Traceback" not in log, log
 
 
@@ -164,26 +125,17 @@ def test_a_second_server_on_the_same_database_exits_at_once(tmp_path: Path) -> N
     from tests.fakes.llm_server import FakeConfig, FakeLLMServer
 
     db = tmp_path / "one.db"
-    first_port = _free_port()
-    first = _serve(db, first_port, QALOOP_SIM_LATENCY_MS="30000", QALOOP_SHUTDOWN_TIMEOUT_S="1")
+    first = serve(db, QALOOP_SIM_LATENCY_MS="30000", QALOOP_SHUTDOWN_TIMEOUT_S="1")
+    first_port = first.port
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{first_port}", timeout=10) as client:
+        with first.client(timeout=10) as client:
             for i in range(5):
                 r = client.post("/v1/questions", json={"question": f"in flight {i}?"})
                 assert r.status_code == 202
         with FakeLLMServer(FakeConfig()) as llm:
             started = time.monotonic()
             second = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "qaloop",
-                    "serve",
-                    "--port",
-                    str(_free_port()),
-                    "--db",
-                    f"sqlite:///{db}",
-                ],
+                serve_command(db, free_port()),
                 env={
                     **os.environ,
                     "QALOOP_LLM": "openai",
@@ -200,16 +152,7 @@ def test_a_second_server_on_the_same_database_exits_at_once(tmp_path: Path) -> N
         assert len(err.splitlines()) == 1 and "in use by another qaloop process" in err, err
         assert took < 10 and calls == 0
         taken = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "qaloop",
-                "serve",
-                "--port",
-                str(first_port),
-                "--db",
-                f"sqlite:///{tmp_path / 'two.db'}",
-            ],
+            serve_command(tmp_path / "two.db", first_port),
             capture_output=True,
             timeout=30,
         )
@@ -217,7 +160,7 @@ def test_a_second_server_on_the_same_database_exits_at_once(tmp_path: Path) -> N
         assert "cannot listen on" in taken.stderr.decode()
         assert not (tmp_path / "two.db").exists()  # nothing started: no database opened
     finally:
-        _stop(first)
+        first.stop()
 
 
 FLOOD = """
@@ -246,8 +189,13 @@ def test_a_flood_from_one_key_does_not_slow_another(tmp_path: Path) -> None:
         + format_key(ApiKey("other", hash_token(other), "user", rate_per_s=1e6, burst=1e6))
         + "\n"
     )
-    port = _free_port()
-    proc = _serve(tmp_path / "flood.db", port, QALOOP_AUTH="on", QALOOP_API_KEYS_FILE=str(keys))
+    gateway = serve(
+        tmp_path / "flood.db",
+        QALOOP_SIM_LATENCY_MS="1",
+        QALOOP_AUTH="on",
+        QALOOP_API_KEYS_FILE=str(keys),
+    )
+    port = gateway.port
     try:
 
         def latencies(n: int) -> list[float]:
@@ -276,7 +224,7 @@ def test_a_flood_from_one_key_does_not_slow_another(tmp_path: Path) -> None:
             flood.wait()
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     finally:
-        _stop(proc)
+        gateway.stop()
     refused = [
         float(line.split()[-1])
         for line in metrics.splitlines()

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,44 +15,9 @@ import httpx
 import pytest
 
 from qaloop.storage.sqlite import SQLiteRepository
+from tests.e2e.embedded_server import serve
 
 pytestmark = [pytest.mark.e2e]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(db: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
-    log = db.with_suffix(f".{port}.log")
-    with log.open("ab") as sink:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "qaloop",
-                "serve",
-                "--port",
-                str(port),
-                "--db",
-                f"sqlite:///{db}",
-            ],
-            env={**os.environ, **env},
-            stdout=sink,
-            stderr=sink,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"gateway did not start: {log.read_text()}")
 
 
 def _ask(port: int, n: int, tag: str) -> list[str]:
@@ -96,20 +58,20 @@ def _wait_final(port: int, ids: list[str]) -> None:
 @pytest.mark.slow
 def test_sigterm_keeps_every_answer_that_came_back(tmp_path: Path) -> None:
     """LLM 3 s, bound 10 s: the stop waits for the calls, the judge and store keep them."""
-    db, port = tmp_path / "stop.db", _free_port()
+    db = tmp_path / "stop.db"
     env = {
         "QALOOP_SIM_LATENCY_MS": "3000",
         "QALOOP_SHUTDOWN_TIMEOUT_S": "10",
         "QALOOP_THRESHOLD": "0",
         "QALOOP_JUDGE_UNSURE_BAND": "0",
     }
-    proc = _serve(db, port, **env)
+    gateway = serve(db, **env)
+    port = gateway.port
     ids = _ask(port, 20, "kept")
     time.sleep(0.5)  # every call in flight
     started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
     # uvicorn re-raises the signal once it has shut down gracefully: -SIGTERM
-    assert proc.wait(timeout=40) in (0, -signal.SIGTERM)
+    assert gateway.stop(timeout_s=40) in (0, -signal.SIGTERM)
     took = time.monotonic() - started
     assert took < 10 + 5, took
     repo = SQLiteRepository(str(db))
@@ -123,7 +85,7 @@ def test_sigterm_keeps_every_answer_that_came_back(tmp_path: Path) -> None:
     ), [(r.state.value, r.attempt, r.llm_calls) for r in records if r is not None]
     assert _generated(db) == {q: 1 for q in ids}
     # The restart finishes what the gate sent back, and pays no first attempt twice.
-    proc = _serve(
+    gateway = serve(
         db,
         port,
         QALOOP_SIM_LATENCY_MS="1",
@@ -132,8 +94,7 @@ def test_sigterm_keeps_every_answer_that_came_back(tmp_path: Path) -> None:
     try:
         _wait_final(port, ids)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        gateway.stop()
     assert _generated(db) == {q: 1 for q in ids}
 
 
@@ -141,26 +102,25 @@ def test_sigterm_keeps_every_answer_that_came_back(tmp_path: Path) -> None:
 def test_sigterm_hands_back_calls_slower_than_the_bound(tmp_path: Path) -> None:
     """LLM 30 s, bound 2 s: the stop takes ~2 s, not 30; the questions stay queued and the
     restart finishes them."""
-    db, port = tmp_path / "cut.db", _free_port()
-    proc = _serve(db, port, QALOOP_SIM_LATENCY_MS="30000", QALOOP_SHUTDOWN_TIMEOUT_S="2")
+    db = tmp_path / "cut.db"
+    gateway = serve(db, QALOOP_SIM_LATENCY_MS="30000", QALOOP_SHUTDOWN_TIMEOUT_S="2")
+    port = gateway.port
     ids = _ask(port, 10, "cut")
     time.sleep(0.5)
     started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert gateway.stop() in (0, -signal.SIGTERM)
     assert time.monotonic() - started < 2 * 2 + 5
     repo = SQLiteRepository(str(db))
     assert all(repo.get(q).state.value == "queued" for q in ids)  # type: ignore[union-attr]
     repo.close()
     assert _generated(db) == {}
-    proc = _serve(
+    gateway = serve(
         db, port, QALOOP_SIM_LATENCY_MS="1", QALOOP_THRESHOLD="0", QALOOP_JUDGE_UNSURE_BAND="0"
     )
     try:
         _wait_final(port, ids)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        gateway.stop()
     assert _generated(db) == {q: 1 for q in ids}
 
 

@@ -11,14 +11,13 @@ import pytest
 
 from qaloop.bus.base import Topics
 from qaloop.bus.memory import MemoryBus
-from qaloop.cli.dlq import plan_replay
 from qaloop.cli.up import parse_scale
 from qaloop.core import codec
 from qaloop.core.ids import question_id
 from qaloop.core.model import Envelope, EventKind, QuestionState
 from qaloop.core.wire import out
 from qaloop.distributed import make_bus
-from qaloop.services.recovery import Recovery
+from qaloop.services.recovery import Recovery, plan_replay
 from qaloop.settings import Settings
 from qaloop.storage.base import DeadLetter
 from qaloop.storage.sqlite import SQLiteRepository

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Mapping
 
 import click
 import httpx
@@ -84,6 +85,38 @@ def revoke_key(name: str, path: str | None, db: str | None) -> None:
     click.echo(f"revoked {name}")
 
 
+def admin_call(
+    url: str,
+    method: str,
+    path: str,
+    key_file: str | None,
+    body: Mapping[str, object] | None = None,
+    expect: int = 200,
+) -> httpx.Response:
+    """One call to a running gateway's admin route (`--url`, `--key-file`); any other answer
+    than `expect` is a one-line error with the gateway's message."""
+    headers = {}
+    if key_file:
+        try:
+            with open(key_file, encoding="utf-8") as fh:
+                headers["Authorization"] = f"Bearer {fh.read().strip()}"
+        except OSError as exc:
+            raise click.ClickException(f"cannot read --key-file: {exc}") from None
+    try:
+        r = httpx.request(
+            method, f"{url.rstrip('/')}{path}", json=body, headers=headers, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach {url}: {exc}") from None
+    if r.status_code != expect:
+        try:
+            message = r.json()["error"]["message"]
+        except Exception:
+            message = r.text[:200]
+        raise click.ClickException(f"{r.status_code}: {message}")
+    return r
+
+
 @click.command("reset")
 @click.argument("question_id")
 @click.option("--url", default=None, help="A running gateway (its admin endpoint)")
@@ -101,26 +134,8 @@ def reset(
 ) -> None:
     """Ask the failed question QUESTION_ID again (a new run)."""
     if url is not None:
-        headers = {}
-        if key_file:
-            with open(key_file, encoding="utf-8") as fh:
-                headers["Authorization"] = f"Bearer {fh.read().strip()}"
         body = {} if reference is None else {"reference_answer": reference}
-        try:
-            r = httpx.post(
-                f"{url.rstrip('/')}/v1/admin/questions/{question_id}/reset",
-                json=body,
-                headers=headers,
-                timeout=30,
-            )
-        except httpx.HTTPError as exc:
-            raise click.ClickException(f"cannot reach {url}: {exc}") from None
-        if r.status_code != 202:
-            try:
-                message = r.json()["error"]["message"]
-            except Exception:
-                message = r.text[:200]
-            raise click.ClickException(f"{r.status_code}: {message}")
+        admin_call(url, "POST", f"/v1/admin/questions/{question_id}/reset", key_file, body, 202)
         click.echo(f"{question_id}: queued again")
         return
     settings = build_settings(db=db, bus=bus)

@@ -1,86 +1,56 @@
 """`qaloop dlq list|replay`: inspect and re-inject dead letters (the repository's dead_letters
 table, which the storage consumer fills from the dead-letter topic).
 
-Replay puts a dead letter back where it can be handled again and marks it replayed:
-- a poison message (bytes a stage could not read or handle): its original bytes, to the topic
-  it came from;
-- an unfinished question's envelope: to the topic its state says (as after a restart);
-- a question storage already holds as final (it gave up): skipped unless --force, because
-  storage keeps a question's first final state, so a new run changes only its history.
+What a replay does with each letter is qaloop.services.recovery.plan_replay (the gateway's
+`POST /v1/admin/dead-letters/replay` runs the same code, in either mode); this command
+publishes to Kafka.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
 import click
 import orjson
 
-from qaloop.bus.base import Bus, OutMessage, Topics
+from qaloop.bus.base import Bus, Topics
 from qaloop.cli.common import build_settings, open_storage
-from qaloop.core import codec
-from qaloop.core.model import QuestionState
-from qaloop.services.recovery import resume_message
+from qaloop.services.recovery import ReplayStep, letter_row, plan_replays, replay_dead_letters
 from qaloop.storage.base import DeadLetter, Repository
 
 
-def _iso(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def letter_row(letter: DeadLetter) -> dict[str, Any]:
-    return {
-        "key": letter.dedup_key,
-        "at": _iso(letter.at),
-        "source_topic": letter.source_topic,
-        "question_id": letter.question_id,
-        "reason": letter.reason,
-        "bytes": None if letter.raw is None else len(letter.raw),
-        "replayed": letter.replayed,
-    }
-
-
-def plan_replay(
-    letter: DeadLetter, topics: Topics, repo: Repository, *, force: bool
-) -> tuple[OutMessage | None, str]:
-    """The message that re-injects `letter` (or None) and a one-line explanation."""
-    if letter.raw is None:
-        return None, "no payload recorded"
-    if letter.source_topic != topics.dead_letter:  # poison: original bytes, original topic
-        return (
-            OutMessage(
-                letter.source_topic,
-                letter.question_id or "",
-                letter.raw,
-                {"qaloop-replayed-from": letter.dedup_key},
-            ),
-            f"raw bytes -> {letter.source_topic}",
-        )
-    try:
-        envelope = codec.decode(letter.raw)
-    except codec.InvalidMessage as exc:
-        return None, f"undecodable and without a source topic: {exc}"
-    record = repo.get(envelope.question_id)
-    final = record is not None and record.state.is_final
-    if final and not force:
-        assert record is not None
-        return None, f"question is {record.state.value} in storage (use --force to re-run it)"
-    if envelope.state.is_final or final:
-        envelope = envelope.evolve(state=QuestionState.QUEUED, due_at=None)
-    message = resume_message(envelope, topics)
-    headers = {**message.headers, "qaloop-replayed-from": letter.dedup_key}
-    return OutMessage(message.topic, message.key, message.value, headers), f"-> {message.topic}"
-
-
-async def _publish(bus: Bus, messages: Sequence[OutMessage]) -> None:
+async def _replay(
+    bus: Bus, repo: Repository, topics: Topics, letters: Sequence[DeadLetter], *, force: bool
+) -> list[ReplayStep]:
     await bus.start()
     try:
-        await bus.publish_many(messages)
+        return await replay_dead_letters(repo, bus, topics, letters, force=force)
     finally:
         await bus.close()
+
+
+def _replay_through(
+    url: str,
+    key_file: str | None,
+    keys: tuple[str, ...],
+    replay_all: bool,
+    *,
+    force: bool,
+    dry_run: bool,
+) -> None:
+    from qaloop.cli.admin import admin_call
+
+    body: dict[str, object] = {"force": force, "dry_run": dry_run}
+    body.update({"keys": list(keys)} if keys else {"all": replay_all})
+    result = admin_call(url, "POST", "/v1/admin/dead-letters/replay", key_file, body).json()
+    for step in result["results"]:
+        click.echo(f"{step['key']}  {step['action']:<6}  {step['detail']}")
+    if dry_run:
+        click.echo(f"{result['would_replay']} to replay (dry run)")
+    else:
+        click.echo(f"replayed {result['replayed']} dead letters")
 
 
 @click.group("dlq")
@@ -130,8 +100,16 @@ def list_command(db: str | None, limit: int, include_replayed: bool, as_json: bo
 @click.option("--bus", default=None, help="Message bus: kafka [QALOOP_BUS]")
 @click.option("--kafka-bootstrap", default=None, help="Kafka bootstrap servers")
 @click.option("--topic-prefix", default=None, help="Prefix of every topic name")
+@click.option("--url", default=None, help="Or a running gateway (its admin route; either mode)")
+@click.option("--key-file", default=None, help="File holding an admin API key (with --url)")
 def replay_command(
-    keys: tuple[str, ...], replay_all: bool, force: bool, dry_run: bool, **flags: Any
+    keys: tuple[str, ...],
+    replay_all: bool,
+    force: bool,
+    dry_run: bool,
+    url: str | None,
+    key_file: str | None,
+    **flags: Any,
 ) -> None:
     """Re-publish dead letters (by KEY, or --all) and mark them replayed."""
     from qaloop.distributed import make_bus
@@ -139,12 +117,19 @@ def replay_command(
 
     if not keys and not replay_all:
         raise click.UsageError("give dead-letter KEYs (see `qaloop dlq list`) or --all")
-    if flags.get("bus") is None:
-        flags["bus"] = "kafka"
+    if url is not None:  # the gateway publishes on its own bus: embedded mode too
+        _replay_through(url, key_file, keys, replay_all, force=force, dry_run=dry_run)
+        return
     settings = build_settings(**flags)
+    # No bus named (memory, the default): replays go to Kafka, except for an embedded (SQLite)
+    # database, whose stages run inside `qaloop serve` (below).
+    embedded = settings.bus == "memory"
+    if embedded:
+        settings = build_settings(**{**flags, "bus": "kafka"})
     topics = topics_for(settings)
     if not dry_run:
         from qaloop.cli.errors import install_hint
+        from qaloop.cli.serve import sqlite_path
 
         try:
             import confluent_kafka  # noqa: F401  (before anything is read or marked)
@@ -153,29 +138,35 @@ def replay_command(
                 f"replaying publishes to Kafka, which needs the kafka extra: "
                 f"{install_hint('confluent_kafka')} (or use --dry-run)"
             ) from None
+        if embedded and sqlite_path(settings.db) is not None:
+            # Embedded: the stages run inside `qaloop serve`, on its in-process bus.
+            raise click.ClickException(
+                f"{settings.db} is an embedded database: replay through its running gateway "
+                "with --url <its address> (or --bus kafka if a distributed stack uses it)"
+            )
     repo = open_storage(settings.db, must_exist=True)
     try:
-        letters = repo.dead_letters(limit=1_000_000, include_replayed=bool(keys))
         if keys:
             wanted = set(keys)
-            letters = [letter for letter in letters if letter.dedup_key in wanted]
+            letters = repo.dead_letters_by_key(sorted(wanted))
             missing = wanted - {letter.dedup_key for letter in letters}
             if missing:
                 raise click.ClickException(f"no dead letter with key {', '.join(sorted(missing))}")
-        planned: list[tuple[DeadLetter, OutMessage]] = []
-        for letter in letters:
-            message, why = plan_replay(letter, topics, repo, force=force)
-            click.echo(f"{letter.dedup_key}  {'replay' if message else 'skip  '}  {why}")
-            if message is not None:
-                planned.append((letter, message))
+        else:
+            letters = repo.dead_letters(limit=1_000_000)
+        if dry_run:  # says what would happen: no bus
+            steps = plan_replays(letters, topics, repo, force=force)
+        else:
+            try:
+                steps = asyncio.run(_replay(make_bus(settings), repo, topics, letters, force=force))
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from exc
+        for step in steps:
+            click.echo(f"{step.key}  {'replay' if step.message else 'skip  '}  {step.why}")
+        planned = sum(step.message is not None for step in steps)
         if dry_run or not planned:
-            click.echo(f"{len(planned)} to replay" + (" (dry run)" if dry_run else ""))
+            click.echo(f"{planned} to replay" + (" (dry run)" if dry_run else ""))
             return
-        try:
-            asyncio.run(_publish(make_bus(settings), [m for _, m in planned]))
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from exc
-        repo.mark_replayed([letter.dedup_key for letter, _ in planned])
-        click.echo(f"replayed {len(planned)} dead letters")
+        click.echo(f"replayed {planned} dead letters")
     finally:
         repo.close()

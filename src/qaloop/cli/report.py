@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from qaloop.cli.common import build_settings, open_storage
 from qaloop.cli.errors import redact
+
+if TYPE_CHECKING:
+    from qaloop.settings import Settings
+
+
+def gate_threshold(settings: Settings) -> float:
+    """The score an answer needs to pass the gate as configured (QALOOP_THRESHOLD when set,
+    else the calibrated default gate's): what the score plots mark."""
+    from qaloop.gate_config import gate_spec_from_settings
+
+    return gate_spec_from_settings(settings).pass_threshold
 
 
 @click.command("report")
@@ -32,7 +44,7 @@ from qaloop.cli.errors import redact
     "--threshold",
     type=click.FloatRange(0, 1),
     default=None,
-    help="Threshold to mark on the score plots (default: settings).",
+    help="Threshold to mark on the score plots (default: the gate's pass threshold).",
 )
 def command(
     db: str | None, out_dir: Path, requests_csv: Path | None, threshold: float | None
@@ -59,7 +71,7 @@ def command(
         repo.close()
     if requests is not None:
         data.requests = requests
-    written = render.build(data, out_dir, settings.threshold)
+    written = render.build(data, out_dir, gate_threshold(settings))
     click.echo(
         f"{len(data.questions)} questions, {len(data.events)} events, "
         f"{len(data.dead_letters)} dead letters"

@@ -4,9 +4,12 @@ served whatever admission says; only a question that would be inserted and sent 
 refused, with 429 and a `Retry-After`.
 
 A check is anything with `name` and `async check(ask) -> Rejection | None`, plus `admitted(ask)`
-called once the question is stored (for checks that count). `Admission` runs the checks in
-order; the first rejection wins. It is counted in `qaloop_gateway_admission_rejected_total`
-only when the question is refused (not when it turns out to be known or in flight).
+called once the question is stored (for checks that count). A check that takes something
+when it passes (the per-key quota reserves a slot) also has `async released(ask)`, called when
+the question was not stored after all (known, in flight, refused by a later check, or an
+error). `Admission` runs the checks in order; the first rejection wins. It is counted in
+`qaloop_gateway_admission_rejected_total` only when the question is refused (not when it
+turns out to be known or in flight).
 Built in: `BacklogLimit` (questions accepted and not final), `DailyCallBudget` (LLM calls per
 UTC day against `llm_rpd`) and the per-key quota of qaloop.gateway.auth; the spend budget
 (qaloop.llm.budget.BudgetAdmission) plugs in the same way (`Admission.add`).
@@ -77,11 +80,23 @@ class Admission:
         self.checks.append(check)
 
     async def check(self, ask: Ask) -> Rejection | None:
-        for check in self.checks:
+        for i, check in enumerate(self.checks):
             rejection = await check.check(ask)
             if rejection is not None:
+                await self._release(self.checks[:i], ask)
                 return rejection
         return None
+
+    async def released(self, ask: Ask) -> None:
+        """The question that passed `check` was not stored: give back what checks took."""
+        await self._release(self.checks, ask)
+
+    @staticmethod
+    async def _release(checks: list[AdmissionCheck], ask: Ask) -> None:
+        for check in checks:
+            release = getattr(check, "released", None)  # optional (see the module doc)
+            if release is not None:
+                await release(ask)
 
     def refused(self, rejection: Rejection) -> Rejected:
         """Count a refusal (a rejection for a question storage did not know) and raise it."""

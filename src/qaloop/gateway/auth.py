@@ -15,7 +15,13 @@ A request carries its key as `Authorization: Bearer <key>` or `X-API-Key: <key>`
 revoked keys get 401; a user key on an admin route 403; a key over its request rate 429 with
 `Retry-After` (a token bucket per key, so one key's flood never spends another's share); a key
 over its quota of new questions per day 429 (an admission check: known answers are still
-served). Counters are per gateway process.
+served).
+
+Where the counters live: the quota of new questions is counted where storage is — in
+PostgreSQL, shared by every gateway on the database (qaloop.gateway.quota_pg), or in this
+process (`LocalQuota`) for SQLite, where one gateway holds the database (its lock). The
+request rate is a token bucket in each process: with N gateways behind a balancer a key may
+send up to N times its rate in sum (docs/security.md says why that is the choice).
 """
 
 from __future__ import annotations
@@ -240,10 +246,35 @@ class Denied:
     retry_after_s: float | None = None
 
 
-@dataclass(slots=True)
-class _Usage:
-    day: int = -1
-    new_questions: int = 0
+class QuotaCounter(Protocol):
+    """New questions per key and UTC day. `reserve` takes a slot if one is left (atomic);
+    `release` gives back a slot a request did not use."""
+
+    async def reserve(self, name: str, day: int, quota: int) -> bool: ...
+
+    async def release(self, name: str, day: int) -> None: ...
+
+
+class LocalQuota:
+    """The quota counted in this process (one gateway per database: SQLite)."""
+
+    def __init__(self) -> None:
+        self._used: dict[tuple[str, int], int] = {}
+
+    async def reserve(self, name: str, day: int, quota: int) -> bool:
+        used = self._used.get((name, day), 0)
+        if used >= quota:
+            return False
+        # Yesterday's counts are never read again.
+        if not used:
+            self._used = {k: n for k, n in self._used.items() if k[1] >= day}
+        self._used[(name, day)] = used + 1
+        return True
+
+    async def release(self, name: str, day: int) -> None:
+        used = self._used.get((name, day), 0)
+        if used > 0:
+            self._used[(name, day)] = used - 1
 
 
 @dataclass
@@ -269,15 +300,16 @@ class Authenticator:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         registry: CollectorRegistry | None = None,
+        quota: QuotaCounter | None = None,
     ) -> None:
         self.sources = list(sources)
+        self.quota: QuotaCounter = quota if quota is not None else LocalQuota()
         self.config = config
         self.clock = clock
         self.wall = wall
         self._loaded: list[list[ApiKey]] = [[] for _ in self.sources]
         self.by_hash: dict[str, ApiKey] = {}
         self._buckets: dict[str, TokenBucket] = {}
-        self._usage: dict[str, _Usage] = {}
         self._next_reload = 0.0
         self.denied = Counter(
             "qaloop_gateway_auth_denied",
@@ -372,29 +404,33 @@ class Authenticator:
                 )
         return self.config.quota_per_day
 
-    def _today(self, name: str) -> _Usage:
-        usage = self._usage.setdefault(name, _Usage())
-        day = int(self.wall() // DAY_S)
-        if usage.day != day:
-            usage.day, usage.new_questions = day, 0
-        return usage
-
     async def check_ask(self, ask: Ask) -> Rejection | None:
+        """Take one of the caller's slots for today, or refuse; `released` gives it back if
+        the question turns out not to be new."""
         if ask.caller is None:
             return None
         quota = self._quota(ask.caller)
-        if quota and self._today(ask.caller).new_questions >= quota:
-            now = self.wall()
-            return Rejection(
-                "quota",
-                f"key {ask.caller!r} has used its {quota} new questions for today",
-                max(1.0, (int(now // DAY_S) + 1) * DAY_S - now),
-            )
-        return None
+        if not quota:
+            return None
+        now = self.wall()
+        day = int(now // DAY_S)
+        if await self.quota.reserve(ask.caller, day, quota):
+            return None
+        return Rejection(
+            "quota",
+            f"key {ask.caller!r} has used its {quota} new questions for today",
+            max(1.0, (day + 1) * DAY_S - now),
+        )
 
-    def admitted(self, ask: Ask) -> None:
-        if ask.caller is not None:
-            self._today(ask.caller).new_questions += 1
+    async def aclose(self) -> None:
+        close = getattr(self.quota, "aclose", None)  # a shared counter's connection
+        if close is not None:
+            await close()
+
+    async def released(self, ask: Ask) -> None:
+        if ask.caller is not None and self._quota(ask.caller):
+            # Today's: a reservation and its release are milliseconds apart.
+            await self.quota.release(ask.caller, int(self.wall() // DAY_S))
 
 
 class QuotaCheck:
@@ -409,7 +445,10 @@ class QuotaCheck:
         return await self.auth.check_ask(ask)
 
     def admitted(self, ask: Ask) -> None:
-        self.auth.admitted(ask)
+        return None  # counted when reserved (check)
+
+    async def released(self, ask: Ask) -> None:
+        await self.auth.released(ask)
 
 
 ADMIN_PREFIXES = ("/v1/admin/",)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -74,6 +74,7 @@ def install(
     error: Callable[[int, str, str], Response],
     json_response: Callable[[int, Any], Response],
     cache_s: float = MEMO_S,
+    metrics_port: int = 0,
 ) -> None:
     metrics = service.metrics
     page = _static("dashboard.html")
@@ -89,6 +90,12 @@ def install(
 
     @app.get("/metrics", include_in_schema=False)
     async def get_metrics() -> Response:
+        if metrics_port:  # QALOOP_GATEWAY_METRICS_PORT: not on the API port
+            return error(
+                404,
+                "not_found",
+                f"metrics are served on port {metrics_port} (QALOOP_GATEWAY_METRICS_PORT)",
+            )
         return Response(await exposition.get(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/questions/{question_id}/trace")
@@ -120,8 +127,13 @@ def install(
         return Response(body, media_type=kind, headers={"Cache-Control": "max-age=3600"})
 
 
-def with_sampler(sampler: DashboardSampler, inner: Lifespan | None) -> Lifespan:
-    """The app's lifespan plus the dashboard's one-second sampling task."""
+def with_sampler(
+    sampler: DashboardSampler,
+    inner: Lifespan | None,
+    metrics_port: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None,
+) -> Lifespan:
+    """The app's lifespan plus the dashboard's one-second sampling task (and the metrics
+    port's server, when the metrics are not on the API port)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -129,10 +141,13 @@ def with_sampler(sampler: DashboardSampler, inner: Lifespan | None) -> Lifespan:
         async with inner(app) if inner is not None else contextlib.nullcontext():
             stop = asyncio.Event()
             task = asyncio.create_task(sampler.run(stop), name="dashboard-sampler")
+            port = None if metrics_port is None else asyncio.create_task(metrics_port(stop))
             try:
                 yield
             finally:
                 stop.set()
                 await task
+                if port is not None:
+                    await port
 
     return lifespan

@@ -9,7 +9,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from qaloop.gateway.admission import Admission, BacklogLimit, DailyCallBudget, Rejection
-from qaloop.gateway.auth import AuthConfig, Authenticator, DbKeys, FileKeys, KeySource, QuotaCheck
+from qaloop.gateway.auth import (
+    AuthConfig,
+    Authenticator,
+    DbKeys,
+    FileKeys,
+    KeySource,
+    QuotaCheck,
+    QuotaCounter,
+)
 from qaloop.gateway.http import Readiness, storage_ready
 from qaloop.gateway.service import QuestionService
 from qaloop.settings import Settings
@@ -64,10 +72,21 @@ def build_auth(settings: Settings, service: QuestionService) -> Authenticator | 
                 metrics_need_admin=settings.metrics_auth,
             ),
             registry=service.metrics.registry,
+            quota=shared_quota(settings),
         )
     except (OSError, ValueError) as exc:
         raise AuthSetupError(f"cannot load API keys: {exc}") from None
     return auth
+
+
+def shared_quota(settings: Settings) -> QuotaCounter | None:
+    """The per-key quota is counted where storage is: PostgreSQL is shared by every gateway
+    on it (one count for all); SQLite has one gateway (its lock), so the process counts."""
+    if settings.db.startswith(("postgresql://", "postgres://")):
+        from qaloop.gateway.quota_pg import PostgresQuota
+
+        return PostgresQuota(settings.db)
+    return None
 
 
 def guard_gateway(

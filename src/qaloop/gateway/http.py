@@ -19,13 +19,15 @@ GET routes answer HEAD too; a wrong method gets 405 with `Allow`; no trailing-sl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -39,12 +41,14 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from qaloop.core.model import LANES
-from qaloop.gateway import dashboard, openapi, push
+from qaloop.gateway import admin, dashboard, openapi, push
 from qaloop.gateway.admission import Rejected
 from qaloop.gateway.auth import Authenticator, Denied
+from qaloop.gateway.dashboard import Lifespan
 from qaloop.gateway.service import QuestionService
 from qaloop.observability.dashboard import DashboardSampler
 from qaloop.observability.remote import RemoteMetrics, parse_targets
+from qaloop.observability.server import serve_metrics
 from qaloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -365,7 +369,17 @@ def create_app(
         mode="embedded" if service.board is not None else "distributed",
         remote=RemoteMetrics(targets) if targets else None,
     )
-    fastapi_kwargs["lifespan"] = dashboard.with_sampler(sampler, fastapi_kwargs.get("lifespan"))
+    port = settings.gateway_metrics_port
+    lifespan = dashboard.with_sampler(
+        sampler,
+        fastapi_kwargs.get("lifespan"),
+        None
+        if not port
+        else functools.partial(serve_metrics, service.metrics, settings.host, port),
+    )
+    if auth is not None:
+        lifespan = _closing(auth, lifespan)
+    fastapi_kwargs["lifespan"] = lifespan
     app = GatewayApp(
         title="qaloop",
         version="0.1.0",
@@ -475,39 +489,15 @@ def create_app(
             raise BadRequest(404, "not_found", f"no question with id {question_id!r}")
         return json_response(200, body)
 
-    @app.post("/v1/admin/questions/{question_id}/reset")
-    async def reset_question(request: Request, question_id: str) -> Response:
-        """Ask a failed question again; `{"reference_answer": ...}` replaces its reference."""
-        if not valid_id(question_id):
-            raise BadRequest(404, "not_found", f"no question with id {question_id!r}")
-        raw = await request.body()
-        data: dict[str, Any] = {}
-        if raw:
-            try:
-                loaded = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise BadRequest(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-            if not isinstance(loaded, dict):
-                raise BadRequest(422, "invalid_body", "expected a JSON object")
-            data = loaded
-        reference = data.get("reference_answer")
-        if reference is not None and not isinstance(reference, str):
-            raise BadRequest(422, "invalid_field", "'reference_answer' must be a string or null")
-        record = await asyncio.to_thread(service.repo.get, question_id)
-        if record is None:
-            raise BadRequest(404, "not_found", f"no question with id {question_id!r}")
-        caller = request.scope.get("qaloop.caller") or "admin (auth off)"
-        new = await service.reset(
-            question_id,
-            by=f"admin {caller}",
-            reference=reference,
-            replace_reference="reference_answer" in data,
-        )
-        if new is None:
-            raise BadRequest(
-                409, "not_failed", f"question {question_id} is {record.state.value}, not failed"
-            )
-        return json_response(202, {"id": question_id, "status": "queued", "retried": True})
+    # /v1/admin/...: reset a failed question, list and replay dead letters
+    admin.install(
+        app,
+        service,
+        error_response,
+        json_response,
+        valid_id=valid_id,
+        max_body_bytes=settings.max_body_bytes,
+    )
 
     @app.get("/v1/stats")
     async def get_stats() -> Response:
@@ -527,7 +517,7 @@ def create_app(
 
     # /metrics, /v1/questions/{id}/trace, /dashboard and its data (qaloop.gateway.dashboard)
     dashboard.install(
-        app, service, sampler, error_response, json_response, settings.metrics_cache_s
+        app, service, sampler, error_response, json_response, settings.metrics_cache_s, port
     )
 
     # HEAD wherever GET is served (Starlette's own routes do this; FastAPI's don't).
@@ -535,6 +525,20 @@ def create_app(
         if isinstance(route, APIRoute) and route.methods and "GET" in route.methods:
             route.methods.add("HEAD")
     return app
+
+
+def _closing(auth: Authenticator, inner: Lifespan) -> Lifespan:
+    """The app's lifespan, then the authenticator's shared quota connection closed."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            async with inner(app):
+                yield
+        finally:
+            await auth.aclose()
+
+    return lifespan
 
 
 def storage_ready(service: QuestionService, timeout_s: float = 2.0) -> Readiness:

@@ -78,6 +78,58 @@ STATUS = {
 
 OBJECT = {"type": "object", "additionalProperties": True}
 
+DEAD_LETTER = {
+    "type": "object",
+    "required": ["key", "at", "source_topic", "reason", "replayed"],
+    "properties": {
+        "key": {"type": "string", "description": "dedup key: replay by it"},
+        "at": {"type": "string", "format": "date-time"},
+        "source_topic": {"type": "string"},
+        "question_id": {"type": ["string", "null"]},
+        "reason": {"type": "string"},
+        "bytes": {"type": ["integer", "null"]},
+        "replayed": {"type": "boolean"},
+    },
+}
+
+REPLAY_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "keys": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "all": {"type": "boolean", "default": False, "description": "every letter not replayed"},
+        "force": {
+            "type": "boolean",
+            "default": False,
+            "description": "also re-run questions already final in storage",
+        },
+        "dry_run": {"type": "boolean", "default": False},
+    },
+    "description": 'exactly one of `keys` and `"all": true`',
+}
+
+REPLAY_RESULT = {
+    "type": "object",
+    "required": ["replayed", "skipped", "dry_run", "results"],
+    "properties": {
+        "replayed": {"type": "integer"},
+        "would_replay": {"type": ["integer", "null"]},
+        "skipped": {"type": "integer"},
+        "dry_run": {"type": "boolean"},
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "key": {"type": "string"},
+                    "action": {"type": "string", "enum": ["replay", "skip"]},
+                    "detail": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -88,7 +140,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "malformed request (invalid JSON, empty body)",
         401: "missing, unknown or revoked API key (auth on)",
         403: "the route needs an admin key",
-        404: "unknown question id (ids are 32 hex digits)",
+        404: "unknown question id (ids are 32 hex digits) or dead-letter key",
         408: "request head or body not received in time",
         413: "request body over the limit",
         422: "a field is missing, of the wrong type, empty or too long",
@@ -179,6 +231,54 @@ def paths(ask_body: dict[str, Any] = ASK_BODY) -> dict[str, Any]:
                     "202": _json("reset: a new run is queued", ANSWER),
                     "409": _json("the question is not failed", ERROR),
                     **_errors(400, 403, 404, 422, *common),
+                },
+            }
+        },
+        "/v1/admin/dead-letters": {
+            "get": {
+                "summary": "Dead letters, oldest first, with their reasons (admin)",
+                "security": SECURITY,
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+                    },
+                    {
+                        "name": "all",
+                        "in": "query",
+                        "required": False,
+                        "description": "include letters already replayed",
+                        "schema": {"type": "boolean", "default": False},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        "the letters",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "dead_letters": {"type": "array", "items": DEAD_LETTER},
+                                "count": {"type": "integer"},
+                            },
+                        },
+                    ),
+                    **_errors(403, 422, *common),
+                },
+            }
+        },
+        "/v1/admin/dead-letters/replay": {
+            "post": {
+                "summary": "Put dead letters back on the bus (admin)",
+                "security": SECURITY,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": REPLAY_BODY}},
+                },
+                "responses": {
+                    "200": _json("what was replayed or skipped, and why", REPLAY_RESULT),
+                    **_errors(400, 403, 404, 413, 422, *common),
                 },
             }
         },

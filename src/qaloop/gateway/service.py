@@ -151,20 +151,30 @@ class QuestionService:
             caller=caller,
             lane=lane,
         ).with_event(EventKind.ACCEPTED, now)
-        inserted, record = await self._accept(envelope)
-        if inserted:
-            self.counters["accepted"] += 1
-            self.admission.admitted(ask)
-            return 202, {"id": qid, "status": "queued"}
-        if retry_failed and record.state is QuestionState.FAILED:
-            reset = await self.reset(qid, by=caller or "a request (retry_failed)", caller=caller)
-            if reset is not None:
+        admitted = False
+        try:
+            inserted, record = await self._accept(envelope)
+            if inserted:
+                self.counters["accepted"] += 1
                 self.admission.admitted(ask)
-                body: dict[str, Any] = {"id": qid, "status": "queued", "retried": True}
-                if reference is not None and reference != record.reference_answer:
-                    body["reference_ignored"] = True
-                return 202, body
-            record = await asyncio.to_thread(self.repo.get, qid) or record
+                admitted = True
+                return 202, {"id": qid, "status": "queued"}
+            if retry_failed and record.state is QuestionState.FAILED:
+                reset = await self.reset(
+                    qid, by=caller or "a request (retry_failed)", caller=caller
+                )
+                if reset is not None:
+                    self.admission.admitted(ask)
+                    admitted = True
+                    body: dict[str, Any] = {"id": qid, "status": "queued", "retried": True}
+                    if reference is not None and reference != record.reference_answer:
+                        body["reference_ignored"] = True
+                    return 202, body
+                record = await asyncio.to_thread(self.repo.get, qid) or record
+        finally:
+            if not admitted and self.admission.checks:
+                # Known, joined or an error: what the checks took (a quota slot) goes back.
+                await self.admission.released(ask)
         return self._known(record, reference)
 
     async def reset(

@@ -323,7 +323,7 @@ class AttemptRow:
     validated: int
     regenerated: int
     gave_up: int
-    unscored: int = 0  # judged without a score: validated unscored (no reference answer)
+    unscored: int = 0  # decided without a score: a check of the gate failed (echo, non-answer...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +377,7 @@ class Feedback:
             [
                 "attempt",
                 "answers scored",
-                "unscored (no reference)",
+                "rejected by a check (no score)",
                 "mean score",
                 "validated",
                 "% of validated",
@@ -389,7 +389,9 @@ class Feedback:
 
     def cost_table(self) -> Table:
         rows: list[list[Cell]] = [
-            ["questions regenerated (scored on > 1 attempt)", self.regenerated_questions],
+            # Best - first over regenerated questions cannot be negative and has no control
+            # group: the controlled gain is in the section of report/feedback.py.
+            ["questions scored on > 1 attempt (uncontrolled)", self.regenerated_questions],
             ["  mean first-attempt score", self.first_mean],
             ["  mean best score", self.best_mean],
             ["  mean gain (best - first)", self.gain_mean],

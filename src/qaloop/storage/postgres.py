@@ -590,18 +590,18 @@ class PostgresRepository:
                 f"FROM dead_letters {where} ORDER BY at, dedup_key LIMIT %s",
                 (limit,),
             ).fetchall()
-        return [
-            DeadLetter(
-                r[0],
-                r[1],
-                r[2],
-                float(r[3]),
-                r[4],
-                None if r[5] is None else bytes(r[5]),
-                bool(r[6]),
-            )
-            for r in rows
-        ]
+        return [_letter(r) for r in rows]
+
+    def dead_letters_by_key(self, dedup_keys: Sequence[str]) -> list[DeadLetter]:
+        if not dedup_keys:
+            return []
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT dedup_key, reason, source_topic, at, question_id, raw, replayed "
+                "FROM dead_letters WHERE dedup_key = ANY(%s) ORDER BY at, dedup_key",
+                (sorted(set(dedup_keys)),),
+            ).fetchall()
+        return [_letter(r) for r in rows]
 
     def mark_replayed(self, dedup_keys: Sequence[str]) -> None:
         if not dedup_keys:
@@ -669,3 +669,9 @@ def _quote_ident(name: str) -> str:
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
         raise ValueError(f"invalid schema name {name!r} (lower-case letters, digits and _ only)")
     return name
+
+
+def _letter(r: Sequence[Any]) -> DeadLetter:
+    return DeadLetter(
+        r[0], r[1], r[2], float(r[3]), r[4], None if r[5] is None else bytes(r[5]), bool(r[6])
+    )

@@ -466,6 +466,20 @@ class SQLiteRepository:
             ).fetchall()
         return [DeadLetter(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
+    def dead_letters_by_key(self, dedup_keys: Sequence[str]) -> list[DeadLetter]:
+        keys = sorted(set(dedup_keys))
+        rows: list[Sequence[Any]] = []
+        with self._lock:
+            for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+                chunk = keys[start : start + 500]
+                rows += self._conn.execute(
+                    "SELECT dedup_key, reason, source_topic, at, question_id, raw, replayed "
+                    f"FROM dead_letters WHERE dedup_key IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+        rows.sort(key=lambda r: (r[3], r[0]))
+        return [DeadLetter(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
     def mark_replayed(self, dedup_keys: Sequence[str]) -> None:
         with self._lock:
             self._conn.executemany(

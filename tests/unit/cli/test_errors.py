@@ -86,6 +86,16 @@ def test_postgresql_without_the_postgres_extra(monkeypatch: pytest.MonkeyPatch) 
         )
 
 
+def test_dlq_replay_on_an_embedded_database_points_to_the_gateway() -> None:
+    pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
+    repo = open_repository("sqlite:///q.db")
+    repo.record_dead_letters([DeadLetter("k1", "poison", "qaloop.questions", 1.0, None, b"x")])
+    repo.close()
+    assert_one_line_error(run("dlq", "replay", "--all", "--db", "sqlite:///q.db"), "--url")
+    dry = run("dlq", "replay", "--all", "--dry-run", "--db", "sqlite:///q.db")
+    assert dry.exit_code == 0 and "1 to replay (dry run)" in dry.output  # no bus needed
+
+
 def test_dlq_replay_without_the_kafka_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     repo = open_repository("sqlite:///q.db")
     repo.record_dead_letters([DeadLetter("k1", "poison", "qaloop.questions", 1.0, None, b"x")])

@@ -9,7 +9,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qaloop.gateway.auth import ApiKey, KeyFileError, format_key, hash_token, new_token, parse_keys
+from qaloop.gateway.admission import Admission, Ask, Rejection
+from qaloop.gateway.auth import (
+    ApiKey,
+    KeyFileError,
+    LocalQuota,
+    format_key,
+    hash_token,
+    new_token,
+    parse_keys,
+)
 from qaloop.gateway.guard import AuthSetupError, build_auth, guard_gateway
 from qaloop.gateway.http import create_app
 from qaloop.pipeline import EmbeddedPipeline
@@ -155,3 +164,67 @@ async def test_metrics_stay_open_unless_metrics_auth(tmp_path: Path) -> None:
         assert (await c.get("/metrics")).status_code == 200  # Prometheus scrapes without a key
         assert (await c.get("/v1/stats")).status_code == 401
     p.repo.close()
+
+
+async def test_a_question_joined_or_known_gives_its_quota_slot_back(
+    client: httpx.AsyncClient,
+) -> None:
+    first = await client.post("/v1/questions", json={"question": "bob again?"}, headers=_h(BOB))
+    assert first.status_code == 202
+    for _ in range(3):  # in flight or answered: each reserved a slot and gave it back
+        same = await client.post("/v1/questions", json={"question": "bob again?"}, headers=_h(BOB))
+        assert same.json().get("joined") is True or same.json()["status"] in ("answered", "failed")
+    second = await client.post("/v1/questions", json={"question": "bob other?"}, headers=_h(BOB))
+    assert second.status_code == 202  # quota 2: the repeats did not spend it
+    third = await client.post("/v1/questions", json={"question": "bob third?"}, headers=_h(BOB))
+    assert third.status_code == 429
+
+
+async def test_local_quota_reserves_atomically_and_releases() -> None:
+    quota = LocalQuota()
+    assert [await quota.reserve("k", 1, 2) for _ in range(3)] == [True, True, False]
+    await quota.release("k", 1)
+    assert await quota.reserve("k", 1, 2) and not await quota.reserve("k", 1, 2)
+    assert await quota.reserve("k", 2, 2)  # a new day starts at zero
+    await quota.release("other", 2)  # nothing taken: nothing to give back
+    assert await quota.reserve("other", 2, 1) and not await quota.reserve("other", 2, 1)
+
+
+async def test_a_later_refusal_gives_back_what_an_earlier_check_took() -> None:
+    taken: list[str] = []
+
+    class Takes:
+        name = "takes"
+
+        async def check(self, ask: Ask) -> Rejection | None:
+            taken.append(ask.question_id)
+            return None
+
+        def admitted(self, ask: Ask) -> None:
+            return None
+
+        async def released(self, ask: Ask) -> None:
+            taken.remove(ask.question_id)
+
+    class Refuses:
+        name = "refuses"
+
+        async def check(self, ask: Ask) -> Rejection | None:
+            return Rejection("backlog", "full", 1.0)
+
+        def admitted(self, ask: Ask) -> None:
+            return None
+
+    admission = Admission([Takes(), Refuses()])
+    assert await admission.check(Ask("q", "q?", None, "k")) is not None
+    assert taken == []
+
+
+def test_the_compose_deployment_turns_api_keys_on() -> None:
+    import yaml
+
+    compose = Path(__file__).resolve().parents[3] / "deploy" / "docker-compose.yml"
+    gateway = yaml.safe_load(compose.read_text(encoding="utf-8"))["services"]["gateway"]
+    env = gateway["environment"]
+    assert env["QALOOP_AUTH"] == "on" and env["QALOOP_API_KEYS_FILE"].startswith("/run/secrets/")
+    assert "0.0.0.0" in gateway["command"]  # not loopback: `auto` would turn them on too

@@ -11,10 +11,11 @@ import httpx
 import pytest
 
 from qaloop.core.model import QuestionState
-from qaloop.gateway.admission import BacklogLimit
+from qaloop.gateway.admission import DAY_S, Ask, BacklogLimit, DailyCallBudget
 from qaloop.gateway.http import create_app, has_visible_text
 from qaloop.pipeline import EmbeddedPipeline
 from qaloop.settings import Settings
+from tests.unit.gateway.conftest import asgi_client
 
 REFERENCE = "Rayleigh scattering makes the sky look blue during the day"
 
@@ -103,23 +104,6 @@ async def test_5xx_is_counted_and_timed(
     assert ready.status_code == 503 and "No space" in ready.json()["storage"]
     exposition = (await client.get("/metrics")).text
     assert 'qaloop_http_responses_total{status="503"} 2.0' in exposition  # POST + readyz
-
-
-@pytest.fixture
-async def failing(tmp_path: Path) -> AsyncIterator[EmbeddedPipeline]:
-    """Every question fails: one attempt, and no answer reaches a threshold of 1."""
-    p = EmbeddedPipeline(
-        Settings(
-            db=f"sqlite:///{tmp_path / 'f.db'}",
-            sim_latency_ms=1,
-            max_wait_s=5,
-            threshold=1.0,
-            max_attempts=1,
-        )
-    )
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def test_a_failed_question_can_be_asked_again(failing: EmbeddedPipeline) -> None:
@@ -221,3 +205,61 @@ async def test_backlog_full_gets_429_but_known_answers_are_served(
     exposition = (await client.get("/metrics")).text
     assert 'qaloop_gateway_admission_rejected_total{reason="backlog"} 1.0' in exposition
     pipeline.resume_workers()
+
+
+async def test_metrics_can_move_off_the_api_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    settings = Settings(db=f"sqlite:///{tmp_path / 'm.db'}", gateway_metrics_port=port)
+    p = EmbeddedPipeline(settings)
+    app = create_app(p.service, settings, stats=p.stats)
+    await p.start()
+    try:
+        async with app.router.lifespan_context(app), asgi_client(app) as client:
+            moved = await client.get("/metrics")
+            assert moved.status_code == 404 and str(port) in moved.json()["error"]["message"]
+            async with httpx.AsyncClient() as direct:
+                scraped = await direct.get(f"http://127.0.0.1:{port}/metrics")
+            assert scraped.status_code == 200 and "qaloop_http_responses_total" in scraped.text
+            assert (await client.get("/v1/dashboard-data")).status_code == 200  # stays
+    finally:
+        await p.stop()
+
+
+async def test_a_spent_daily_call_budget_refuses_new_questions_until_the_day_turns() -> None:
+    calls = [0]
+    now = [10 * DAY_S + 3600.0]
+    budget = DailyCallBudget(5, lambda: calls[0], clock=lambda: now[0])
+    ask = Ask("q", "q?", None)
+    assert await budget.check(ask) is None
+    calls[0] = 5
+    refused = await budget.check(ask)
+    assert refused is not None and refused.reason == "daily_calls"
+    assert refused.retry_after_s == pytest.approx(DAY_S - 3600.0)  # until midnight UTC
+    now[0] += DAY_S  # the next day counts from its own start
+    assert await budget.check(ask) is None
+
+
+@pytest.mark.parametrize(("cache_s", "builds"), [(60.0, 1), (0.0, 40)])  # 60: no timing
+async def test_metrics_polled_in_a_loop_are_built_once_per_cache_period(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_s: float, builds: int
+) -> None:
+    """Issue 14 item 5's cause: every poll rebuilt the exposition on the event loop."""
+    settings = Settings(db=f"sqlite:///{tmp_path / 'p.db'}", metrics_cache_s=cache_s)
+    p = EmbeddedPipeline(settings)
+    built = [0]
+    real = p.metrics.exposition
+
+    def counting() -> bytes:
+        built[0] += 1
+        return real()
+
+    monkeypatch.setattr(p.metrics, "exposition", counting)
+    async with asgi_client(create_app(p.service, settings, stats=p.stats)) as client:
+        for _ in range(40):
+            assert (await client.get("/metrics")).status_code == 200
+    p.repo.close()
+    assert built[0] == builds
