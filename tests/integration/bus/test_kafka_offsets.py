@@ -47,3 +47,20 @@ async def test_lag_counts_what_the_group_has_not_committed_and_end_offsets_every
         assert await asyncio.to_thread(bus.lag, group, ["no-such-topic"]) == {"no-such-topic": 0}
     finally:
         await bus.close()
+
+
+def test_a_second_offsets_call_fails_fast_while_one_waits_for_the_broker() -> None:
+    pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
+    from qaloop.bus.kafka import KafkaSettings
+    from qaloop.bus.kafka.admin import Offsets
+
+    offsets = Offsets(KafkaSettings("127.0.0.1:1"))  # never reached: the lock is taken
+    offsets.LOCK_WAIT_S = 0.05
+    with offsets._exclusive():  # a call still waiting for a broker
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="still waiting for the broker"):
+            offsets.end_offsets(["t"])
+        with pytest.raises(TimeoutError):
+            offsets.lag("g", ["t"])
+        assert time.monotonic() - started < 2
+    offsets.close()

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,12 +102,25 @@ class Offsets:
     whose stale sweep asks for the worker group's lag, in the 3-broker failover test). The
     consumer's own offset fetch has ridden out every broker kill in that test, as it does in
     the lag probes (qaloop.observability.lag). One lock: the calls come from executor threads
-    and `close` must never run under one of them."""
+    and `close` must never run under one of them. A call that finds another one still waiting
+    for the broker fails after LOCK_WAIT_S rather than queueing behind it (a readiness probe
+    per request would otherwise pile up executor threads while a broker is down)."""
+
+    LOCK_WAIT_S = 1.0
 
     def __init__(self, s: KafkaSettings) -> None:
         self.settings = s
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        if not self._lock.acquire(timeout=self.LOCK_WAIT_S):
+            raise TimeoutError("an offsets request is still waiting for the broker")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _client(self, group: str) -> Any:
         from confluent_kafka import Consumer
@@ -132,7 +145,7 @@ class Offsets:
         A partition the group never committed counts from its earliest retained offset."""
         names = list(topics)
         result = dict.fromkeys(names, 0)
-        with self._lock:
+        with self._exclusive():
             client = self._client(group)
             parts = self._partitions(client, names)
             if not parts:
@@ -147,7 +160,7 @@ class Offsets:
         """Messages ever written per topic (sum of end offsets; blocking)."""
         names = list(topics)
         result = dict.fromkeys(names, 0)
-        with self._lock:
+        with self._exclusive():
             client = self._client("qaloop-offsets")
             for tp in self._partitions(client, names):
                 _, high = client.get_watermark_offsets(tp, timeout=10, cached=False)
