@@ -126,6 +126,10 @@ def summarise(result: DemoResult) -> dict[str, Any]:
         "answered_failed": sources["failed"],
         "unique_questions": len(result.questions),
         "llm_calls": result.stats["pipeline"]["llm_calls"],
+        # every LLM-judge call, failed ones too (the priced ones are in `judge_calls`)
+        "judge_llm_calls": result.stats["pipeline"]["judge_gates"]["cascade"].get(
+            "second_calls", 0
+        ),
         "validated_by_attempt": dict(sorted(validated_by_attempt.items())),
         "gave_up_low_score": sum(1 for q in failed if q["error_class"] is None),
         "gave_up_errors": sum(1 for q in failed if q["error_class"] is not None),
@@ -140,6 +144,9 @@ def summarise(result: DemoResult) -> dict[str, Any]:
         "cost_per_validated_usd": cost.get("per_validated_answer_usd"),
         "cost_regeneration_share": cost.get("regeneration_share"),
         "cost_judge_share": cost.get("judge_share"),
+        "judge_calls": cost.get("judge_calls", 0),
+        "judge_answer_share": cost.get("judge_answer_share"),
+        "judge_per_validated_usd": cost.get("judge_per_validated_answer_usd"),
         "cost_estimated_calls": cost.get("estimated_calls"),
         "hit_p50_ms": _ms(tables.percentile(hits, 50)),
         "hit_p95_ms": _ms(tables.percentile(hits, 95)),
@@ -170,7 +177,7 @@ def format_summary(s: dict[str, Any], settings: Settings) -> str:
         f"queued (new)                {s['queued_new']}",
         f"joined a question in flight {s['joined_in_flight']}",
         f"known failures served       {s['answered_failed']}",
-        f"LLM calls                   {s['llm_calls']}",
+        f"LLM calls                   {s['llm_calls']} generation + {s['judge_llm_calls']} judge",
     ]
     for attempt, n in s["validated_by_attempt"].items():
         lines.append(f"validated on attempt {attempt}      {n}")
@@ -192,6 +199,11 @@ def format_summary(s: dict[str, Any], settings: Settings) -> str:
         lines.append(
             f"  regenerations / judge     {_share(s['cost_regeneration_share'])} / "
             f"{_share(s['cost_judge_share'])} of it; {s['cost_estimated_calls']} calls estimated"
+        )
+        lines.append(
+            f"  LLM judge                 {s['judge_calls']} priced calls, "
+            f"{_share(s['judge_answer_share'])} of answers, "
+            f"{_usd(s['judge_per_validated_usd'])} per validated answer"
         )
     lines.append(f"time to answer, hits       p50 {s['hit_p50_ms']} ms, p95 {s['hit_p95_ms']} ms")
     lines.append(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
@@ -117,7 +117,9 @@ class Settings(BaseSettings):
         "value repeats; empty: the provider's default)",
     )
     last_attempt_model: str | None = Field(
-        None, description="A stronger model for the last attempt (None: the same model)"
+        None,
+        description="A stronger model for the last attempt (None: the same model); an alias of "
+        "QALOOP_LLM_ESCALATION (the primary, then <llm>/<model> on the last attempt): set one",
     )
 
     # Flink judge (`qaloop flink-job`, `flink run -pym qaloop.flink.job`; docs/flink.md). The
@@ -423,11 +425,26 @@ class Settings(BaseSettings):
 
     @field_validator("llm_escalation")
     @classmethod
-    def _check_escalation(cls, value: str) -> str:
-        from qaloop.llm.deployments import parse_keys
+    def _check_escalation(cls, value: str, info: ValidationInfo) -> str:
+        from qaloop.llm.deployments import default_model
+        from qaloop.llm.escalation import deployments
 
-        parse_keys(value)
+        llm = str(info.data.get("llm", "simulated"))
+        deployments(  # a bad entry, or QALOOP_LAST_ATTEMPT_MODEL set too: a clear error at start
+            llm=llm,
+            primary_model=info.data.get("llm_model") or default_model(llm),
+            escalation=value,
+            last_attempt_model=info.data.get("last_attempt_model"),
+            max_attempts=int(info.data.get("max_attempts", 3)),
+        )
         return value
+
+    @field_validator("attempt_temperatures")
+    @classmethod
+    def _check_temperatures(cls, value: list[float]) -> list[float]:
+        from qaloop.llm.escalation import parse_temperatures
+
+        return list(parse_temperatures(value))
 
     @model_validator(mode="after")
     def _check_replicas(self) -> Settings:

@@ -21,10 +21,10 @@ from qaloop.core.cache import Cache, make_cache
 from qaloop.core.model import Envelope
 from qaloop.core.paraphrase import ParaphraseIndex
 from qaloop.core.retry import RetryPolicy
-from qaloop.core.routing import GateConfig, prompt_feedback
+from qaloop.core.routing import GateConfig
 from qaloop.gateway.service import CachedAnswer, QuestionService, StatusBoard
 from qaloop.llm.accounting import Meter, meter_from_settings
-from qaloop.llm.base import Provider
+from qaloop.llm.base import GenerationRequest, Provider
 from qaloop.llm.batch import make_batch_client
 from qaloop.llm.budget import Budget, budget_from_settings
 from qaloop.llm.fallback import attach_metrics
@@ -38,7 +38,7 @@ from qaloop.services.recovery import Recovery
 from qaloop.services.retrier import Retrier
 from qaloop.services.runner import BatchRunner, ConcurrentRunner
 from qaloop.services.store import Store
-from qaloop.services.worker import Worker, WorkerConfig, build_prompt
+from qaloop.services.worker import Worker, WorkerConfig, attempt_request
 from qaloop.settings import Settings
 from qaloop.storage.base import Repository
 
@@ -130,11 +130,20 @@ def judge_max_batch(settings: Settings) -> int:
     return JUDGE_EMBEDDING_MAX_BATCH if embeds else JUDGE_MAX_BATCH
 
 
-def judge_gate(settings: Settings) -> tuple[Cascade, GateConfig]:
+def judge_gate(
+    settings: Settings,
+    *,
+    meter: Meter | None = None,
+    budget: Budget | None = None,
+    metrics: Metrics | None = None,
+) -> tuple[Cascade, GateConfig]:
     """The judge's gate stage (the cheap gate, then the LLM judge for UNSURE verdicts and
     questions without a reference: qaloop.services.gating) and its routing: the single place
-    they are built, for the plain judge (both modes) and the Flink job alike."""
-    return build_gate_stage(settings), gate_config(settings)
+    they are built, for the plain judge (both modes) and the Flink job alike. The LLM judge's
+    calls are priced and budgeted like generation's (`meter`, `budget`: the worker's in one
+    process; built from the settings when absent)."""
+    stage = build_gate_stage(settings, meter=meter, budget=budget, metrics=metrics)
+    return stage, gate_config(settings)
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
@@ -168,16 +177,18 @@ def batch_lane_for(
     """The batch lane (docs/spend.md) when `batch_lane` is on."""
     if not settings.batch_lane:
         return None
-    template, feedback_on = settings.prompt_template, prompt_config(settings).feedback
+    config = worker_config(settings)
 
-    def prompt(env: Envelope) -> str:  # the interactive prompt: a regeneration's feedback too
-        return build_prompt(template, env.question, prompt_feedback(env) if feedback_on else None)
+    def request(env: Envelope, model: str | None) -> GenerationRequest:
+        # the interactive lane's request: feedback prompt, the attempt's temperature and model
+        return attempt_request(config, env, model=model)
 
     return BatchLane(
         make_batch_client(settings),
         topics,
         bus.publish_many,
-        prompt=prompt,
+        request=request,
+        escalation=config.prompt.escalation,
         meter=meter,
         budget=budget,
         config=BatchLaneConfig(
@@ -232,6 +243,7 @@ class WorkerStage:
 class JudgeStage:
     judge: Judge
     runner: BatchRunner
+    meter: Meter | None = None  # prices the LLM judge's calls (this process's spend)
 
 
 @dataclass
@@ -257,6 +269,16 @@ class Wiring:
         self.topics = topics_for(settings)
         self.shared_bus = shared_bus
         self.clock = clock
+        self._spend: tuple[Meter, Budget | None] | None = None
+
+    def spend(self, metrics: Metrics) -> tuple[Meter, Budget | None]:
+        """This process's meter and spend budget, built once: the worker and the LLM judge
+        of one process price with one table and charge one ledger."""
+        if self._spend is None:
+            s = self.settings
+            # a bad price table stops the start here
+            self._spend = (meter_from_settings(s, metrics), budget_from_settings(s, metrics))
+        return self._spend
 
     def group(self, stage: str) -> str:
         return shared_group(self.settings, stage) if self.shared_bus else stage
@@ -277,8 +299,7 @@ class Wiring:
         on_start: Callable[[Envelope], None] | None = None,
     ) -> WorkerStage:
         s = self.settings
-        meter = meter_from_settings(s, metrics)  # a bad price table stops the start here
-        budget = budget_from_settings(s, metrics)
+        meter, budget = self.spend(metrics)
         attach_metrics(provider, metrics)
         worker = Worker(
             provider,
@@ -306,7 +327,8 @@ class Wiring:
         return WorkerStage(worker, runner, worker.batch_lane)
 
     def judge(self, bus: Bus, metrics: Metrics) -> JudgeStage:
-        stage, gate = judge_gate(self.settings)
+        meter, budget = self.spend(metrics)
+        stage, gate = judge_gate(self.settings, meter=meter, budget=budget, metrics=metrics)
         judge = Judge(stage, gate, self.topics, clock=self.clock, metrics=metrics)
         runner = BatchRunner(
             JUDGE,
@@ -317,7 +339,7 @@ class Wiring:
             poll_timeout_s=POLL_TIMEOUT_S,
             metrics=metrics,
         )
-        return JudgeStage(judge, runner)
+        return JudgeStage(judge, runner, meter)
 
     def store(
         self,

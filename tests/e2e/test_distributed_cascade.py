@@ -36,6 +36,7 @@ from tests.e2e.distributed_stack import (
     sql,
     wait_final,
 )
+from tests.e2e.judge_spend import check_judge_spend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -114,6 +115,19 @@ def _check_cascade(dsn: str) -> dict[str, Any]:
     gain = feedback_gain(questions_rows, events)
     assert gain.by_judge["llm_judge"] == seen["free_llm"] + seen["ref_llm"]
     assert gain.llm_calls >= gain.by_judge["llm_judge"] - gain.llm_outcomes.get("malformed", 0)
+    # the LLM judge's calls are priced into llm_usage and counted in llm_calls (docs/spend.md)
+    cols = ("question_id", "seq", "attempt", "purpose", "lane", "input_tokens",
+            "output_tokens", "estimated", "cost_usd")  # fmt: skip
+    usage = [
+        dict(zip(cols, r, strict=True))
+        for r in sql(dsn, f"SELECT {', '.join(cols)} FROM llm_usage")
+    ]
+    check_judge_spend(
+        events,
+        usage,
+        dict(sql(dsn, "SELECT question_id, llm_calls FROM questions")),
+        validated=sum(1 for q in questions_rows if q["state"] == "validated"),
+    )
     return {"seen": seen, "decisions": decisions}
 
 

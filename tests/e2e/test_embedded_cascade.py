@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qaloop.core.routing import parse_scored_detail
 from qaloop.dataset import load_sample
 from qaloop.pipeline import EmbeddedPipeline
 from qaloop.quality.verdict import GateInput, Outcome
 from qaloop.services.gating import cheap_gate
 from qaloop.settings import Settings
+from tests.e2e.judge_spend import check_judge_spend
 
 
 async def test_cascade_feedback_and_judge_errors_end_to_end(tmp_path: Path) -> None:
@@ -83,9 +86,23 @@ async def test_cascade_feedback_and_judge_errors_end_to_end(tmp_path: Path) -> N
         assert rec is not None and rec.state.value == "failed"
         assert rec.error_detail and "overload" in rec.error_detail
 
-    stats = pipeline.stats()["pipeline"]["judge_gates"]
+    all_stats = pipeline.stats()
+    stats = all_stats["pipeline"]["judge_gates"]
     assert stats["cascade"]["to_second"] == by_judge["free"] + by_judge["ref_llm"]
     assert stats["decisions"].get("judge_error", 0) == len(letters)
+
+    # the LLM judge's calls are priced into llm_usage and counted in llm_calls (docs/spend.md)
+    summary = check_judge_spend(
+        events,
+        repo.export_usage(),
+        {q["question_id"]: int(q["llm_calls"]) for q in questions.values()},
+        validated=len(validated),
+    )
+    stored = all_stats["cost"]  # what /v1/stats serves: storage's own summary
+    for key in ("judge_calls", "judge_per_validated_answer_usd", "cost_usd"):
+        assert stored[key] == pytest.approx(summary[key], abs=1e-8), key
+    assert stored["judge_share"] == pytest.approx(summary["judge_share"], abs=1e-4)
+    assert 0 < stored["judge_answer_share"] < 1
 
     out = tmp_path / "report"
     subprocess.run(
@@ -96,3 +113,4 @@ async def test_cascade_feedback_and_judge_errors_end_to_end(tmp_path: Path) -> N
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "Controlled feedback gain" in text and "control (plain prompt)" in text
     assert "LLM judge: share and cost" in text and (out / "feedback_gain.png").is_file()
+    assert "LLM-judge cost per validated answer (USD)" in text and "LLM-judge spend (USD)" in text

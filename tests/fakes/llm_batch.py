@@ -54,6 +54,7 @@ class FakeBatch:
     kind: str  # "openai" | "gemini"
     model: str
     items: list[tuple[str, str]]  # (custom id / key, prompt)
+    temperatures: list[float | None] = field(default_factory=list)  # per item, as sent
     created: float = field(default_factory=time.time)
     polls: int = 0
     output_file_id: str | None = None
@@ -112,16 +113,21 @@ class BatchEndpoints:
         if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
             return _openai_error(400, "endpoint must be /v1/chat/completions, window 24h")
         items = []
-        model = ""
+        models: set[str] = set()
+        temperatures: list[float | None] = []
         for line in content.decode().splitlines():
             if not line.strip():
                 continue
             row = json.loads(line)
             req = row["body"]
-            model = str(req.get("model", ""))
+            models.add(str(req.get("model", "")))
+            temperatures.append(req.get("temperature"))
             prompt = "".join(str(m.get("content", "")) for m in req["messages"])
             items.append((str(row["custom_id"]), prompt))
-        batch = FakeBatch(f"batch_{next(_ids)}", "openai", model, items)
+        if len(models) > 1:  # as the real API: one model per batch input file
+            return _openai_error(400, f"a batch file must use one model, got {sorted(models)}")
+        model = models.pop() if models else ""
+        batch = FakeBatch(f"batch_{next(_ids)}", "openai", model, items, temperatures)
         self.batches[batch.id] = batch
         self.submitted += 1
         return JSONResponse(self._openai_batch(batch, "validating"))
@@ -221,14 +227,18 @@ class BatchEndpoints:
         try:
             raw = body["batch"]["inputConfig"]["requests"]["requests"]
             items = []
+            temperatures = []
             for i, entry in enumerate(raw):
                 key = str((entry.get("metadata") or {}).get("key", i))
                 contents = entry["request"]["contents"]
                 prompt = "".join(p.get("text", "") for c in contents for p in c.get("parts", []))
                 items.append((key, prompt))
+                temperatures.append(
+                    (entry["request"].get("generationConfig") or {}).get("temperature")
+                )
         except (KeyError, TypeError):
             return _google_error(400, "INVALID_ARGUMENT", "batch.inputConfig.requests missing")
-        batch = FakeBatch(f"batches/fake{next(_ids)}", "gemini", model, items)
+        batch = FakeBatch(f"batches/fake{next(_ids)}", "gemini", model, items, temperatures)
         self.batches[batch.id] = batch
         self.submitted += 1
         return JSONResponse(self._gemini_op(batch, "BATCH_STATE_PENDING"))

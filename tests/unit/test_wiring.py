@@ -52,3 +52,26 @@ def test_the_judge_takes_small_batches_only_when_its_gate_embeds() -> None:
     assert wiring.judge_max_batch(Settings(scorer="embedding")) == wiring.JUDGE_EMBEDDING_MAX_BATCH
     assert wiring.judge_max_batch(Settings(scorer="composite")) == wiring.JUDGE_MAX_BATCH
     assert wiring.JUDGE_EMBEDDING_MAX_BATCH < wiring.JUDGE_MAX_BATCH
+
+
+def test_the_worker_and_the_llm_judge_of_one_process_share_the_meter_and_the_budget() -> None:
+    """One price table and one spend ledger per process: the judge's calls count against the
+    budget that stops generation (issue 12, point 3), and a separate process builds its own."""
+    from qaloop.llm.judge import LLMJudge
+
+    s = Settings(budget_usd=1.0)
+    w = wiring.Wiring(s, shared_bus=False)
+    bus = MemoryBus(w.topics)
+    metrics = Metrics()
+    worker = w.worker(bus, SimulatedProvider(), metrics).worker
+    judge = w.judge(bus, metrics)
+    second = judge.judge.stage.second
+    assert isinstance(second, LLMJudge)
+    assert worker.budget is not None and second.budget is worker.budget
+    assert second.meter is worker.meter and judge.meter is worker.meter
+    # the Flink job / a judge process: its own, from the same settings
+    stage, _ = wiring.judge_gate(s)
+    alone = stage.second
+    assert isinstance(alone, LLMJudge) and alone.meter is not None
+    assert alone.budget is not None and alone.budget is not worker.budget
+    assert alone.budget.config == worker.budget.config

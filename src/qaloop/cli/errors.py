@@ -50,8 +50,10 @@ def settings_error(exc: Any, given: Mapping[str, object]) -> click.ClickExceptio
     """One line per invalid field; flags the user typed are named as flags."""
     parts = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error.get("loc") else "?"
-        if field in given:
+        field = str(error["loc"][0]) if error.get("loc") else None
+        if field is None:  # a check across fields: its input is every setting, secrets too
+            where = "settings"
+        elif field in given:
             where = f"--{field.replace('_', '-')} {given[field]!s}"
         else:
             where = f"QALOOP_{field.upper()}={error.get('input')!s}"

@@ -26,7 +26,7 @@ import enum
 import hashlib
 from dataclasses import dataclass
 
-from qaloop.core.model import Envelope, Event, EventKind, QuestionState
+from qaloop.core.model import Envelope, Event, EventKind, QuestionState, Usage
 from qaloop.quality.verdict import Outcome, Reason, Verdict
 
 
@@ -59,10 +59,13 @@ class GateConfig:
 
 @dataclass(frozen=True, slots=True)
 class JudgeCost:
-    """What judging one answer cost in LLM-judge calls and tokens (0 for the cheap gate)."""
+    """What judging one answer cost in LLM-judge calls and tokens (0 for the cheap gate), and
+    the priced usage of the call that returned the verdict (qaloop.llm.accounting, purpose
+    "judge"): it rides on the SCORED event, so storage's llm_usage gets a judge row."""
 
     calls: int = 0
     tokens: int = 0
+    usage: Usage | None = None
 
 
 def decide(verdict: Verdict, attempt: int, gate: GateConfig) -> Decision:
@@ -152,14 +155,21 @@ def judge(
             score=score,
             detail=scored_detail(verdict, cost, arm),
             decision=decision.value,
+            usage=cost.usage,
         ),
     )
+    # `llm_calls` counts every LLM call made for the question, the judge's too (docs/spend.md).
+    calls = envelope.llm_calls + cost.calls
     best = {"best_answer": best_answer, "best_score": best_score, "best_attempt": best_attempt}
     # One copy of the envelope per decision: this runs for every answer.
     match decision:
         case Decision.VALIDATE:
             return decision, envelope.evolve(
-                state=QuestionState.VALIDATED, score=score, history=history, **best
+                state=QuestionState.VALIDATED,
+                score=score,
+                history=history,
+                llm_calls=calls,
+                **best,
             )
         case Decision.REGENERATE:
             return decision, envelope.evolve(
@@ -171,6 +181,7 @@ def judge(
                 error_class=None,
                 error_detail=None,
                 history=history,
+                llm_calls=calls,
                 feedback=verdict.reason.value,
                 arm=arm,
                 **best,
@@ -188,5 +199,6 @@ def judge(
                 score=best_score,
                 error_detail=why,
                 history=(*history, gave_up),
+                llm_calls=calls,
                 **best,
             )

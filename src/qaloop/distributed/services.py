@@ -137,6 +137,7 @@ async def run_judge(settings: Settings, stop: asyncio.Event) -> None:
             "group": group,
             **runner_stats(stage.runner),
             **stage.judge.stats(),
+            "cost": stage.meter.as_dict() if stage.meter is not None else {},
         }
 
     await run_stage(

@@ -190,12 +190,16 @@ def summarise(
     purpose, regeneration (attempt > 1), lane, estimated, calls, the token sums and cost_usd.
 
     The cost per validated answer is *all* spend (failed questions, regenerations and judge
-    calls included) over the validated answers: what one validated answer really costs."""
+    calls included) over the validated answers: what one validated answer really costs. The
+    LLM judge's part: its priced calls (one per answer it graded), their share of the answers
+    generated (`judge_answer_share`: every generated answer is judged once) and its cost per
+    validated answer."""
     total = calls = estimated = 0.0
     input_tokens = output_tokens = cached_tokens = 0
     by_purpose: dict[str, float] = {}
     by_lane: dict[str, float] = {}
     regenerations = 0.0
+    calls_by_purpose: dict[str, int] = {}
     for g in groups:
         cost = float(g["cost_usd"] or 0.0)
         n = int(g["calls"])
@@ -208,6 +212,7 @@ def summarise(
         cached_tokens += int(g["cached_tokens"] or 0)
         by_purpose[str(g["purpose"])] = by_purpose.get(str(g["purpose"]), 0.0) + cost
         by_lane[str(g["lane"])] = by_lane.get(str(g["lane"]), 0.0) + cost
+        calls_by_purpose[str(g["purpose"])] = calls_by_purpose.get(str(g["purpose"]), 0) + n
         if g["regeneration"] and g["purpose"] == GENERATE:
             regenerations += cost
 
@@ -230,6 +235,15 @@ def summarise(
         "by_lane": {k: round(v, 8) for k, v in sorted(by_lane.items())},
         "regeneration_share": share(regenerations),
         "judge_share": share(by_purpose.get(JUDGE, 0.0)),
+        "judge_calls": calls_by_purpose.get(JUDGE, 0),
+        "judge_answer_share": (
+            round(calls_by_purpose.get(JUDGE, 0) / calls_by_purpose[GENERATE], 4)
+            if calls_by_purpose.get(GENERATE)
+            else None
+        ),
+        "judge_per_validated_answer_usd": (
+            round(by_purpose.get(JUDGE, 0.0) / validated, 10) if validated else None
+        ),
     }
 
 

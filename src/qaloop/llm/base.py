@@ -74,9 +74,10 @@ class GenerationRequest:
     # Only simulated providers may read the reference (to make answers of known quality).
     reference_answer: str | None = None
     purpose: str = "answer"  # "answer" (generation) or "judge" (qaloop.llm.judge)
-    # Per-attempt escalation (worker settings); None: the provider's own default.
+    # Per-attempt escalation (qaloop.llm.escalation); None: the provider's own default.
     temperature: float | None = None
-    model: str | None = None
+    model: str | None = None  # a model of this provider (the batch lane's jobs)
+    deployment: str | None = None  # "provider/model" a fallback chain starts at
     # Simulated providers only: the rejected attempt's reason the prompt carries (to apply
     # the configured effect of feedback), and the answer a judge request grades.
     feedback: str | None = None

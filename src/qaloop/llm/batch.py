@@ -114,11 +114,13 @@ class OpenAIBatchClient:
 
     def _line(self, item: BatchItem) -> str:
         body: dict[str, Any] = {
-            "model": self.model,
+            "model": item.request.model or self.model,  # the attempt's (the escalation's)
             "messages": [{"role": "user", "content": item.request.prompt}],
         }
         if self.max_output_tokens is not None:
             body["max_tokens"] = self.max_output_tokens
+        if item.request.temperature is not None:
+            body["temperature"] = item.request.temperature
         return json.dumps(
             {"custom_id": item.key, "method": "POST", "url": "/v1/chat/completions", "body": body}
         )
@@ -247,14 +249,14 @@ class GeminiBatchClient:
             {
                 "contents": [{"role": "user", "parts": [{"text": i.request.prompt}]}],
                 "metadata": {"key": i.key},
-                "config": {"max_output_tokens": self.max_output_tokens},
+                "config": _gemini_config(self.max_output_tokens, i.request.temperature),
             }
             for i in items
         ]
+        # one model per job: the batch lane groups its questions by the attempt's model
+        model = next((i.request.model for i in items if i.request.model), None) or self.model
         job = await self._sdk(
-            self._client.aio.batches.create(
-                model=self.model, src=src, config={"display_name": "qaloop"}
-            )
+            self._client.aio.batches.create(model=model, src=src, config={"display_name": "qaloop"})
         )
         return str(job.name)
 
@@ -294,6 +296,13 @@ class GeminiBatchClient:
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
+
+
+def _gemini_config(max_output_tokens: int | None, temperature: float | None) -> dict[str, Any]:
+    config: dict[str, Any] = {"max_output_tokens": max_output_tokens}
+    if temperature is not None:  # the attempt's (the escalation's)
+        config["temperature"] = temperature
+    return config
 
 
 # --------------------------------------------------------------------------- simulated

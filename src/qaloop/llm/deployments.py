@@ -40,6 +40,15 @@ class Deployment:
         return f"{self.provider}/{self.model}"
 
 
+def default_model(provider: str) -> str:
+    """The model a provider calls when `llm_model` is unset (simulated/replay: their name)."""
+    if provider == "gemini":
+        return "gemini-2.5-flash-lite"
+    if provider == "openai":
+        return "gpt-4o-mini"
+    return provider
+
+
 def _check_provider(provider: str, where: str) -> str:
     if provider not in PROVIDERS:
         raise DeploymentError(f"{where}: unknown provider {provider!r} (one of {PROVIDERS})")
@@ -116,13 +125,3 @@ def parse(text: str) -> list[Deployment]:
 def parse_keys(text: str) -> list[str]:
     """An escalation list: "provider/model,provider/model" (attempt 1, 2, ...)."""
     return [parse_one(part).key for part in text.split(",") if part.strip()]
-
-
-def model_for_attempt(escalation: list[str], attempt: int) -> str | None:
-    """The deployment ("provider/model") attempt `attempt` (1-based) starts with: the n-th
-    entry of the escalation list, the last one past its end; None without escalation.
-
-    The LLM judge's escalation (issue 16 / the judge issue's point 4) can call this too."""
-    if not escalation:
-        return None
-    return escalation[min(max(attempt, 1), len(escalation)) - 1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qaloop.llm.base import Provider
-from qaloop.llm.deployments import Deployment, DeploymentError
+from qaloop.llm.deployments import Deployment, DeploymentError, default_model
 from qaloop.llm.protection import (
     DAY_S,
     CircuitBreaker,
@@ -31,22 +31,17 @@ def simulated_config(settings: Settings) -> SimulatedConfig:
     )
 
 
-def default_model(provider: str) -> str:
-    """The model a provider calls when `llm_model` is unset (simulated/replay: their name)."""
-    if provider == "gemini":
-        return "gemini-2.5-flash-lite"
-    if provider == "openai":
-        return "gpt-4o-mini"
-    return provider
-
-
 def configured_deployments(settings: Settings) -> list[tuple[str, str]]:
-    """Every provider/model these settings may call, primary first (the price table must
-    list each one)."""
+    """Every provider/model these settings may call, primary first, the LLM judge's last (the
+    price table must list each one)."""
     from qaloop.llm.deployments import parse
 
     primary = (settings.llm, settings.llm_model or default_model(settings.llm))
-    return [primary, *((d.provider, d.model) for d in parse(settings.llm_fallbacks))]
+    found = [primary, *((d.provider, d.model) for d in parse(settings.llm_fallbacks))]
+    found += [(d.provider, d.model) for d in escalation_only(settings)]
+    js = judge_settings(settings)
+    judge = (js.llm, js.llm_model or default_model(js.llm))
+    return found if judge in found else [*found, judge]
 
 
 def deployment_settings(settings: Settings, deployment: Deployment) -> Settings:
@@ -109,14 +104,16 @@ def make_raw_provider(settings: Settings) -> Provider:
 def make_provider(settings: Settings) -> Provider:
     """The configured provider behind the protection every provider shares
     (qaloop.llm.protection): budget, circuit breaker, concurrency bound, rate limit, timeout.
-    Its rate limits leave the LLM judge its share (make_judge_provider)."""
-    from qaloop.llm.deployments import parse, parse_keys
+    Its rate limits leave the LLM judge its share (make_judge_provider). With fallbacks or an
+    escalation (qaloop.llm.escalation), a chain of deployments, each with its own limits."""
+    from qaloop.llm.deployments import parse
+    from qaloop.llm.escalation import escalation_from_settings
     from qaloop.llm.fallback import FallbackProvider
 
     generation = _quota_share(settings, 1 - settings.judge_quota_share)
     primary = protect(make_raw_provider(settings), generation)
     fallbacks = parse(settings.llm_fallbacks)
-    escalation = parse_keys(settings.llm_escalation)
+    escalation = list(escalation_from_settings(settings).deployments)
     if not fallbacks and not escalation:
         return primary
     main = Deployment(settings.llm, settings.llm_model or default_model(settings.llm))
@@ -126,9 +123,34 @@ def make_provider(settings: Settings) -> Provider:
             raise DeploymentError(f"fallbacks: {main.key} is the primary model already")
         own = deployment_settings(settings, deployment)
         chain.append((deployment, protect(make_raw_provider(own), own)))
+    only = escalation_only(settings)
+    for deployment in only:
+        own = deployment_settings(settings, deployment)
+        chain.append((deployment, protect(make_raw_provider(own), own)))
     return FallbackProvider(
-        chain, escalation=escalation, quota_day_rest_s=settings.quota_day_delay_s
+        chain,
+        escalation=escalation,
+        escalation_only=[d.key for d in only],
+        quota_day_rest_s=settings.quota_day_delay_s,
     )
+
+
+def escalation_only(settings: Settings) -> list[Deployment]:
+    """Models of the primary's provider that only the escalation names (e.g. the alias
+    QALOOP_LAST_ATTEMPT_MODEL): deployments of their own (limits, breaker, price), at the
+    primary's URL and key. Another provider must be a fallback (FallbackProvider says so)."""
+    from qaloop.llm.deployments import parse, parse_one
+    from qaloop.llm.escalation import escalation_from_settings
+
+    known = {f"{settings.llm}/{settings.llm_model or default_model(settings.llm)}"}
+    known |= {d.key for d in parse(settings.llm_fallbacks)}
+    found: list[Deployment] = []
+    for key in dict.fromkeys(escalation_from_settings(settings).deployments):
+        d = parse_one(key)
+        if key not in known and d.provider == settings.llm:
+            found.append(Deployment(d.provider, d.model, settings.llm_base_url))
+            known.add(key)
+    return found
 
 
 def judge_settings(settings: Settings) -> Settings:

@@ -14,8 +14,10 @@ When every deployment fell through, the error raised is the retryable one that c
 soonest, so a question is parked rather than dead-lettered while some deployment is only
 resting. The answer records who answered (`Generation.provider`, `.model`).
 
-Escalation by attempt: with `escalation` (["provider/model", ...]), attempt n starts at
-`model_for_attempt(escalation, n)` and falls back along the chain from there.
+Escalation by attempt (qaloop.llm.escalation decides it): a request naming a `deployment`
+starts there and falls back along the chain from there. An escalation-only deployment (another
+model of the primary's provider, named only by the escalation) is called only by the attempts
+that start at it, never as a fallback of the others.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from qaloop.llm.base import (
     Provider,
     QuotaDayError,
 )
-from qaloop.llm.deployments import Deployment, DeploymentError, model_for_attempt
+from qaloop.llm.deployments import Deployment, DeploymentError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class FallbackProvider:
         chain: Sequence[tuple[Deployment, Provider]],
         *,
         escalation: Sequence[str] = (),
+        escalation_only: Sequence[str] = (),
         quota_day_rest_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -83,7 +86,8 @@ class FallbackProvider:
                 f"escalation names {', '.join(unknown)}, which is neither the primary model nor "
                 f"a fallback ({', '.join(keys)})"
             )
-        self.escalation = list(escalation)
+        self.escalation = list(escalation)  # the deployments attempts may start at
+        self.escalation_only = frozenset(escalation_only)
         self.name = self.chain[0][0].provider
         self.model = self.chain[0][0].model
         self.quota_day_rest_s = quota_day_rest_s
@@ -96,16 +100,15 @@ class FallbackProvider:
     def __repr__(self) -> str:
         return f"FallbackProvider({[d.key for d, _ in self.chain]}, escalation={self.escalation})"
 
-    def order_for(self, attempt: int) -> list[tuple[Deployment, Provider]]:
-        start = model_for_attempt(self.escalation, attempt)
-        if start is None:
-            return self.chain
-        first = next(i for i, (d, _) in enumerate(self.chain) if d.key == start)
-        return self.chain[first:] + self.chain[:first]
+    def order_for(self, start: str | None) -> list[tuple[Deployment, Provider]]:
+        """The deployments a call starting at `start` tries, in order (None: the primary)."""
+        first = next((i for i, (d, _) in enumerate(self.chain) if d.key == start), 0)
+        ordered = self.chain[first:] + self.chain[:first]
+        return [c for i, c in enumerate(ordered) if i == 0 or c[0].key not in self.escalation_only]
 
     async def generate(self, request: GenerationRequest) -> Generation:
         errors: list[LLMError] = []
-        for deployment, provider in self.order_for(request.attempt):
+        for deployment, provider in self.order_for(request.deployment):
             key = deployment.key
             rest_until = self._resting.get(key, 0.0)
             now = self.clock()

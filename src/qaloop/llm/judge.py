@@ -7,6 +7,12 @@ judge's own share of the quota under its own limiter key. On top, like the worke
 server errors are retried in the call's own task with full-jitter backoff (`overload_tries`); a
 quota error whose delay fits `max_wait_s` is waited out once. Whatever still fails becomes a
 JUDGE_ERROR verdict carrying the error class: the routing dead-letters it with that reason.
+
+Spend, like the worker's (docs/spend.md): with a `Meter`, the call that returns the verdict is
+priced from its usage metadata (purpose "judge"; estimated, and marked so, when the provider
+reports none) and rides on the SCORED event into storage's llm_usage; with a `Budget` (the
+generation's: one ledger), a hard limit stops the call before it is made -- a JUDGE_ERROR
+"budget: ..." that never validates -- and each priced call is charged to it.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 
+from qaloop.core.model import Usage
 from qaloop.core.retry import full_jitter_backoff
 from qaloop.core.routing import JudgeCost
+from qaloop.llm.accounting import JUDGE, Meter
 from qaloop.llm.base import (
+    Generation,
     GenerationRequest,
     LLMError,
     OverloadError,
@@ -30,6 +39,7 @@ from qaloop.llm.base import (
     QuotaMinuteError,
     ServerError,
 )
+from qaloop.llm.budget import Budget
 from qaloop.quality import llm_judge
 from qaloop.quality.cascade import Judged, JudgeItem
 
@@ -50,8 +60,12 @@ class LLMJudge:
         max_wait_s: float = 10.0,
         timeout_s: float = 75.0,
         seed: int = 42,
+        meter: Meter | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.provider = provider
+        self.meter = meter
+        self.budget = budget
         self._slots = asyncio.Semaphore(max(1, concurrency))
         self.overload_tries = max(1, overload_tries)
         self.backoff_base_s = backoff_base_s
@@ -74,6 +88,16 @@ class LLMJudge:
         try_no = 0
         async with self._slots:
             while True:
+                stop = await self._spend_stop(item)
+                if stop is not None:
+                    self.stats["budget_stops"] += 1
+                    log.warning(
+                        "question %s attempt %d: LLM judge not called: %s",
+                        item.question_id,
+                        item.attempt,
+                        stop,
+                    )
+                    return Judged(llm_judge.judge_error(stop), JudgeCost(calls, tokens))
                 try_no += 1
                 calls += 1
                 request = GenerationRequest(
@@ -114,14 +138,46 @@ class LLMJudge:
                         return Judged(verdict, JudgeCost(calls, tokens))
                     await asyncio.sleep(delay)
                     continue
-                used = (generation.input_tokens or 0) + (generation.output_tokens or 0)
+                usage = await self._account(generation, prompt, item)
+                if usage is not None:
+                    used = usage.input_tokens + usage.output_tokens
+                else:
+                    used = (generation.input_tokens or 0) + (generation.output_tokens or 0)
                 if not used:  # a provider that reports no usage: ~4 characters a token
                     used = math.ceil((len(prompt) + len(generation.text)) / 4)
                 tokens += used
                 self.stats["tokens"] += used
                 verdict = llm_judge.parse_verdict(generation.text, item.input)
                 self.stats[f"verdict_{verdict.reason.value}"] += 1
-                return Judged(verdict, JudgeCost(calls, tokens))
+                return Judged(verdict, JudgeCost(calls, tokens, usage))
+
+    async def _spend_stop(self, item: JudgeItem) -> str | None:
+        """ "budget: ..." when the spend budget (the caller's, or everyone's) is reached. Like
+        the worker, a ledger that can't be read stops too (fails closed)."""
+        if self.budget is None:
+            return None
+        try:
+            stop = await self.budget.check(item.caller)
+        except LLMError as exc:
+            return f"budget: spend ledger unavailable ({exc.detail[:120]})"
+        return None if stop is None else stop.message
+
+    async def _account(self, generation: Generation, prompt: str, item: JudgeItem) -> Usage | None:
+        """Price the call (purpose judge) and charge it to the spend budget."""
+        if self.meter is None:
+            return None
+        inner = getattr(self.provider, "inner", self.provider)
+        name = str(getattr(self.provider, "name", None) or getattr(inner, "name", "llm"))
+        usage = self.meter.usage(
+            generation,
+            prompt,
+            generation.provider or name,
+            purpose=JUDGE,
+            configured_model=generation.requested_model or getattr(inner, "model", None),
+        )
+        if self.budget is not None:
+            await self.budget.charge(item.caller, usage.cost_usd)
+        return usage
 
     def _retry_delay(self, error: LLMError, item: JudgeItem, try_no: int) -> float | None:
         """How long to wait before trying again, or None to give the answer up to JUDGE_ERROR."""
@@ -139,3 +195,5 @@ class LLMJudge:
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+        if self.budget is not None:  # shared with the worker in one process: closing is idempotent
+            await self.budget.aclose()

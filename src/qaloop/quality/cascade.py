@@ -34,6 +34,7 @@ class JudgeItem:
     attempt: int = 1
     calls_so_far: int = 0  # the question's LLM calls so far (the per-question budget)
     feedback: str | None = None  # the reason the attempt's prompt carried (simulated judge)
+    caller: str | None = None  # the API key's name: the judge's calls count to its budget too
 
 
 @dataclass(frozen=True, slots=True)

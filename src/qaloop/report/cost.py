@@ -51,6 +51,8 @@ class Cost:
     per_question: list[float] = field(default_factory=list)
     regeneration_usd: float = 0.0
     judge_usd: float = 0.0
+    judge_calls: int = 0  # priced LLM-judge calls: one per answer the LLM judge graded
+    generate_calls: int = 0  # priced generation calls: one per answer generated
     models: list[ModelRow] = field(default_factory=list)
     lanes: list[LaneRow] = field(default_factory=list)
 
@@ -62,6 +64,15 @@ class Cost:
     def per_validated_usd(self) -> float | None:
         # no priced call at all (data from before spend accounting): unknown, not free
         return self.total_usd / self.validated if self.validated and self.calls else None
+
+    @property
+    def judge_answer_share(self) -> float | None:
+        """% of the answers generated that the LLM judge graded (each answer is judged once)."""
+        return 100.0 * self.judge_calls / self.generate_calls if self.generate_calls else None
+
+    @property
+    def judge_per_validated_usd(self) -> float | None:
+        return self.judge_usd / self.validated if self.validated and self.calls else None
 
     def share(self, part: float) -> float | None:
         return 100.0 * part / self.total_usd if self.total_usd > 0 else None
@@ -81,6 +92,9 @@ class Cost:
                 _pct(self.share(self.regeneration_usd)),
             ],
             ["share spent on the LLM judge, %", _pct(self.share(self.judge_usd))],
+            ["answers graded by the LLM judge (priced calls)", self.judge_calls],
+            ["  share of the answers generated, %", _pct(self.judge_answer_share)],
+            ["  LLM-judge cost per validated answer (USD)", _usd(self.judge_per_validated_usd)],
         ]
         return Table(
             "Spend",
@@ -144,6 +158,8 @@ class Cost:
 def _usd(value: float | None) -> str:
     if value is None:
         return "–"
+    if 0 < value < 1e-4:  # per-answer costs of cheap models: keep two significant digits
+        return f"{value:.8f}"
     return f"{value:.6f}" if value < 1 else f"{value:.2f}"
 
 
@@ -170,8 +186,11 @@ def cost(usage: Sequence[dict[str, Any]], questions: Sequence[dict[str, Any]]) -
         lane_of.setdefault(qid, str(u["lane"]))
         if u["purpose"] == "judge":
             result.judge_usd += usd
-        elif int(u["attempt"]) > 1:
-            result.regeneration_usd += usd
+            result.judge_calls += 1
+        else:
+            result.generate_calls += 1
+            if int(u["attempt"]) > 1:
+                result.regeneration_usd += usd
         key = (str(u["purpose"]), str(u["provider"]), str(u["model"]), str(u["lane"]))
         acc = models.setdefault(key, [0, 0, 0, 0, 0, 0.0])
         acc[0] += 1

@@ -101,6 +101,8 @@ class FeedbackGain:
     llm_tokens: int = 0
     llm_outcomes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)  # of rejections
+    llm_usd: float | None = None  # the LLM judge's priced usage (llm_usage rows, purpose judge)
+    validated: int = 0
 
     def gain_pp(self) -> float | None:
         f, c = self.arms.get(FEEDBACK), self.arms.get(CONTROL)
@@ -165,11 +167,33 @@ class FeedbackGain:
             ["LLM-judge calls", self.llm_calls],
             ["LLM-judge tokens", self.llm_tokens],
             ["  tokens per judged answer", self.llm_tokens / to_llm if to_llm else None],
+            ["LLM-judge spend (USD)", _usd(self.llm_usd)],
+            [
+                "  per validated answer (USD)",
+                _usd(
+                    self.llm_usd / self.validated
+                    if self.llm_usd is not None and self.validated
+                    else None
+                ),
+            ],
         ]
         rows += [[f"  LLM judge: {k}", v] for k, v in sorted(self.llm_outcomes.items())]
         rows += [[f"decided by {k}", v] for k, v in sorted(self.by_judge.items()) if k != LLM_JUDGE]
         rows += [[f"rejected: {k}", v] for k, v in sorted(self.reasons.items())]
         return Table("LLM judge: share and cost", ["", "value"], rows, digits=1)
+
+
+def _usd(value: float | None) -> str:
+    return "–" if value is None else f"{value:.8f}"
+
+
+def judge_spend(usage: Iterable[dict[str, Any]]) -> float | None:
+    """USD of the priced LLM-judge calls (None: no priced call at all, e.g. data from before
+    spend accounting: unknown, not free)."""
+    rows = list(usage)
+    if not rows:
+        return None
+    return math.fsum(float(u["cost_usd"]) for u in rows if u["purpose"] == "judge")
 
 
 def _gen_tokens(event: dict[str, Any]) -> int:
@@ -233,6 +257,7 @@ def feedback_gain(
             per.successes += ok
         validated = states.get(qid) == "validated"
         cost.validated = int(validated)
+        out.validated += int(validated)
         _add(out.cost_all, cost)
         if arm in (FEEDBACK, CONTROL):
             _add(out.cost_arm.setdefault(arm, Cost()), cost)
@@ -294,6 +319,7 @@ def section(data: ReportData, out_dir: Path) -> tuple[str, str, list[Table], lis
     """The report section's title, text, tables and plots (qaloop.report.render.build makes
     it a Section)."""
     gain = feedback_gain(data.questions, data.events)
+    gain.llm_usd = judge_spend(data.usage)
     plot_gain(gain, out_dir / PLOT_FILE)
     return (
         "Feedback gain, controlled, and the LLM judge",

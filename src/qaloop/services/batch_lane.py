@@ -45,6 +45,7 @@ from qaloop.llm.accounting import BATCH, GENERATE, Meter
 from qaloop.llm.base import Generation, GenerationRequest, LLMError, PermanentError
 from qaloop.llm.batch import BatchClient, BatchExpired, BatchItem, BatchState
 from qaloop.llm.budget import Budget
+from qaloop.llm.escalation import Escalation
 from qaloop.observability.logs import log_event
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,10 @@ class BatchLane:
         topics: Topics,
         publish: Publish,
         *,
-        prompt: Callable[[Envelope], str],  # the worker's prompt for this attempt
+        # the worker's request for this attempt (qaloop.services.worker.attempt_request):
+        # the feedback prompt and the attempt's temperature; the argument is its model
+        request: Callable[[Envelope, str | None], GenerationRequest],
+        escalation: Escalation | None = None,
         meter: Meter | None = None,
         budget: Budget | None = None,
         config: BatchLaneConfig | None = None,
@@ -106,7 +110,8 @@ class BatchLane:
         self.client = client
         self.topics = topics
         self.publish = publish
-        self.prompt = prompt
+        self.request = request
+        self.escalation = escalation or Escalation()
         self.meter = meter
         self.budget = budget  # batch answers are charged to the spend budget too
         self.config = config or BatchLaneConfig()
@@ -123,6 +128,12 @@ class BatchLane:
         """Queue a batch-lane question; None: answer it interactively now (a safety copy of
         a job this process doesn't know, i.e. the job was lost)."""
         qid = env.question_id
+        step = self.escalation.step(env.attempt)
+        if step.provider is not None and step.provider != self.client.name:
+            log_event(
+                log, "batch_skipped", env, "attempt %d runs on %s", env.attempt, step.deployment
+            )
+            return None  # the escalation moves this attempt to another provider: no job here
         if any(e.kind is EventKind.BATCHED for e in env.history[-2:]):
             if qid in self._done or qid in self._waiting:
                 return []  # the answer came (or is coming) through the job
@@ -217,25 +228,18 @@ class BatchLane:
         except OSError as exc:  # the safety copies still cover the jobs
             log.error("batch lane: cannot write the journal %s: %s", path, exc)
 
+    def model_for(self, env: Envelope) -> str:
+        """The model this attempt's job runs on: the escalation's, else the lane's."""
+        return self.escalation.step(env.attempt).model or self.client.model
+
     async def _submit(self) -> None:
-        chunk, self.pending = (
-            self.pending[: self.config.max_size],
-            self.pending[self.config.max_size :],
-        )
-        items = [
-            BatchItem(
-                e.question_id,
-                GenerationRequest(
-                    e.question_id,
-                    e.question,
-                    e.attempt,
-                    e.llm_calls + 1,
-                    self.prompt(e),
-                    e.reference_answer,
-                ),
-            )
-            for e in chunk
-        ]
+        """One job per model (a provider batch runs one model): the oldest pending question's
+        model goes first, up to `max_size` of its questions; the rest wait for the next tick."""
+        model = self.model_for(self.pending[0])
+        chunk = [e for e in self.pending if self.model_for(e) == model][: self.config.max_size]
+        taken = {e.question_id for e in chunk}
+        self.pending = [e for e in self.pending if e.question_id not in taken]
+        items = [BatchItem(e.question_id, self.request(e, model)) for e in chunk]
         try:
             job_id = await self.client.submit(items)
         except LLMError as exc:
@@ -248,7 +252,7 @@ class BatchLane:
         self.stats.submitted_jobs += 1
         self.stats.submitted_questions += len(chunk)
         self._journal()
-        log.info("batch lane: submitted job %s with %d questions", job_id, len(chunk))
+        log.info("batch lane: submitted job %s with %d questions (%s)", job_id, len(chunk), model)
 
     async def _poll(self, job: _Job) -> None:
         job.next_poll = self.clock() + self.config.poll_every_s
@@ -300,13 +304,14 @@ class BatchLane:
         now = self.clock()
         usage: Usage | None = None
         if self.meter is not None:
+            model = self.model_for(env)
             usage = self.meter.usage(
                 generation,
-                self.prompt(env),
+                self.request(env, model).prompt,
                 self.client.name,
                 purpose=GENERATE,
                 lane=BATCH,
-                configured_model=self.client.model,
+                configured_model=model,
             )
         self.stats.answered += 1
         generated = env.with_event(

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from qaloop.core.model import Envelope
 from qaloop.core.routing import GateConfig, prompt_feedback
+from qaloop.llm.accounting import Meter, meter_from_settings
 from qaloop.llm.base import Provider
+from qaloop.llm.budget import Budget, budget_from_settings
+from qaloop.llm.escalation import Escalation, Step, escalation_from_settings
 from qaloop.quality import get_scorer, llm_judge
 from qaloop.quality.cascade import Cascade, JudgeItem, ScorerGate
 from qaloop.quality.verdict import Gate, GateInput
@@ -43,12 +47,27 @@ def cheap_gate(settings: Settings) -> Gate | None:
     return gate
 
 
-def build_gate_stage(settings: Settings, *, judge_provider: Provider | None = None) -> Cascade:
+def build_gate_stage(
+    settings: Settings,
+    *,
+    judge_provider: Provider | None = None,
+    meter: Meter | None = None,
+    budget: Budget | None = None,
+    metrics: Any | None = None,
+) -> Cascade:
     """The cascade for these settings. `judge_provider` replaces the LLM judge's provider
-    (tests); by default it is built like generation's, with its own share of the quota."""
+    (tests); by default it is built like generation's, with its own share of the quota.
+
+    The LLM judge's calls are priced by `meter` and charged to `budget`: pass the worker's
+    when both run in one process (one ledger); without them they are built from the settings
+    here (a judge process, the Flink job), like the worker builds its own."""
     from qaloop.llm.factory import make_judge_provider
     from qaloop.llm.judge import LLMJudge
 
+    if meter is None:
+        meter = meter_from_settings(settings, metrics)  # a bad price table stops the start
+        if budget is None:
+            budget = budget_from_settings(settings, metrics)
     provider = judge_provider or make_judge_provider(settings)
     second = LLMJudge(
         provider,
@@ -59,6 +78,8 @@ def build_gate_stage(settings: Settings, *, judge_provider: Provider | None = No
         max_wait_s=settings.llm_max_queue_wait_s,
         timeout_s=settings.llm_timeout_s + settings.llm_max_queue_wait_s + 5.0,
         seed=settings.sim_seed,
+        meter=meter,
+        budget=budget,
     )
     return Cascade(cheap_gate(settings), second)
 
@@ -80,31 +101,22 @@ def judge_item(envelope: Envelope) -> JudgeItem:
         attempt=envelope.attempt,
         calls_so_far=envelope.llm_calls,
         feedback=prompt_feedback(envelope),
+        caller=envelope.caller,
     )
 
 
 @dataclass(frozen=True, slots=True)
 class PromptConfig:
-    """What the worker's prompt for attempt n says beyond the template (services.worker)."""
+    """What the prompt of attempt n says beyond the template, and what it runs on: the
+    feedback, and the escalation (model and temperature per attempt: qaloop.llm.escalation,
+    the one place that decides them). The worker and the batch lane both read it."""
 
     feedback: bool = True
-    temperatures: tuple[float, ...] = ()  # per attempt; the last value repeats
-    last_attempt_model: str | None = None
-    max_attempts: int = 3
+    escalation: Escalation = field(default_factory=Escalation)
 
-    def temperature(self, attempt: int) -> float | None:
-        if not self.temperatures:
-            return None
-        return self.temperatures[min(attempt, len(self.temperatures)) - 1]
-
-    def model(self, attempt: int) -> str | None:
-        return self.last_attempt_model if attempt >= self.max_attempts else None
+    def step(self, attempt: int) -> Step:
+        return self.escalation.step(attempt)
 
 
 def prompt_config(settings: Settings) -> PromptConfig:
-    return PromptConfig(
-        feedback=settings.feedback,
-        temperatures=tuple(settings.attempt_temperatures),
-        last_attempt_model=settings.last_attempt_model,
-        max_attempts=settings.max_attempts,
-    )
+    return PromptConfig(feedback=settings.feedback, escalation=escalation_from_settings(settings))

@@ -129,19 +129,8 @@ class Worker:
             if stop is not None:
                 return [out(self.topics.delayed, self._park_for_spend(env, stop))]
             try_no = env.tries_in_attempt + 1
-            pc = self.config.prompt
-            feedback = prompt_feedback(env) if pc.feedback else None
-            request = GenerationRequest(
-                question_id=env.question_id,
-                question=env.question,
-                attempt=env.attempt,
-                try_no=env.llm_calls + 1,
-                prompt=build_prompt(self.config.prompt_template, env.question, feedback),
-                reference_answer=env.reference_answer,
-                temperature=pc.temperature(env.attempt),
-                model=pc.model(env.attempt),
-                feedback=feedback,
-            )
+            step = self.config.prompt.step(env.attempt)
+            request = attempt_request(self.config, env, deployment=step.deployment)
             started = self.clock()
             call_started = time.perf_counter()
             self.stats.llm_calls += 1
@@ -386,6 +375,28 @@ LANGUAGE_NAMES = {
     "hi": "Hindi",
     "th": "Thai",
 }
+
+
+def attempt_request(
+    config: WorkerConfig, env: Envelope, *, deployment: str | None = None, model: str | None = None
+) -> GenerationRequest:
+    """The request of this attempt, for the interactive lane and the batch lane alike: the
+    feedback prompt (in the feedback arm) and the attempt's temperature (the escalation);
+    `deployment` (a fallback chain's start) or `model` (a batch job's) from the same step."""
+    pc = config.prompt
+    feedback = prompt_feedback(env) if pc.feedback else None
+    return GenerationRequest(
+        question_id=env.question_id,
+        question=env.question,
+        attempt=env.attempt,
+        try_no=env.llm_calls + 1,
+        prompt=build_prompt(config.prompt_template, env.question, feedback),
+        reference_answer=env.reference_answer,
+        temperature=pc.step(env.attempt).temperature,
+        model=model,
+        deployment=deployment,
+        feedback=feedback,
+    )
 
 
 def build_prompt(template: str, question: str, feedback: str | None) -> str:

@@ -25,22 +25,27 @@ TEMPLATE = (
 )
 
 
+def _settings(db: Path, server: FakeLLMServer, **overrides: object) -> Settings:
+    """The embedded pipeline on the fake OpenAI server, with its batch lane on."""
+    return Settings(
+        db=f"sqlite:///{db}",
+        llm="openai",
+        llm_base_url=f"{server.base_url}/v1",
+        llm_model="gpt-4o-mini",
+        batch_lane=True,
+        batch_max_wait_s=60,
+        batch_poll_s=0.2,
+        threshold=0.0,  # any answer validates: these tests are about the lanes
+        prompt_template=TEMPLATE,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
 async def test_two_lanes_through_one_pipeline(tmp_path: Path) -> None:
     with FakeLLMServer(FakeConfig(batch_polls=1)) as server:
-        settings = Settings(
-            db=f"sqlite:///{tmp_path / 'b.db'}",
-            llm="openai",
-            llm_base_url=f"{server.base_url}/v1",
-            llm_model="gpt-4o-mini",
-            batch_lane=True,
-            # Submitted when all four are pending (by size, not by age: a loaded machine can
-            # take longer than a short wait between two asks and split the job).
-            batch_max_size=4,
-            batch_max_wait_s=60,
-            batch_poll_s=0.2,
-            threshold=0.0,  # any answer validates: this test is about the lanes
-            prompt_template=TEMPLATE,
-        )
+        # Submitted when all four are pending (by size, not by age: a loaded machine can
+        # take longer than a short wait between two asks and split the job).
+        settings = _settings(tmp_path / "b.db", server, batch_max_size=4)
         pipeline = EmbeddedPipeline(settings)
         await pipeline.start()
         try:
@@ -93,18 +98,8 @@ async def test_a_job_in_flight_is_reattached_after_a_restart(tmp_path: Path) -> 
     """The process stops with its job running at the provider; the next one, on the same
     journal, polls the job again and stores its answers (the safety copies are 25 h away)."""
     with FakeLLMServer(FakeConfig(batch_polls=10_000)) as server:
-        settings = Settings(
-            db=f"sqlite:///{tmp_path / 'r.db'}",
-            llm="openai",
-            llm_base_url=f"{server.base_url}/v1",
-            llm_model="gpt-4o-mini",
-            batch_lane=True,
-            batch_max_size=2,
-            batch_max_wait_s=60,
-            batch_poll_s=0.2,
-            batch_journal=str(tmp_path / "batch.json"),
-            threshold=0.0,
-            prompt_template=TEMPLATE,
+        settings = _settings(
+            tmp_path / "r.db", server, batch_max_size=2, batch_journal=str(tmp_path / "batch.json")
         )
         first = EmbeddedPipeline(settings)
         await first.start()

@@ -112,3 +112,47 @@ async def test_unreachable_database_fails_closed() -> None:
     with pytest.raises(ServerError, match="spend ledger unavailable"):
         await ledger.spent(["global"], 0.0)
     await ledger.aclose()
+
+
+async def test_the_llm_judge_stops_at_a_budget_the_worker_spent_in_the_shared_ledger() -> None:
+    """The judge process builds its own Budget from the same settings (wiring.judge_gate): over
+    the PostgreSQL ledger it sees what a worker charged, and at the limit makes no call."""
+    if not PG_DSN:
+        pytest.skip('needs QALOOP_PG_DSN (eval "$(scripts/infra env)")')
+    from qaloop.llm.budget import budget_from_settings
+    from qaloop.llm.judge import LLMJudge
+    from qaloop.quality.cascade import JudgeItem
+    from qaloop.quality.verdict import GateInput, Reason
+    from qaloop.settings import Settings
+    from qaloop.wiring import judge_gate
+
+    caller = f"judge-{uuid.uuid4().hex[:12]}"
+    settings = Settings(
+        scorer="llm_judge", budget_key_usd=LIMIT, budget_backend="postgres", budget_dsn=PG_DSN
+    )
+    worker_budget = budget_from_settings(settings)  # another process's, in real life
+    assert worker_budget is not None
+    stage, _ = judge_gate(settings)
+    judge = stage.second
+    assert isinstance(judge, LLMJudge) and judge.budget is not None
+    item = JudgeItem(
+        GateInput("Why is the sky blue?", "Sunlight scatters off air, blue light the most.", None),
+        question_id="q",
+        caller=caller,
+    )
+    try:
+        [before] = await judge.judge_many([item])  # under the limit: graded and charged
+        assert before.verdict.reason is not Reason.JUDGE_ERROR and before.cost.usage is not None
+        await worker_budget.charge(caller, LIMIT)  # the worker spends the rest
+        [after] = await judge.judge_many([item])
+        assert after.verdict.reason is Reason.JUDGE_ERROR and not after.verdict.passed
+        assert after.verdict.detail.startswith("budget:") and after.cost.calls == 0
+        start, _ = period_bounds("day", time.time())
+        spent = await worker_budget.ledger.spent([f"key:{caller}"], start)
+        assert spent[f"key:{caller}"] == pytest.approx(LIMIT + before.cost.usage.cost_usd)
+    finally:
+        ledger = worker_budget.ledger
+        assert isinstance(ledger, PostgresLedger)
+        await ledger.reset([f"key:{caller}"])
+        await worker_budget.aclose()
+        await stage.aclose()

@@ -38,7 +38,9 @@ def server() -> Iterator[FakeLLMServer]:
 def _two_workers(
     server: FakeLLMServer, backend: str, key: str, providers: tuple[str, str] = ("openai", "gemini")
 ) -> list[dict[str, object]]:
-    start_at = time.time() + 2.5  # both processes begin together, after their imports
+    # both processes begin together, after their imports (which take seconds on a loaded
+    # machine: a late starter would stretch the span the test bounds)
+    start_at = time.time() + 6.0
     procs = [
         subprocess.Popen(
             [

@@ -141,6 +141,25 @@ def test_bad_settings_from_the_environment_name_the_variable() -> None:
     assert_one_line_error(run("serve", env={"QALOOP_PORT": "abc"}), "QALOOP_PORT=abc")
 
 
+def test_both_escalation_settings_are_one_line_naming_the_equivalent() -> None:
+    env = {"QALOOP_LAST_ATTEMPT_MODEL": "big", "QALOOP_LLM_ESCALATION": "simulated/simulated"}
+    assert_one_line_error(
+        run("serve", env=env),
+        "QALOOP_LAST_ATTEMPT_MODEL and QALOOP_LLM_ESCALATION are both set",
+        "simulated/simulated,simulated/simulated,simulated/big",
+    )
+
+
+def test_a_check_across_settings_never_prints_their_values() -> None:
+    env = {
+        "QALOOP_KAFKA_REPLICATION_FACTOR": "1",
+        "QALOOP_KAFKA_MIN_INSYNC_REPLICAS": "2",
+        "QALOOP_LLM_API_KEY": "sk-do-not-print",
+    }
+    text = assert_one_line_error(run("serve", env=env), "invalid settings", "replication")
+    assert "sk-do-not-print" not in text
+
+
 def test_dlq_list_says_what_it_shows() -> None:
     open_repository("sqlite:///q.db").close()
     result = run("dlq", "list", "--db", "sqlite:///q.db")

@@ -3,6 +3,7 @@ seconds and one at the end, never click's lone label line ("requests")."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -32,5 +33,6 @@ def test_traffic_piped_prints_no_stray_label(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "requests\n" not in result.stderr
-    assert result.stderr.splitlines()[-2] == "requests: 30/30 (0 s)"
+    # the elapsed seconds depend on the machine's load: the label's shape is what is tested
+    assert re.fullmatch(r"requests: 30/30 \(\d+ s\)", result.stderr.splitlines()[-2])
     assert result.stderr.splitlines()[-1] == f"wrote 30 rows to {out}"

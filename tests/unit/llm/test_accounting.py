@@ -121,6 +121,9 @@ def test_summarise_cost_per_validated_answer_and_shares() -> None:
     assert s["per_question_usd"] == pytest.approx(0.125)
     assert s["regeneration_share"] == pytest.approx(0.2)
     assert s["judge_share"] == pytest.approx(0.2)
+    # the LLM judge graded 4 of the 10 answers generated, 0.2 USD over 5 validated answers
+    assert s["judge_calls"] == 4 and s["judge_answer_share"] == pytest.approx(0.4)
+    assert s["judge_per_validated_answer_usd"] == pytest.approx(0.04)
     empty = summarise([], questions=0, validated=0)
     assert empty["cost_usd"] == 0 and empty["per_validated_answer_usd"] is None
-    assert empty["judge_share"] is None
+    assert empty["judge_share"] is None and empty["judge_answer_share"] is None

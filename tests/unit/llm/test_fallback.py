@@ -3,6 +3,7 @@ the error the worker sees when all fall through, escalation by attempt, settings
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -19,7 +20,8 @@ from qaloop.llm.base import (
     QuotaDayError,
     QuotaMinuteError,
 )
-from qaloop.llm.deployments import Deployment, DeploymentError, model_for_attempt, parse
+from qaloop.llm.deployments import Deployment, DeploymentError, parse
+from qaloop.llm.escalation import Escalation, Step, escalation_from_settings
 from qaloop.llm.factory import configured_deployments, make_provider
 from qaloop.llm.fallback import FallbackProvider, fallback_stats
 from qaloop.llm.pricing import PriceTableError
@@ -136,14 +138,31 @@ async def test_when_all_fall_through_the_soonest_retryable_error_wins() -> None:
 async def test_escalation_by_attempt() -> None:
     a, b = Scripted("gemini", []), Scripted("openai", [])
     chain = FallbackProvider([(A, a), (B, b)], escalation=[A.key, B.key])
-    assert (await chain.generate(_req(1))).provider == "gemini"
-    assert (await chain.generate(_req(2))).provider == "openai"
-    assert (await chain.generate(_req(5))).provider == "openai"  # past the end: the last
-    assert model_for_attempt([A.key, B.key], 1) == A.key
-    assert model_for_attempt([A.key, B.key], 9) == B.key
-    assert model_for_attempt([], 2) is None
+    escalation = Escalation((A.key, B.key))
+
+    async def answered_by(attempt: int) -> str:
+        step = escalation.step(attempt)
+        request = dataclasses.replace(_req(attempt), deployment=step.deployment)
+        return (await chain.generate(request)).provider
+
+    assert [await answered_by(n) for n in (1, 2, 5)] == ["gemini", "openai", "openai"]
+    assert escalation.step(9).deployment == B.key  # past the end: the last
+    assert Escalation().step(2) == Step(None, None)
     with pytest.raises(DeploymentError, match="neither the primary"):
         FallbackProvider([(A, a)], escalation=["openai/gpt-5"])
+
+
+async def test_an_escalation_only_deployment_is_never_a_fallback() -> None:
+    a = Scripted("gemini", [QuotaDayError("day gone")] * 3)
+    big, b = Scripted("gemini", []), Scripted("openai", [])
+    BIG = Deployment("gemini", "gemini-2.5-pro")
+    chain = FallbackProvider(
+        [(A, a), (B, b), (BIG, big)], escalation=[A.key, BIG.key], escalation_only=[BIG.key]
+    )
+    assert (await chain.generate(_req(1))).provider == "openai"  # not the big model
+    assert big.calls == 0
+    request = dataclasses.replace(_req(2), deployment=BIG.key)
+    assert (await chain.generate(request)).model == "gemini-2.5-pro"
 
 
 def test_deployment_syntax() -> None:
@@ -197,3 +216,25 @@ def test_every_fallback_needs_a_price() -> None:
     with pytest.raises(PriceTableError, match="openai/gpt-9"):
         meter_from_settings(Settings(llm_fallbacks="gemini/gemini-2.5-flash,openai/gpt-9"))
     meter_from_settings(Settings(llm_fallbacks="gemini/gemini-2.5-flash,openai/gpt-4o-mini"))
+
+
+async def test_last_attempt_model_is_an_alias_of_the_escalation() -> None:
+    settings = Settings(last_attempt_model="big", max_attempts=3, attempt_temperatures=[0.2, 0.9])
+    escalation = escalation_from_settings(settings)
+    assert escalation.deployments == ("simulated/simulated", "simulated/simulated", "simulated/big")
+    assert [escalation.step(n).temperature for n in (1, 2, 3)] == [0.2, 0.9, 0.9]
+    chain = make_provider(settings)
+    assert isinstance(chain, FallbackProvider)
+    assert [d.key for d, _ in chain.chain] == ["simulated/simulated", "simulated/big"]
+    assert chain.escalation_only == {"simulated/big"}  # not a fallback of attempts 1 and 2
+    await chain.aclose()
+    assert ("simulated", "big") in configured_deployments(settings)  # priced like any model
+    same = Settings(llm_escalation="simulated/simulated,simulated/simulated,simulated/big")
+    assert escalation_from_settings(same).deployments == escalation.deployments
+
+
+def test_both_escalation_settings_at_once_is_a_start_up_error() -> None:
+    with pytest.raises(ValidationError, match="both set: use one"):
+        Settings(last_attempt_model="big", llm_escalation="simulated/simulated")
+    with pytest.raises(ValidationError, match=r"in \[0, 2\]"):
+        Settings(attempt_temperatures=[3.0])

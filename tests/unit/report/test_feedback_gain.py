@@ -92,6 +92,20 @@ def test_gain_per_arm_base_rate_and_cost() -> None:
     assert g.reasons["echo"] == 5
 
 
+def test_the_judge_table_shows_its_spend_per_validated_answer(tmp_path: Path) -> None:
+    data = _data()
+    usage = [
+        {"question_id": "e", "purpose": "generate", "cost_usd": 0.003},
+        {"question_id": "e", "purpose": "judge", "cost_usd": 0.002},
+    ]
+    data = ReportData(data.questions, data.events, data.dead_letters, usage=usage)
+    _, _, tables, _ = section(data, tmp_path)
+    judge = {str(r[0]).strip(): r[1] for r in tables[2].rows}
+    assert judge["LLM-judge spend (USD)"] == "0.00200000"
+    assert judge["per validated answer (USD)"] == "0.00050000"  # 4 validated
+    assert judge["share (%)"] == pytest.approx(100 / 9)
+
+
 def test_section_renders_tables_and_a_plot(tmp_path: Path) -> None:
     _, _, tables, plots = section(_data(), tmp_path)
     assert plots == ["feedback_gain.png"]
@@ -102,6 +116,8 @@ def test_section_renders_tables_and_a_plot(tmp_path: Path) -> None:
     ]
     assert "+66.7 points" in tables[0].note and "not a finding" in tables[0].note
     assert (tmp_path / "feedback_gain.png").stat().st_size > 1000
+    judge = {str(r[0]).strip(): r[1] for r in tables[2].rows}
+    assert judge["LLM-judge spend (USD)"] == "–"  # no usage rows: unknown, not free
     empty = feedback_gain([], [])
     assert empty.gain_pp() is None
     plot_gain(empty, tmp_path / "empty.png")

@@ -53,6 +53,13 @@ def test_cost_numbers() -> None:
     assert sorted(c.per_question) == pytest.approx([0.001, 0.003, 0.006])
     judge = [m for m in c.models if m.purpose == "judge"]
     assert len(judge) == 1 and judge[0].calls == 1
+    # the LLM judge graded 1 of the 4 answers generated: 0.001 USD over 2 validated answers
+    assert (c.judge_calls, c.generate_calls) == (1, 4)
+    assert c.judge_answer_share == pytest.approx(25.0)
+    assert c.judge_per_validated_usd == pytest.approx(0.0005)
+    rows = {str(r[0]).strip(): r[1] for r in c.summary_table().rows}
+    assert rows["share of the answers generated, %"] == "25.0"
+    assert rows["LLM-judge cost per validated answer (USD)"] == "0.000500"
     lanes = {r.lane: r for r in c.lanes}
     assert lanes["interactive"].questions == 2 and lanes["interactive"].validated == 2
     assert lanes["interactive"].answer_p50_s == 3.0

@@ -25,10 +25,11 @@ from qaloop.llm.base import (
     PermanentError,
 )
 from qaloop.llm.batch import BatchExpired, BatchItem, BatchPoll, BatchState
+from qaloop.llm.escalation import Escalation
 from qaloop.llm.pricing import PriceTable
 from qaloop.services.batch_lane import BatchLane, BatchLaneConfig
 from qaloop.services.priority import PrioritySlots
-from qaloop.services.worker import Worker, WorkerConfig
+from qaloop.services.worker import Worker, WorkerConfig, attempt_request
 
 TOPICS = Topics()
 
@@ -79,6 +80,21 @@ class ScriptedBatch:
         return None
 
 
+class Recording:
+    name = "openai"
+    model = "gpt-4o-mini"
+
+    def __init__(self) -> None:
+        self.requests: list[GenerationRequest] = []
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        self.requests.append(request)
+        return Generation("an answer", 1.0, input_tokens=5, output_tokens=5)
+
+    async def aclose(self) -> None:
+        return None
+
+
 def _env(qid: str) -> Envelope:
     env = Envelope(qid, f"Question {qid}?", None, "t", 1000.0, lane="batch")
     return env.with_event(EventKind.ACCEPTED, 1000.0)
@@ -91,8 +107,23 @@ def _lane(
         sink.extend(messages)
 
     config = BatchLaneConfig(**{"max_size": 3, "max_wait_s": 10.0, "poll_every_s": 5.0, **cfg})  # type: ignore[arg-type]
-    return BatchLane(client, TOPICS, publish, prompt=lambda e: f"Question: {e.question}",
+    return BatchLane(client, TOPICS, publish, request=_request,
                      meter=Meter(PriceTable.load()), config=config, clock=clock)  # fmt: skip
+
+
+def _request(env: Envelope, model: str | None) -> GenerationRequest:
+    return attempt_request(WorkerConfig(prompt_template="Question: {question}"), env, model=model)
+
+
+async def _one_job(lane: BatchLane, clock: Clock, qids: str, wait_s: float = 10.0) -> None:
+    """Queue these questions, let the wait pass (submit), then one poll later (the job ends:
+    `ScriptedBatch(polls=0)`)."""
+    for q in qids:
+        lane.take(_env(q))
+    clock.t += wait_s
+    await lane.step()
+    clock.t += 5
+    await lane.step()
 
 
 def _decoded(messages: Sequence[OutMessage], topic: str) -> list[Envelope]:
@@ -144,11 +175,7 @@ async def test_item_errors_are_routed_by_class() -> None:
         "c": PermanentError("openai-compatible: empty answer"),  # no status: about the reply
     }
     lane = _lane(client, clock, sink)
-    for q in "abc":
-        lane.take(_env(q))
-    await lane.step()
-    clock.t += 5
-    await lane.step()
+    await _one_job(lane, clock, "abc", wait_s=0.0)
     [dead] = _decoded(sink, TOPICS.dead_letter)
     assert dead.question_id == "a" and dead.state is QuestionState.FAILED
     back = {e.question_id: e for e in _decoded(sink, TOPICS.questions)}
@@ -160,12 +187,7 @@ async def test_item_errors_are_routed_by_class() -> None:
 async def test_failed_job_puts_every_question_back_with_the_reason() -> None:
     clock, sink = Clock(), []
     lane = _lane(ScriptedBatch(BatchState.FAILED, polls=0), clock, sink)
-    for q in "ab":
-        lane.take(_env(q))
-    clock.t += 10
-    await lane.step()
-    clock.t += 5
-    await lane.step()
+    await _one_job(lane, clock, "ab")
     back = _decoded(sink, TOPICS.questions)
     assert [e.question_id for e in back] == ["a", "b"]
     assert all(e.lane == "interactive" for e in back)
@@ -178,12 +200,7 @@ async def test_expired_job_answers_what_ran_and_puts_back_the_rest() -> None:
     client = ScriptedBatch(BatchState.EXPIRED, polls=0)
     client.item_results = {"b": BatchExpired("openai batch: expired")}
     lane = _lane(client, clock, sink)
-    for q in "ab":
-        lane.take(_env(q))
-    clock.t += 10
-    await lane.step()
-    clock.t += 5
-    await lane.step()
+    await _one_job(lane, clock, "ab")
     assert [e.question_id for e in _decoded(sink, TOPICS.generated)] == ["a"]
     [back] = _decoded(sink, TOPICS.questions)
     assert back.question_id == "b" and back.error_detail is not None
@@ -262,7 +279,7 @@ async def test_batch_spend_is_budgeted() -> None:
         client,
         TOPICS,
         publish,
-        prompt=lambda e: e.question,
+        request=_request,
         meter=Meter(PriceTable.load()),
         budget=budget,
         config=BatchLaneConfig(max_wait_s=0.0, poll_every_s=0.0),
@@ -330,17 +347,63 @@ async def test_an_unreadable_journal_is_logged_and_not_reattached(
     assert "cannot read the journal" in caplog.text
 
 
-def test_a_batch_regeneration_carries_the_judges_feedback_like_an_interactive_one() -> None:
+async def test_a_batch_regeneration_gets_the_interactive_prompt_temperature_and_model() -> None:
+    """The batch lane's request for attempt n is the interactive lane's: the feedback prompt,
+    the escalation's temperature, and its model (one job per model)."""
     from qaloop.bus.memory import MemoryBus
     from qaloop.core.routing import CONTROL, FEEDBACK
     from qaloop.settings import Settings
-    from qaloop.wiring import batch_lane_for
+    from qaloop.wiring import batch_lane_for, worker_config
 
-    settings = Settings(llm="openai", llm_base_url="http://127.0.0.1:9/v1", batch_lane=True)
+    settings = Settings(
+        llm="openai",
+        llm_base_url="http://127.0.0.1:9/v1",
+        batch_lane=True,
+        attempt_temperatures=[0.2, 0.6, 1.0],
+        last_attempt_model="gpt-4o",
+    )
     lane = batch_lane_for(settings, TOPICS, MemoryBus(), meter=None)
     assert lane is not None
     first = _env("a")
-    again = first.evolve(attempt=2, feedback="echo", arm=FEEDBACK)
-    assert "rejected" not in lane.prompt(first)
-    assert "An earlier answer to this question was rejected" in lane.prompt(again)
-    assert "rejected" not in lane.prompt(again.evolve(arm=CONTROL))  # the control arm: plain
+    for env, model, temperature, rejected in [
+        (first, "gpt-4o-mini", 0.2, False),
+        (first.evolve(attempt=2, feedback="echo", arm=FEEDBACK), "gpt-4o-mini", 0.6, True),
+        (first.evolve(attempt=2, feedback="echo", arm=CONTROL), "gpt-4o-mini", 0.6, False),
+        (first.evolve(attempt=3, feedback="echo", arm=FEEDBACK), "gpt-4o", 1.0, True),
+    ]:
+        batch = lane.request(env, lane.model_for(env))
+        assert (batch.model, batch.temperature) == (model, temperature)
+        assert ("An earlier answer to this question was rejected" in batch.prompt) is rejected
+        # what the interactive worker sends for the same attempt
+        provider = Recording()
+        interactive = Worker(provider, TOPICS, worker_config(settings), RetryPolicy())
+        await interactive.handle(env.evolve(lane="interactive"))
+        [sent] = provider.requests
+        assert (sent.prompt, sent.temperature) == (batch.prompt, batch.temperature)
+        assert sent.deployment == f"openai/{model}"
+    await lane.aclose()
+
+
+def test_an_attempt_escalated_to_another_provider_is_answered_interactively() -> None:
+    client = ScriptedBatch()  # openai
+    sink: list[OutMessage] = []
+    lane = _lane(client, Clock(), sink)
+    lane.escalation = Escalation(("openai/gpt-4o-mini", "gemini/gemini-2.5-flash"))
+    assert lane.take(_env("a")) is not None  # attempt 1: openai, batched
+    assert lane.take(_env("b").evolve(attempt=2)) is None  # attempt 2: gemini's, not this job's
+    assert [e.question_id for e in lane.pending] == ["a"]
+
+
+async def test_one_job_per_model() -> None:
+    client = ScriptedBatch(polls=0)
+    sink: list[OutMessage] = []
+    clock = Clock()
+    lane = _lane(client, clock, sink, max_wait_s=0.0)
+    lane.escalation = Escalation(("openai/gpt-4o-mini", "openai/gpt-4o"))
+    for env in (_env("a"), _env("b").evolve(attempt=2), _env("c")):
+        lane.take(env)
+    await lane.step()  # the oldest's model first: a and c
+    await lane.step()
+    models = [{i.request.model for i in items} for items in client.jobs.values()]
+    assert models == [{"gpt-4o-mini"}, {"gpt-4o"}]
+    assert [[i.key for i in items] for items in client.jobs.values()] == [["a", "c"], ["b"]]

@@ -7,6 +7,7 @@ from qaloop.bus.base import Topics
 from qaloop.core.model import Envelope, QuestionState
 from qaloop.core.routing import GateConfig, judge
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
+from qaloop.llm.escalation import Escalation, Step
 from qaloop.quality.verdict import Outcome, Reason, Verdict
 from qaloop.services.gating import PromptConfig
 from qaloop.services.worker import Worker, WorkerConfig, build_prompt
@@ -77,9 +78,12 @@ def test_a_spanish_question_is_asked_to_be_answered_in_spanish() -> None:
 
 
 async def test_escalation_per_attempt() -> None:
-    pc = PromptConfig(temperatures=(0.2, 0.7), last_attempt_model="big-model", max_attempts=3)
-    assert [pc.temperature(a) for a in (1, 2, 3, 4)] == [0.2, 0.7, 0.7, 0.7]
-    assert [pc.model(a) for a in (1, 2, 3)] == [None, None, "big-model"]
-    assert PromptConfig().temperature(2) is None
+    escalation = Escalation(("simulated/simulated", "simulated/big"), (0.2, 0.7))
+    pc = PromptConfig(escalation=escalation)
+    assert [pc.step(a).temperature for a in (1, 2, 3, 4)] == [0.2, 0.7, 0.7, 0.7]
+    assert [pc.step(a).model for a in (1, 2, 3)] == ["simulated", "big", "big"]
+    assert PromptConfig().step(2) == Step()
     _, request = await _prompt(_rejected(Reason.LOW_SCORE), pc)  # attempt 2
-    assert request.temperature == 0.7 and request.model is None  # type: ignore[attr-defined]
+    assert request.temperature == 0.7  # type: ignore[attr-defined]
+    # the fallback chain starts at the attempt's deployment; the provider's model is its own
+    assert request.deployment == "simulated/big" and request.model is None  # type: ignore[attr-defined]
