@@ -34,12 +34,25 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 import psycopg
+from benchkit import (
+    child_env,
+    cpu_delta,
+    cpu_snapshot,
+    gate_in,
+    gate_line,
+    machine_line,
+    machine_state,
+    per_question_ms,
+    pg_schema,
+    start_stages,
+    stop,
+    wait_groups_stable,
+)
 
 from qaloop.bus.base import Topics
 from qaloop.bus.kafka import KafkaBus, KafkaSettings
@@ -64,19 +77,6 @@ GROUPS = ("worker", "judge", "store", "retrier")
 
 
 # ---------------------------------------------------------------------------- shared helpers
-
-
-@contextmanager
-def pg_schema(dsn: str, tag: str) -> Iterator[tuple[str, str]]:
-    schema = f"bench_{tag}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in dsn else "?"
-    try:
-        yield schema, f"{dsn}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def drop_topics(bootstrap: str, topics: Topics) -> None:
@@ -134,96 +134,6 @@ def summary_ms(values: list[float]) -> dict[str, float]:
     }
 
 
-def child_env(**settings: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QALOOP_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update({f"QALOOP_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> list[int | None]:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    codes = []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout=60))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            codes.append(p.wait())
-    return codes
-
-
-def wait_groups_stable(bootstrap: str, groups: dict[str, int], timeout_s: float = 60) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        futures = admin.describe_consumer_groups(list(groups))
-        ready = 0
-        for group, future in futures.items():
-            try:
-                desc = future.result()
-            except Exception:
-                continue
-            assigned = sum(len(m.assignment.topic_partitions) for m in desc.members)
-            if (
-                str(desc.state).endswith("STABLE")
-                and len(desc.members) >= groups[group]
-                and assigned
-            ):
-                ready += 1
-        if ready == len(groups):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"consumer groups not stable after {timeout_s} s: {sorted(groups)}")
-
-
-def _proc_cpu_s(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_snapshot(children: dict[str, int]) -> dict[str, float]:
-    """CPU seconds used so far: each stage process, the Kafka broker(s), PostgreSQL, this
-    process, and the whole machine (for where the time goes)."""
-    snap = {name: _proc_cpu_s(pid) for name, pid in children.items()}
-    snap["kafka broker"] = 0.0
-    snap["postgresql"] = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmd = fh.read()
-        except OSError:
-            continue
-        if b"kafka.Kafka" in cmd:
-            snap["kafka broker"] += _proc_cpu_s(int(entry))
-        elif cmd.startswith(b"postgres"):
-            snap["postgresql"] += _proc_cpu_s(int(entry))
-    snap["bench (loader, monitor)"] = _proc_cpu_s(os.getpid())
-    with open("/proc/stat") as fh:
-        total = [int(v) for v in fh.readline().split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    snap["machine busy"] = (sum(total) - total[3] - total[4]) / tick
-    return snap
-
-
-def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: round(after.get(k, 0.0) - v, 2) for k, v in before.items()}
-
-
-def per_question_ms(cpu_s: dict[str, float], questions: int) -> dict[str, float]:
-    return {k: round(v * 1000 / questions, 3) for k, v in cpu_s.items()}
-
-
 # ---------------------------------------------------------------------------- qaloop
 
 
@@ -248,7 +158,7 @@ def run_qaloop(
     qas = question_set(n, prefix)
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
-    with pg_schema(pg, "qaloop") as (schema, db):
+    with pg_schema(pg, "bench_qaloop") as (schema, db):
         repo = PostgresRepository(pg, schema=schema, max_size=2)
         env = child_env(
             bus="kafka",
@@ -269,21 +179,7 @@ def run_qaloop(
         asyncio.run(bus.start())  # topics exist before the consumers subscribe
         asyncio.run(bus.close())
         scale = {"worker": args.workers, "judge": args.judges, "store": 1, "retrier": 1}
-        procs = []
-        names: dict[str, int] = {}
-        for service, count in scale.items():
-            for i in range(count):
-                log = (logs / f"{prefix}-{service}-{i}.log").open("wb")
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "qaloop", service],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                    )
-                )
-                names[service if count == 1 else f"{service}-{i + 1}"] = procs[-1].pid
+        procs, names = start_stages(scale, env, logs, prefix)
         try:
             wait_groups_stable(bootstrap, {f"{prefix}.{g}": scale[g] for g in GROUPS})
             samples: list[dict[str, Any]] = []
@@ -591,7 +487,7 @@ def run_baseline(
     prefix = f"base{uuid.uuid4().hex[:8]}"
     topics = Topics.with_prefix(prefix)
     qas = question_set(n, prefix)
-    with pg_schema(pg, "base") as (_, db):
+    with pg_schema(pg, "bench_base") as (_, db):
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute(BASELINE_DDL)
         bus = KafkaBus(KafkaSettings(bootstrap, partitions=args.partitions), topics)
@@ -720,10 +616,14 @@ def main() -> None:
         "settings": {
             "log_level": args.log_level,
             "llm": "simulated, 0 ms, no errors",
-            "scorer": Settings().scorer,
-            "threshold": Settings().threshold,
+            # what the judge processes build from their environment (the baseline's judge
+            # scores with the plain scorer path: `baseline_role`)
+            "gate": gate_in(child_env()),
         },
+        "machine_at_start": machine_state(),
     }
+    print(gate_line(result["settings"]["gate"]), flush=True)
+    print(f"at start: {machine_line(result['machine_at_start'])}", flush=True)
     if args.warmup_questions > 0:
         # A broker just started runs interpreted Java until its JIT warms up (its CPU per message
         # was 2x higher in a first run): warm it, and every cache on the way, before measuring.
@@ -759,6 +659,8 @@ def main() -> None:
             f"{b['questions_per_s']} q/s",
             flush=True,
         )
+    result["machine_at_end"] = machine_state()
+    print(f"at end: {machine_line(result['machine_at_end'])}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     parts = [k for k in result if k == "qaloop" or k.startswith("baseline")]

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,12 +38,22 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchkit import (  # noqa: E402
+    child_env,
+    free_port,
+    gate_in,
+    gate_line,
+    machine_line,
+    machine_state,
+    pg_schema,
+)
 
 from qaloop.dataset import QA, load_sample  # noqa: E402
 from qaloop.settings import Settings  # noqa: E402
@@ -161,27 +170,6 @@ async def _offer(ask: Any, qs: list[QA], rate: float) -> None:
 # ---------------------------------------------------------------------------- distributed
 
 
-@contextlib.contextmanager
-def pg_schema(dsn: str) -> Iterator[tuple[str, str]]:
-    import psycopg
-
-    schema = f"bench_lat_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in dsn else "?"
-    try:
-        yield schema, f"{dsn}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class VisibleWatch:
     """A read_committed consumer on the validated topic: when each record became visible."""
 
@@ -237,17 +225,8 @@ def run_distributed(args: argparse.Namespace, judge: str) -> dict[str, Any]:
     prefix = f"lat{uuid.uuid4().hex[:8]}"
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="qaloop-latency-"))
-    with pg_schema(pg) as (schema, db):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QALOOP_")}
-        env.update(
-            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")])),
-            QALOOP_KAFKA_BOOTSTRAP=bootstrap,
-            QALOOP_LLM="simulated",
-            QALOOP_SIM_LATENCY_MS="0",
-            QALOOP_LOG_LEVEL="WARNING",
-            QALOOP_FLINK_STATE_DIR=str(workdir / "flink"),
-            **args.env,
-        )
+    with pg_schema(pg, "bench_lat") as (schema, db):
+        env = service_env(args, workdir)
         log = (workdir / "up.log").open("wb")
         up = subprocess.Popen(
             [sys.executable, "-m", "qaloop", "up", "--db", db, "--topic-prefix", prefix,
@@ -298,6 +277,20 @@ def run_distributed(args: argparse.Namespace, judge: str) -> dict[str, Any]:
     return _result(
         "flink" if judge == "flink" else "plain", rows, visible, len(ids), {"log": str(log.name)}
     )
+
+
+def service_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
+    """What `qaloop up` and so every service process runs with (the gate is read from it)."""
+    env = child_env(
+        kafka_bootstrap=os.environ.get("QALOOP_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+        llm="simulated",
+        sim_latency_ms=0,
+        log_level="WARNING",
+        flink_state_dir=workdir / "flink",
+    )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    env.update(args.env)
+    return env
 
 
 def _body(q: QA) -> dict[str, str]:
@@ -406,6 +399,11 @@ def main() -> None:
     )
     args = p.parse_args()
     args.env = dict(item.split("=", 1) for item in args.set)
+    # the distributed modes' judge: the gate their service processes build
+    gate = gate_in(service_env(args, Path(tempfile.gettempdir())))
+    at_start = machine_state()
+    print(gate_line(gate), flush=True)
+    print(f"at start: {machine_line(at_start)}", flush=True)
     results = []
     for mode in args.modes.split(","):
         started = time.monotonic()
@@ -416,10 +414,17 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown mode {mode!r}")
         result["wall_s"] = round(time.monotonic() - started, 1)
+        result["machine_after"] = machine_state()
         results.append(result)
-        print(_row(result), flush=True)
+        print(f"{_row(result)}  ({machine_line(result['machine_after'])})", flush=True)
     out = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "at_start": at_start,
+            "at_end": results[-1]["machine_after"] if results else at_start,
+        },
+        "gate": gate,
         "count": args.count,
         "rate": args.rate,
         "env": args.env,

@@ -32,7 +32,6 @@ import asyncio
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -46,18 +45,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_distributed import (
     GROUPS,
-    child_env,
-    cpu_delta,
-    cpu_snapshot,
     drop_topics,
     envelope_for,
     load_like_gateway,
-    per_question_ms,
-    pg_schema,
     question_set,
     scalar,
-    stop,
     summary_ms,
+)
+from benchkit import (
+    child_env,
+    cpu_delta,
+    cpu_snapshot,
+    gate_in,
+    gate_line,
+    machine_line,
+    machine_state,
+    per_question_ms,
+    pg_schema,
+    start_stages,
+    stop,
     wait_groups_stable,
 )
 
@@ -68,10 +74,6 @@ from qaloop.storage.postgres import PostgresRepository
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [(w, j) for j in (1, 2) for w in (1, 2, 4)]  # (workers, judges)
-
-
-def loadavg() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 async def paced_load(
@@ -149,21 +151,7 @@ def run_config(args: argparse.Namespace, workers: int, judges: int) -> dict[str,
         asyncio.run(bus.start())  # topics exist before the consumers subscribe
         asyncio.run(bus.close())
         scale = {"worker": workers, "judge": judges, "store": 1, "retrier": 1}
-        procs: list[subprocess.Popen[bytes]] = []
-        names: dict[str, int] = {}
-        for service, count in scale.items():
-            for i in range(count):
-                with (logs / f"{prefix}-{service}-{i}.log").open("wb") as log:
-                    procs.append(
-                        subprocess.Popen(
-                            [sys.executable, "-m", "qaloop", service],
-                            env=env,
-                            stdout=log,
-                            stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL,
-                        )
-                    )
-                names[f"{service}-{i + 1}" if count > 1 else service] = procs[-1].pid
+        procs, names = start_stages(scale, env, logs, prefix)
         try:
             wait_groups_stable(bootstrap, {f"{prefix}.{g}": scale[g] for g in GROUPS})
             paced = question_set(args.paced, f"{prefix}-paced")
@@ -290,19 +278,22 @@ def main() -> None:
         parser.error("--rounds, --questions, --paced and --rate must be positive")
 
     started = time.time()
-    load_before = loadavg()
+    at_start = machine_state()
+    gate = gate_in(child_env())
+    print(gate_line(gate), flush=True)
+    print(f"at start: {machine_line(at_start)}", flush=True)
     rounds: list[list[dict[str, Any]]] = []
     for n in range(args.rounds):
         order = CONFIGS if n % 2 == 0 else list(reversed(CONFIGS))
         results = []
         for w, j in order:
             r = run_config(args, w, j)
-            r["loadavg_after"] = loadavg()
+            r["machine_after"] = machine_state()
             results.append(r)
             print(
                 f"round {n + 1}: {w} worker(s), {j} judge(s): {r['questions_per_s']:>7.1f} q/s, "
                 f"overhead p50 {r['overhead_ms']['p50']} ms p95 {r['overhead_ms']['p95']} ms "
-                f"(load {r['loadavg_after'][0]})",
+                f"({machine_line(r['machine_after'])})",
                 flush=True,
             )
         rounds.append(results)
@@ -313,9 +304,10 @@ def main() -> None:
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "loadavg_before": load_before,
-            "loadavg_after": loadavg(),
+            "at_start": at_start,
+            "at_end": machine_state(),
         },
+        "gate": gate,
         "params": {k: v for k, v in vars(args).items() if k not in ("bootstrap", "dsn", "logs")},
         "duration_s": round(time.time() - started, 1),
         "summary": table,
@@ -334,6 +326,7 @@ def main() -> None:
             f"{row['overhead_p95_ms']:>7.1f} {row['pipeline_cpu_ms_per_question']:>8.3f} "
             f"{row['pipeline_share_of_machine_cpu']:>6.2f}"
         )
+    print(f"at end: {machine_line(report['machine']['at_end'])}")
     print(f"\nwrote {args.out} in {report['duration_s']} s")
 
 

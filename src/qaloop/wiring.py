@@ -50,7 +50,11 @@ STAGES = (WORKER, JUDGE, STORE, RETRIER)
 
 # ---------------------------------------------------------------- the numbers, in one place
 
-JUDGE_MAX_BATCH = 256  # answers scored per call: the scorers are batched
+JUDGE_MAX_BATCH = 256  # answers scored per call: the lexical scorers are batched
+# With the embedding gate a batch buys almost nothing (all-MiniLM-L6-v2: 65, 75, 71, 68 pairs/s
+# at batches of 1, 8, 32, 64; bench/results/scorers.json) and costs ~15-165 ms of CPU per
+# answer, so a backlog polled as 256 answers held the first one for the whole batch (seconds).
+JUDGE_EMBEDDING_MAX_BATCH = 16
 STORE_MAX_BATCH = 2000  # envelopes per storage transaction
 # How long an idle stage's poll waits for a message. Delivery wakes it at once (librdkafka
 # returns as soon as a message is fetched; the memory bus wakes its consumers), so this is only
@@ -113,6 +117,17 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 def gate_config(settings: Settings) -> GateConfig:
     return routing_config(settings)
+
+
+def judge_max_batch(settings: Settings) -> int:
+    """Answers the judge takes per poll (and scores, publishes and commits together)."""
+    try:
+        from qaloop.gate_config import gate_spec_from_settings
+    except ImportError:  # a build without the default gate: the plain scorer path
+        embeds = settings.scorer == "embedding"
+    else:
+        embeds = gate_spec_from_settings(settings).scorer == "embedding"
+    return JUDGE_EMBEDDING_MAX_BATCH if embeds else JUDGE_MAX_BATCH
 
 
 def judge_gate(
@@ -320,7 +335,7 @@ class Wiring:
             bus,
             bus.consumer(self.group(JUDGE), self.topics_of(JUDGE)),
             judge.handle_batch,
-            max_batch=JUDGE_MAX_BATCH,
+            max_batch=judge_max_batch(self.settings),
             poll_timeout_s=POLL_TIMEOUT_S,
             metrics=metrics,
         )

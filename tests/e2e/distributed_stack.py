@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
+from bench import benchkit
+from bench.benchkit import free_port
+
+__all__ = ["free_port"]  # re-exported: the e2e tests take it from here
 
 BOOTSTRAP = os.environ.get("QALOOP_KAFKA_BOOTSTRAP")
 PG_DSN = os.environ.get("QALOOP_PG_DSN")
@@ -39,26 +43,31 @@ def require_servers() -> tuple[str, str]:
     return BOOTSTRAP, PG_DSN
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def pg_schema(dsn: str) -> Iterator[tuple[str, str]]:
     """A fresh schema; yields (its name, a DSN whose search_path is that schema)."""
-    import psycopg
+    with benchkit.pg_schema(dsn, "qaloop_e2e") as schema:
+        yield schema
 
-    schema = f"qaloop_e2e_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in dsn else "?"
-    try:
-        yield schema, f"{dsn}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+def infra(env: dict[str, str], *args: str, timeout_s: float = 240) -> str:
+    """`scripts/infra ARGS` with `env` (a private QALOOP_STATE and ports); fails the test with
+    its stderr if it fails."""
+    done = subprocess.run(
+        ["bash", str(INFRA), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert done.returncode == 0, f"scripts/infra {' '.join(args)}:\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def require_java() -> None:
+    if shutil.which("java") is None:
+        pytest.skip("java is not installed (the Kafka brokers need Java 17+)")
 
 
 def sql(dsn: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -82,18 +91,16 @@ class Stack:
     @classmethod
     def create(cls, tmp: Path, bootstrap: str, db: str, **settings: Any) -> Stack:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QALOOP_")}
-        env.update(
-            QALOOP_BUS="kafka",
-            QALOOP_DB=db,
-            QALOOP_KAFKA_BOOTSTRAP=bootstrap,
-            QALOOP_TOPIC_PREFIX=f"e2e{uuid.uuid4().hex[:10]}",
-            QALOOP_PORT=str(port),
-            QALOOP_KAFKA_SESSION_TIMEOUT_MS="6000",
-            QALOOP_LOG_LEVEL="INFO",
-            PYTHONUNBUFFERED="1",
-        )
-        env.update({f"QALOOP_{k.upper()}": str(v) for k, v in settings.items()})
+        defaults: dict[str, Any] = {
+            "bus": "kafka",
+            "db": db,
+            "kafka_bootstrap": bootstrap,
+            "topic_prefix": f"e2e{uuid.uuid4().hex[:10]}",
+            "port": port,
+            "kafka_session_timeout_ms": 6000,
+            "log_level": "INFO",
+        }
+        env = benchkit.child_env(**{**defaults, **settings})
         logs = tmp / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         return cls(logs, env, port)

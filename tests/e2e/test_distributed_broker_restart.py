@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.distributed_stack import (
-    INFRA,
     Stack,
     Traffic,
     check_invariants,
     free_port,
+    infra,
     pg_schema,
     questions,
+    require_java,
     require_servers,
     wait_final,
 )
@@ -38,15 +37,7 @@ class PrivateBroker:
     bootstrap: str
 
     def infra(self, *args: str) -> None:
-        done = subprocess.run(
-            ["bash", str(INFRA), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        assert done.returncode == 0, f"scripts/infra {' '.join(args)}:\n{done.stderr}"
+        infra(self.env, *args, timeout_s=180)
 
     def restart(self) -> None:
         self.infra("down", "kafka")
@@ -56,8 +47,7 @@ class PrivateBroker:
 @pytest.fixture(scope="module")
 def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
     require_servers()
-    if shutil.which("java") is None:
-        pytest.skip("java is not installed (the Kafka broker needs Java 17+)")
+    require_java()
     state = tmp_path_factory.mktemp("kafka-state")
     port = free_port()
     env = {

@@ -46,6 +46,14 @@ def test_the_embedded_pipeline_uses_the_wiring() -> None:
     assert p.runners["store"].max_batch == wiring.STORE_MAX_BATCH  # type: ignore[union-attr]
 
 
+def test_the_judge_takes_small_batches_only_when_its_gate_embeds() -> None:
+    # the default gate embeds (all-MiniLM-L6-v2), where a batch adds latency, not throughput
+    assert wiring.judge_max_batch(Settings()) == wiring.JUDGE_EMBEDDING_MAX_BATCH
+    assert wiring.judge_max_batch(Settings(scorer="embedding")) == wiring.JUDGE_EMBEDDING_MAX_BATCH
+    assert wiring.judge_max_batch(Settings(scorer="composite")) == wiring.JUDGE_MAX_BATCH
+    assert wiring.JUDGE_EMBEDDING_MAX_BATCH < wiring.JUDGE_MAX_BATCH
+
+
 def test_the_worker_and_the_llm_judge_of_one_process_share_the_meter_and_the_budget() -> None:
     """One price table and one spend ledger per process: the judge's calls count against the
     budget that stops generation (issue 12, point 3), and a separate process builds its own."""

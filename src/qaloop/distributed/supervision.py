@@ -16,6 +16,7 @@ import faulthandler
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -210,7 +211,9 @@ def run_process(stage: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run one stage as this process: its own event loop (uvloop when installed) and signal
     handlers; returns when the stage has stopped cleanly, exits 75 when it asked for a
     restart."""
-    # `kill -USR1 <pid>` writes every thread's stack to stderr: for a stage that seems stuck.
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: for a stage that seems stuck;
+    # a crash in C code (SIGSEGV, SIGABRT in librdkafka) writes them too, before the exit.
+    faulthandler.enable(all_threads=True)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     async def main() -> None:
@@ -218,6 +221,7 @@ def run_process(stage: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         install_stop_signals(stop)
         await stage(stop)
 
+    code = 0
     try:
         try:
             import uvloop
@@ -228,7 +232,22 @@ def run_process(stage: Callable[[asyncio.Event], Awaitable[None]]) -> None:
                 runner.run(main())
     except RestartRequired as exc:
         log.error("%s (exit %d)", exc, exc.exit_code)
-        raise SystemExit(exc.exit_code) from None
+        code = exc.exit_code
+    _exit_if_librdkafka_busy(code)
+    if code:
+        raise SystemExit(code)
+
+
+def _exit_if_librdkafka_busy(code: int) -> None:
+    """A consumer close that timed out is still running inside librdkafka on a daemon thread;
+    finalising the interpreter under it can crash the process (its callbacks would call into
+    a dying interpreter). Exit without finalising: everything it held is uncommitted, so it is
+    redelivered, and the logs are flushed first."""
+    consumers = sys.modules.get("qaloop.bus.kafka.consumer")  # not imported: no consumer
+    if consumers is not None and consumers.closes_still_running():
+        log.warning("a Kafka consumer is still closing: exiting without finalising (%d)", code)
+        logging.shutdown()
+        os._exit(code)
 
 
 UNSTEADY_LIMIT_S = 60.0  # a group member not steady for this long is restarted

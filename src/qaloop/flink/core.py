@@ -16,6 +16,8 @@ a thread of its own (one per task, started on first need; docs/flink.md).
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 import re
 import threading
@@ -38,6 +40,23 @@ from qaloop.services.judge import as_stage, log_judged, route
 from qaloop.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Stamped on every record the Flink judge writes: the build of the code that judged it, so a
+# job resumed from a savepoint into a new build shows which build judged what.
+BUILD_HEADER = "qaloop-judge-build"
+
+
+@functools.cache
+def build_id(package_dir: Path | None = None) -> str:
+    """The build of this qaloop: a hash of every .py file of the package (path and content),
+    as imported by the process asking (the job's TaskManager or Python worker)."""
+    root = package_dir or Path(__file__).resolve().parents[1]
+    digest = hashlib.blake2b(digest_size=8)
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
 
 Delivery = Literal["exactly-once", "at-least-once"]
 ExecutionMode = Literal["thread", "process"]

@@ -37,11 +37,13 @@ from pyflink.table import Schema, StreamTableEnvironment
 
 from qaloop import wiring
 from qaloop.flink.core import (
+    BUILD_HEADER,
     JUDGED_ANSWERS_VIEW,
     SINK_INSERT,
     SOURCE_QUERY,
     FlinkJobConfig,
     GateFunction,
+    build_id,
     connector_on_classpath,
     find_connector_jar,
     message_from_row,
@@ -82,10 +84,13 @@ class JudgeMap(MapFunction):  # type: ignore[misc]
         self.log_file = log_file
         self.gate: GateFunction | None = None
         self.counters: dict[str, Any] = {}
+        self.build = b""
 
     def open(self, runtime_context: RuntimeContext) -> None:
         _setup_udf_logging(self.log_level, self.log_file)
         self.gate = GateFunction.from_settings(self.cfg.settings)
+        self.build = build_id().encode()  # of the code this worker imported, not the driver's
+        log.info("judge map: build %s", self.build.decode())
         group = runtime_context.get_metrics_group().add_group("qaloop")
         self.counters = {
             name: group.counter(name)
@@ -101,9 +106,8 @@ class JudgeMap(MapFunction):  # type: ignore[misc]
         message = message_from_row(value[0], value[1], value[2], value[3], value[4], value[5])
         r = self.gate.process(message)
         self.counters[r.decision or "poison"].inc()
-        return Row(
-            r.topic, r.key, r.value, r.headers, r.question_id, r.attempt, r.score, r.decision
-        )
+        headers = {**r.headers, BUILD_HEADER: self.build}
+        return Row(r.topic, r.key, r.value, headers, r.question_id, r.attempt, r.score, r.decision)
 
 
 def _setup_logging(level: str) -> None:

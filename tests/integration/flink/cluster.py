@@ -152,10 +152,21 @@ class FlinkCluster:
 
     # -- the CLI
 
-    def submit(self, prefix: str, *extra: str, log: Path) -> str:
-        """The documented `flink run` (plus test flags); returns the job id."""
-        command = f"{documented_submission()} {' '.join(extra)}"
-        env = {**self.env, "QALOOP_TOPIC_PREFIX": prefix}
+    def submit(
+        self,
+        prefix: str,
+        *extra: str,
+        log: Path,
+        options: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> str:
+        """The documented `flink run` (plus test flags: job flags after it, `options` of
+        `flink run` itself before `-pym`, `env` for the client); returns the job id."""
+        documented = documented_submission()
+        if options:
+            documented = documented.replace("flink run ", f"flink run {' '.join(options)} ", 1)
+        command = f"{documented} {' '.join(extra)}"
+        env = {**self.env, **(env or {}), "QALOOP_TOPIC_PREFIX": prefix}
         with log.open("a") as out:
             out.write(f"$ {command}\n")
             out.flush()

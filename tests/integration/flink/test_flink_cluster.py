@@ -5,6 +5,7 @@ build of the job resumed from it. Either way every answer has exactly one commit
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 import uuid
@@ -18,7 +19,7 @@ import pytest
 from qaloop.bus.base import Topics
 from qaloop.core import codec
 from qaloop.core.model import Envelope
-from tests.integration.flink.cluster import FlinkCluster
+from tests.integration.flink.cluster import ROOT, FlinkCluster
 from tests.integration.flink.harness import (
     Collector,
     Record,
@@ -166,6 +167,25 @@ def test_a_sigkilled_taskmanager_recovers_from_the_checkpoint_exactly_once(
         cluster.forget(stream.prefix, stream.bootstrap)
 
 
+def new_build(tmp_path: Path) -> tuple[Path, str]:
+    """A new build of the job: a copy of this checkout's src/ whose judge code differs (one
+    more line in qaloop/flink/job.py), as a deployment would ship it. Returns its source dir
+    and its build id (qaloop.flink.core.build_id, the header the job stamps on its outputs)."""
+    from qaloop.flink.core import build_id
+
+    src = tmp_path / "build-2" / "src"
+    shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    job = src / "qaloop" / "flink" / "job.py"
+    job.write_text(job.read_text() + f"\n# build 2 ({uuid.uuid4().hex})\n")
+    return src, build_id(src / "qaloop")
+
+
+def builds(records: list[Record]) -> set[str]:
+    from qaloop.flink.core import BUILD_HEADER
+
+    return {r.headers.get(BUILD_HEADER, "") for r in records}
+
+
 def test_stop_with_a_savepoint_then_a_new_build_resumes_from_it(
     cluster: FlinkCluster, tmp_path: Path
 ) -> None:
@@ -182,7 +202,9 @@ def test_stop_with_a_savepoint_then_a_new_build_resumes_from_it(
         stream.collect()
         before = answers(300)
         stream.feed(before)
-        stream.outputs_of({e.question_id for e in before}, timeout_s=180)
+        found = stream.outputs_of({e.question_id for e in before}, timeout_s=180)
+        # one build judged them: the TaskManagers' (the checkout that started the cluster)
+        (old_build,) = builds([r for rs in found.values() for r in rs])
 
         savepoints = cluster.checkpoints / f"{stream.prefix}.judge" / "savepoints"
         savepoint = cluster.stop_with_savepoint(first, savepoints)
@@ -190,22 +212,36 @@ def test_stop_with_a_savepoint_then_a_new_build_resumes_from_it(
         while_stopped = answers(300)
         stream.feed(while_stopped)  # nothing judges these until the new build runs
 
-        # A new build: a new client run builds a new job graph (another checkpoint interval);
-        # `--resume latest` (the default) finds the savepoint in the checkpoint dir.
+        # The new build, submitted like the first (`--resume latest`, the default, finds the
+        # savepoint in the checkpoint dir) from its own source: the client imports it
+        # (PYTHONPATH), and its Python workers get it shipped with `-pyfs`. Process mode:
+        # a TaskManager's embedded interpreter (thread mode) keeps the modules it imported
+        # for the first job, so only fresh Python workers can run new code without
+        # restarting the TaskManagers. The operator uids are the same, so the state (the
+        # source's offsets) maps onto the new build.
+        src, new_build_id = new_build(tmp_path)
+        assert new_build_id != old_build
         second = cluster.submit(
             stream.prefix,
             *JUDGE,
             "--flink-checkpoint-interval-ms",
-            "1500",
+            CHECKPOINT_MS,
+            "--flink-execution-mode",
+            "process",
             log=tmp_path / "second.log",
+            options=("-pyfs", str(src)),
+            env={"PYTHONPATH": str(src)},
         )
         assert second != first
         cluster.wait_running(second)
-        found = stream.outputs_of(set(stream.fed), timeout_s=180)
+        found = stream.outputs_of(set(stream.fed), timeout_s=240)
         assert_exactly_once(stream, set(stream.fed), found)
         restored = cluster.restored(second)
         assert restored is not None and restored["is_savepoint"] is True
         assert _path(restored["external_path"]) == _path(savepoint)
+        # the answers fed while no job ran were judged by the new build, and only by it
+        after = [found[e.question_id][0] for e in while_stopped]
+        assert builds(after) == {new_build_id}, builds(after)
     finally:
         stream.close()
         cluster.forget(stream.prefix, stream.bootstrap)

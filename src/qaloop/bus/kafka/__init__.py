@@ -79,6 +79,7 @@ class KafkaBus:
 
     async def close(self) -> None:
         await self._producer.close()
+        await asyncio.to_thread(self._offsets.close)
 
     def lag(self, group: str, topics: Iterable[str]) -> dict[str, int]:
         """Messages not yet committed by `group`, per topic (blocking: call from a thread)."""

@@ -6,19 +6,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
-    KafkaError,
-    KafkaException,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from qaloop.bus.base import Topics
@@ -95,61 +92,85 @@ def ensure_topics(admin: AdminClient, specs: Mapping[str, TopicSpec]) -> None:
 
 
 class Offsets:
-    """Committed and end offsets (blocking: call from a thread), over one cached client."""
+    """Committed and end offsets (blocking: call from a thread), through consumers that never
+    join a group: `committed()` (the group coordinator's OffsetFetch) and
+    `get_watermark_offsets()` (the partition leaders' ListOffsets).
+
+    Not through the AdminClient: its ListConsumerGroupOffsets request, timing out while the
+    group coordinator's broker was SIGKILLed, made librdkafka 2.16 abort the process
+    (`rd_kafka_enq_once_del_source_return: Assertion 'eonce->refcnt > 0' failed`; the retrier,
+    whose stale sweep asks for the worker group's lag, in the 3-broker failover test). The
+    consumer's own offset fetch has ridden out every broker kill in that test, as it does in
+    the lag probes (qaloop.observability.lag). One lock: the calls come from executor threads
+    and `close` must never run under one of them. A call that finds another one still waiting
+    for the broker fails after LOCK_WAIT_S rather than queueing behind it (a readiness probe
+    per request would otherwise pile up executor threads while a broker is down)."""
+
+    LOCK_WAIT_S = 1.0
 
     def __init__(self, s: KafkaSettings) -> None:
         self.settings = s
-        self._client: AdminClient | None = None
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
-    def client(self) -> AdminClient:
-        if self._client is None:
-            self._client = AdminClient(base_config(self.settings))
-        return self._client
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        if not self._lock.acquire(timeout=self.LOCK_WAIT_S):
+            raise TimeoutError("an offsets request is still waiting for the broker")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _client(self, group: str) -> Any:
+        from confluent_kafka import Consumer
+
+        client = self._clients.get(group)
+        if client is None:
+            config = {
+                **base_config(self.settings),
+                "group.id": group,
+                "enable.auto.commit": False,
+                "client.id": "qaloop-offsets",
+            }
+            client = self._clients[group] = Consumer(config)
+        return client
+
+    def _partitions(self, client: Any, topics: list[str]) -> list[TopicPartition]:
+        meta = client.list_topics(timeout=10).topics
+        return [TopicPartition(t, p) for t in topics if t in meta for p in meta[t].partitions]
 
     def lag(self, group: str, topics: Iterable[str]) -> dict[str, int]:
         """Messages not yet committed by `group`, per topic (blocking: call from a thread).
-        Two admin requests: the group's committed offsets and the partitions' end offsets."""
-        admin = self.client()
+        A partition the group never committed counts from its earliest retained offset."""
         names = list(topics)
         result = dict.fromkeys(names, 0)
-        meta = admin.list_topics(timeout=10).topics
-        parts = [TopicPartition(t, p) for t in names if t in meta for p in meta[t].partitions]
-        if not parts:
-            return result
-        request = [ConsumerGroupTopicPartitions(group, parts)]
-        answer = admin.list_consumer_group_offsets(request, request_timeout=10)[group].result()
-        committed = {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions or ()}
-        ends = self._offsets_at(admin, parts, _spec("latest"))
-        # A partition the group never committed is read from its earliest retained offset.
-        missing = [tp for tp in parts if committed.get((tp.topic, tp.partition), -1) < 0]
-        starts = self._offsets_at(admin, missing, _spec("earliest")) if missing else {}
-        for tp in parts:
-            key = (tp.topic, tp.partition)
-            position = committed.get(key, -1)
-            if position < 0:
-                position = starts.get(key, 0)
-            result[tp.topic] += max(0, ends.get(key, 0) - position)
+        with self._exclusive():
+            client = self._client(group)
+            parts = self._partitions(client, names)
+            if not parts:
+                return result
+            for tp in client.committed(parts, timeout=10):
+                low, high = client.get_watermark_offsets(tp, timeout=10, cached=False)
+                position = tp.offset if tp.offset >= 0 else low
+                result[tp.topic] += max(0, high - position)
         return result
-
-    @staticmethod
-    def _offsets_at(
-        admin: AdminClient, parts: list[TopicPartition], spec: Any
-    ) -> dict[tuple[str, int], int]:
-        futures = admin.list_offsets({tp: spec for tp in parts}, request_timeout=10)
-        return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
     def end_offsets(self, topics: Iterable[str]) -> dict[str, int]:
         """Messages ever written per topic (sum of end offsets; blocking)."""
-        admin = self.client()
         names = list(topics)
-        meta = admin.list_topics(timeout=10).topics
-        parts = [TopicPartition(t, p) for t in names if t in meta for p in meta[t].partitions]
         result = dict.fromkeys(names, 0)
-        for (topic, _), offset in self._offsets_at(admin, parts, _spec("latest")).items():
-            result[topic] += offset
+        with self._exclusive():
+            client = self._client("qaloop-offsets")
+            for tp in self._partitions(client, names):
+                _, high = client.get_watermark_offsets(tp, timeout=10, cached=False)
+                result[tp.topic] += high
         return result
 
-
-def _spec(kind: str) -> Any:
-    """OffsetSpec.latest() / .earliest() (untyped in the binding's stubs)."""
-    return getattr(OffsetSpec, kind)()
+    def close(self) -> None:
+        """Blocking; closes the clients (a later call opens new ones)."""
+        with self._lock:
+            clients, self._clients = self._clients, {}
+        for client in clients.values():
+            with contextlib.suppress(Exception):
+                client.close()

@@ -26,6 +26,16 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Consumers whose close() gave up waiting while librdkafka was still closing on their poll
+# thread (a daemon). Python must not finalise under that call: its callbacks would run in a
+# dying interpreter. The process entry point exits without finalising while any remain.
+_closing_abandoned: set[KafkaConsumer] = set()
+
+
+def closes_still_running() -> int:
+    """How many consumers are still closing on a daemon thread after close() timed out."""
+    return sum(1 for c in list(_closing_abandoned) if not c._raw_closed)
+
 
 class _Tracker(OffsetTracker):
     def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
@@ -98,7 +108,10 @@ class KafkaConsumer:
         self._paused = False
         self._assigned: set[tuple[str, int]] = set()
         self._retry: dict[tuple[str, int], int] = {}  # positions whose commit failed
-        self._closed = False
+        self._closed = False  # close() was called (on the event loop)
+        # the librdkafka handle is closed (set on the poll thread, which alone touches it):
+        # a call queued behind the close must never reach the handle
+        self._raw_closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commit_handle: asyncio.TimerHandle | None = None
         self._commits_in_flight = 0
@@ -187,6 +200,8 @@ class KafkaConsumer:
         made every hop wait the whole timeout (200 ms per stage). So: take what is already
         fetched, without waiting; if nothing, wait (up to the timeout) for the first one, then
         add what arrived with it. Under load the local queue is full and batches stay large."""
+        if self._raw_closed:
+            return []
         wanted = max(1, max_records)
         raws = self._raw.consume(num_messages=wanted, timeout=0)
         if not raws:
@@ -250,6 +265,8 @@ class KafkaConsumer:
         """On the poll thread, like every call on the consumer: librdkafka's Python binding
         holds the GIL in an asynchronous commit, which stalls (or deadlocks) against a
         consume() running on another thread. Returns (sent, positions not sent, error)."""
+        if self._raw_closed:
+            return False, {}, None
         with self._lock:
             positions = self._committable_locked()
         if not positions:
@@ -312,16 +329,22 @@ class KafkaConsumer:
     # -- flow control
 
     def pause(self) -> None:
+        if self._closed:
+            return
         with self._lock:
             self._paused = True
         self._on_thread(self._set_paused, True)
 
     def resume(self) -> None:
+        if self._closed:
+            return
         with self._lock:
             self._paused = False
         self._on_thread(self._set_paused, False)
 
     def _set_paused(self, paused: bool) -> None:
+        if self._raw_closed:
+            return
         assignment = self._raw.assignment()
         if assignment:
             (self._raw.pause if paused else self._raw.resume)(assignment)
@@ -338,6 +361,8 @@ class KafkaConsumer:
     # -- shutdown
 
     def _close(self) -> None:
+        if self._raw_closed:
+            return
         with self._lock:
             positions = self._committable_locked()
         if positions:
@@ -346,7 +371,10 @@ class KafkaConsumer:
             except KafkaException as exc:
                 log.warning("%s: final commit failed (will be redelivered): %s", self.group, exc)
         # Waits for outstanding commits, then leaves the group (on_revoke hands over the rest).
-        self._raw.close()
+        try:
+            self._raw.close()
+        finally:
+            self._raw_closed = True
 
     async def close(self) -> None:
         if self._closed:
@@ -359,6 +387,7 @@ class KafkaConsumer:
         try:
             await asyncio.wait_for(self._thread.submit(self._close), self.close_timeout_s)
         except TimeoutError:
+            _closing_abandoned.add(self)
             log.warning(
                 "%s: close timed out after %.0f s (broker unreachable?); uncommitted "
                 "messages will be redelivered",
