@@ -172,6 +172,7 @@ def run_qaloop(
             kafka_producer_config=args.producer_config,
             kafka_consumer_config=args.consumer_config,
         )
+        env.update(args.env)
         if args.profile:  # cProfile each stage process (slower; for finding where time goes)
             Path(args.profile).mkdir(parents=True, exist_ok=True)
             env["QALOOP_PROFILE_DIR"] = str(Path(args.profile).resolve())
@@ -583,6 +584,13 @@ def main() -> None:
     parser.add_argument(
         "--consumer-config", default="{}", help="extra librdkafka consumer settings (JSON)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="QALOOP_X=V",
+        help="extra setting for qaloop's stage processes (e.g. QALOOP_SCORER=composite)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "distributed.json"))
     parser.add_argument("--logs", default="/tmp/qaloop-bench-logs")
     parser.add_argument("--bootstrap", default=os.environ.get("QALOOP_KAFKA_BOOTSTRAP"))
@@ -597,6 +605,7 @@ def main() -> None:
     parser.add_argument("--baseline-client", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.env = dict(item.split("=", 1) for item in args.set)
     if not args.bootstrap or not args.dsn:
         raise SystemExit(
             'set QALOOP_KAFKA_BOOTSTRAP and QALOOP_PG_DSN: eval "$(scripts/infra env)"'
@@ -618,7 +627,8 @@ def main() -> None:
             "llm": "simulated, 0 ms, no errors",
             # what the judge processes build from their environment (the baseline's judge
             # scores with the plain scorer path: `baseline_role`)
-            "gate": gate_in(child_env()),
+            "gate": gate_in({**child_env(), **args.env}),
+            "env": args.env,
         },
         "machine_at_start": machine_state(),
     }
