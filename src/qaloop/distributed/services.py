@@ -23,6 +23,7 @@ from qaloop.distributed.supervision import (
     Main,
     batch_failed,
     closer,
+    freeze_startup_heap,
     publish_failed,
     run_process,
     run_stage,
@@ -330,8 +331,10 @@ def run_gateway(settings: Settings) -> None:
     from qaloop.gateway.server import bind_socket, http_limits, serve
 
     sock = bind_socket(settings.host, settings.port)  # before the app's lifespan starts
+    app = build_gateway_app(settings)
+    freeze_startup_heap()
     serve(
-        build_gateway_app(settings),
+        app,
         settings.host,
         settings.port,
         settings.log_level,

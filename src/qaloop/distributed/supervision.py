@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -160,6 +161,14 @@ class _Liveness:
                 os._exit(RestartRequired.exit_code)
 
 
+def freeze_startup_heap() -> None:
+    """Move everything built at start-up (modules, settings, the wiring, the model) out of the
+    collector's reach: a full collection of a service's ~75,000 start-up objects stalls its
+    event loop ~40 ms, a tail every question in flight then pays (`gc.freeze`)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run_stage(
     name: str,
     bus: Bus,
@@ -173,6 +182,7 @@ async def run_stage(
     their consumers), then the producer (flush), then the rest. If `unhealthy` says so, the
     stage stops the same way and raises RestartRequired."""
     log.info("%s: running (group %s)", name, stats().get("group"))
+    freeze_startup_heap()
     liveness = _Liveness(name)
     beating = asyncio.create_task(liveness.run(), name=f"{name}-liveness")
     why: list[str] = []
