@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,7 +97,9 @@ def build_bert_onnx(
     tensors: dict[str, Any], config: dict[str, Any], opset: int = 17
 ) -> onnx.ModelProto:
     """A sentence-embedding graph: input_ids, attention_mask [batch, seq] (int64) ->
-    sentence_embedding [batch, hidden] (mean-pooled, L2-normalised)."""
+    sentence_embedding [batch, hidden] (mean-pooled, L2-normalised) and token_embeddings
+    [batch, seq, hidden] (the last hidden state, before pooling: one run gives both, for the
+    gate's token-level evidence)."""
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     layers = int(config["num_hidden_layers"])
@@ -182,6 +185,7 @@ def build_bert_onnx(
         out = linear(gelu, f"{p}.output.dense")
         x = layer_norm(node("Add", [out, x]), f"{p}.output.LayerNorm")
 
+    nodes.append(helper.make_node("Identity", [x], ["token_embeddings"]))
     # Mean pooling over attended tokens, then L2 normalisation.
     mask3 = node("Unsqueeze", [mask_f, init("axes_2", np.array([2], dtype=i64))])
     summed = node("ReduceSum", [node("Mul", [x, mask3]), axis1], keepdims=0)
@@ -200,7 +204,14 @@ def build_bert_onnx(
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
         ],
-        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])],
+        [
+            helper.make_tensor_value_info(
+                "sentence_embedding", TensorProto.FLOAT, ["batch", hidden]
+            ),
+            helper.make_tensor_value_info(
+                "token_embeddings", TensorProto.FLOAT, ["batch", "seq", hidden]
+            ),
+        ],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -223,6 +234,36 @@ def quantize_int8(model: onnx.ModelProto) -> bytes:
             op_types_to_quantize=["MatMul"],
         )
         return dst.read_bytes()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenVectors:
+    """One text's contextual token vectors: `vectors` [n, dim] (unit norm; the special
+    [CLS]/[SEP] tokens left out), `words[k]` the lower-cased word token k is a piece of."""
+
+    vectors: Any
+    words: tuple[str, ...]
+
+
+def _token_vectors(hidden: Any, encoding: Any, text: str) -> TokenVectors:
+    # Each attribute of a tokenizers Encoding builds a new list: read them once.
+    special, attended = encoding.special_tokens_mask, encoding.attention_mask
+    word_ids, offsets = encoding.word_ids, encoding.offsets
+    keep = [k for k in range(len(special)) if not special[k] and attended[k]]
+    vectors = hidden[keep].astype(np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    spans: dict[int, tuple[int, int]] = {}
+    for k in keep:
+        word, (lo, hi) = word_ids[k], offsets[k]
+        if word is not None:
+            old = spans.get(word, (lo, hi))
+            spans[word] = (min(old[0], lo), max(old[1], hi))
+    words = []
+    for k in keep:
+        word = word_ids[k]
+        lo, hi = spans[word] if word is not None else offsets[k]
+        words.append(text[lo:hi].lower())
+    return TokenVectors(vectors, tuple(words))
 
 
 class EmbeddingModel:
@@ -288,11 +329,27 @@ class EmbeddingModel:
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> Any:
         """Unit-norm embeddings, in the order of `texts`; batches sorted by length so that
         little compute goes to padding."""
+        return self._run(texts, batch_size, with_tokens=False)[0]
+
+    def encode_with_tokens(
+        self, texts: Sequence[str], batch_size: int = 32
+    ) -> tuple[Any, list[TokenVectors]]:
+        """encode() and, from the same ONNX run, each text's token vectors (unit norm, the
+        special [CLS]/[SEP] tokens left out) with the words they belong to."""
+        return self._run(texts, batch_size, with_tokens=True)
+
+    def _run(
+        self, texts: Sequence[str], batch_size: int, *, with_tokens: bool
+    ) -> tuple[Any, list[TokenVectors]]:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        token_out: list[TokenVectors] = []
         if not texts:
-            return out
-        encodings = self.tokenizer.encode_batch([t[:MAX_CHARS] for t in texts])
+            return out, token_out
+        clipped = [t[:MAX_CHARS] for t in texts]
+        encodings = self.tokenizer.encode_batch(clipped)
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        slots: list[TokenVectors | None] = [None] * len(texts)
+        outputs = ["sentence_embedding", "token_embeddings"] if with_tokens else None
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             width = max(len(encodings[i].ids) for i in chunk)
@@ -302,11 +359,17 @@ class EmbeddingModel:
                 seq = encodings[i].ids
                 ids[row, : len(seq)] = seq
                 mask[row, : len(seq)] = 1
-            (vectors,) = self.session.run(
-                ["sentence_embedding"], {"input_ids": ids, "attention_mask": mask}
-            )
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if outputs is None:
+                (vectors,) = self.session.run(["sentence_embedding"], feeds)
+            else:
+                vectors, hidden = self.session.run(outputs, feeds)
+                for row, i in enumerate(chunk):
+                    slots[i] = _token_vectors(hidden[row], encodings[i], clipped[i])
             out[chunk] = vectors
-        return out
+        if with_tokens:
+            token_out = [s for s in slots if s is not None]
+        return out, token_out
 
 
 _SHARED: dict[tuple[str, str], EmbeddingModel] = {}
