@@ -102,6 +102,12 @@ def _tiny_model(tmp: Path) -> dict[str, Any]:
 
 def _reference_forward(t: dict[str, Any], ids: list[int]) -> Any:
     """BERT + mean pooling + L2 norm in plain numpy, one unpadded sequence."""
+    mean = _reference_hidden(t, ids).mean(0)
+    return mean / np.linalg.norm(mean)
+
+
+def _reference_hidden(t: dict[str, Any], ids: list[int]) -> Any:
+    """The last hidden state [seq, hidden] of BERT in plain numpy, one unpadded sequence."""
     from math import erf
 
     def ln(x: Any, p: str) -> Any:
@@ -131,8 +137,7 @@ def _reference_forward(t: dict[str, Any], ids: list[int]) -> Any:
         x = ln(lin(ctx, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
         h = gelu(lin(x, f"{p}.intermediate.dense"))
         x = ln(lin(h, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
-    mean = x.mean(0)
-    return mean / np.linalg.norm(mean)
+    return x
 
 
 def test_safetensors_reader_round_trip(tmp_path: Path) -> None:
@@ -153,6 +158,21 @@ def test_tiny_bert_graph_matches_numpy_forward(tmp_path: Path) -> None:
         assert np.allclose(vector, _reference_forward(tensors, ids), atol=1e-5), text
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert model.encode([]).shape == (0, HIDDEN)
+
+
+def test_token_vectors_come_from_the_same_run(tmp_path: Path) -> None:
+    tensors = _tiny_model(tmp_path)
+    model = EmbeddingModel(model_dir=tmp_path, threads=1)
+    texts = ["the cat sat on the mat", "the dog ran", "mat"]
+    sentences, tokens = model.encode_with_tokens(texts, batch_size=2)
+    assert np.array_equal(sentences, model.encode(texts, batch_size=2))
+    for text, tv in zip(texts, tokens, strict=True):
+        ids = model.tokenizer.encode(text).ids
+        hidden = _reference_hidden(tensors, ids)[1:-1]  # [CLS] and [SEP] left out
+        hidden = hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
+        assert tv.words == tuple(text.split())
+        assert np.allclose(tv.vectors, hidden, atol=1e-5), text
+    assert model.encode_with_tokens([])[1] == []
 
 
 def test_scorer_batches_and_caches_references(tmp_path: Path) -> None:
