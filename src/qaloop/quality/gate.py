@@ -28,16 +28,18 @@ import difflib
 import math
 import re
 import unicodedata
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 from qaloop.quality.base import Scorer
 from qaloop.quality.lang import UNDETERMINED, detect_language
 from qaloop.quality.registry import get_scorer
 from qaloop.quality.scorers import STOPWORDS
-from qaloop.quality.text import tokens
+from qaloop.quality.text import ascii_view, may_contain, tokens
 from qaloop.quality.verdict import GateInput, Outcome, Reason, Verdict
 
 # The calibrated default (docs/quality.md "How the thresholds were chosen").
@@ -160,19 +162,46 @@ _CONTEXT = 2  # equal tokens needed on each side of a change to call it a restat
 _RESPELLED = 0.8  # letter similarity above which a replaced name is a spelling variant
 _MAX_ALIGN = 1_500  # tokens of each side the alignment reads
 _VECTOR_CACHE = 8_192  # reference and question embeddings kept (~12 MB)
+_CACHED_CHARS = 5_000  # longer questions and references are not kept in the check caches
+_NOT = re.compile(r"n't\b", re.IGNORECASE)
+_CANNOT = re.compile(r"\bcannot\b", re.IGNORECASE)
+
+
+# Every match of _INJECTION holds a word of each group of one of these rows: answers without
+# them skip the pattern (~30 µs an answer; tests/unit/quality check the rows against it).
+_INJECTION_WORDS = (
+    (
+        ("ignore", "disregard", "forget", "override"),
+        ("instruction", "prompt", "rules", "reference", "system"),
+    ),
+    (("output", "respond", "reply", "answer", "say"), ("pass", "valid", "approved")),
+    (("mark",), ("valid", "correct", "passed", "approved")),
+    (("grader", "judge", "evaluator", "scorer"), ("must", "should", "will")),
+    (("system", "assistant"), (":",)),
+)
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # ASCII's Cc but \t \n \r
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_BAD_CATEGORIES = ("Cc", "Co", "Cn", "Cs")
 
 
 def _control_share(text: str) -> float:
+    """Share of control, private-use, unassigned and surrogate characters (and U+FFFD) in the
+    first 4,000: ASCII ones counted by a regex, the others by category once per distinct
+    character (a per-character loop cost ~25 µs an answer)."""
     sample = text[:4_000]
     if not sample:
         return 0.0
-    bad = sum(
-        1
-        for ch in sample
-        if (unicodedata.category(ch) in ("Cc", "Co", "Cn", "Cs") and ch not in "\n\r\t")
-        or ch == "\ufffd"
-    )
+    bad = len(_ASCII_CONTROL.findall(sample))
+    if not sample.isascii():
+        for ch, n in Counter(_NON_ASCII.findall(sample)).items():
+            if ch == "\ufffd" or unicodedata.category(ch) in _BAD_CATEGORIES:
+                bad += n
     return bad / len(sample)
+
+
+def _may_inject(answer: str) -> bool:
+    view = ascii_view(answer)
+    return any(may_contain(view, *row) for row in _INJECTION_WORDS)
 
 
 def malformed(answer: str, max_chars: int) -> str | None:
@@ -181,20 +210,31 @@ def malformed(answer: str, max_chars: int) -> str | None:
         return f"enormous ({len(answer):,} characters > {max_chars:,})"
     if _control_share(answer) > 0.02:
         return "binary (control characters)"
-    if _INJECTION.search(answer[:max_chars]):
+    if _may_inject(answer) and _INJECTION.search(answer[:max_chars]):
         return "instruction aimed at the judge"
     return None
 
 
-def is_non_answer(answer: str, max_words: int) -> bool:
-    words = tokens(answer)
-    return len(words) <= max_words and bool(_NON_ANSWER.search(answer))
+def is_non_answer(answer: str, max_words: int, words: Sequence[str] | None = None) -> bool:
+    """A short answer (<= max_words tokens; `words`: its tokens when known) of refusal or
+    filler phrases."""
+    n = len(tokens(answer) if words is None else words)
+    return n <= max_words and bool(_NON_ANSWER.search(answer))
 
 
-def new_content_words(question: str, answer: str) -> int:
-    """Distinct content words of the answer that are not in the question."""
-    q = set(tokens(question))
-    return len({t for t in tokens(answer) if t not in STOPWORDS and t not in q})
+def new_content_words(question: str, answer: str, words: Sequence[str] | None = None) -> int:
+    """Distinct content words of the answer (`words`: its tokens when known) that are not in
+    the question."""
+    q = _question_words(question) if len(question) <= _CACHED_CHARS else _words_of(question)
+    return len({t for t in (tokens(answer) if words is None else words) if t not in q})
+
+
+def _words_of(question: str) -> frozenset[str]:
+    """The question's tokens and the stop words: what an answer's new word is not."""
+    return frozenset(tokens(question)) | STOPWORDS
+
+
+_question_words = lru_cache(maxsize=4_096)(_words_of)  # a question returns with each attempt
 
 
 def is_truncated(answer: str) -> bool:
@@ -217,9 +257,48 @@ def is_truncated(answer: str) -> bool:
 
 def _align_tokens(text: str) -> list[str]:
     text = text.replace("\\n", " ")
-    text = re.sub(r"n't\b", " not", text, flags=re.IGNORECASE)
-    text = re.sub(r"\bcannot\b", "can not", text, flags=re.IGNORECASE)
+    if "'" in text:  # each pattern only where its literal is (most answers have neither)
+        text = _NOT.sub(" not", text)
+    if "cannot" in text.lower():  # exact: no non-ASCII character matches these letters
+        text = _CANNOT.sub("can not", text)
     return _WORD.findall(text)[:_MAX_ALIGN]
+
+
+def _aligned(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`_align_tokens(text)` and the same casefolded."""
+    orig = tuple(_align_tokens(text))
+    return orig, tuple(t.casefold() for t in orig)
+
+
+def _reference_tokens(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return _cached_aligned(text) if len(text) <= _CACHED_CHARS else _aligned(text)
+
+
+def _asked(question: str) -> frozenset[str]:
+    """The question's alignment tokens and the stop words: runs of only these don't count."""
+    if len(question) > _CACHED_CHARS:
+        return _asked_words(question)
+    return _cached_asked(question)
+
+
+def _asked_words(question: str) -> frozenset[str]:
+    return frozenset(_aligned(question)[1]) | STOPWORDS
+
+
+# A reference and its question come back with every attempt: align them once.
+_cached_aligned = lru_cache(maxsize=2_048)(_aligned)
+_cached_asked = lru_cache(maxsize=2_048)(_asked_words)
+
+
+def _may_restate(r: Sequence[str], a: Sequence[str]) -> bool:
+    """False when the alignment of r and a can find no change between equal runs: every run
+    of equal tokens is one token long (no token pair in common), and the texts don't both
+    start and end alike (then a one-token run at an edge would do). Exact, and cheap next to
+    the alignment: most answers don't restate the reference."""
+    if r[0] == a[0] and r[-1] == a[-1]:
+        return True
+    pairs = set(pairwise(r))
+    return not pairs.isdisjoint(pairwise(a))
 
 
 def _is_fact(token: str, original: str) -> bool:
@@ -261,11 +340,10 @@ def contradiction(answer: str, reference: str, question: str = "") -> str | None
     question's words (and stop words) don't count: an answer and a reference that both
     restate the question ("a Bachelor's and a Master's degree") share them without the answer
     restating the reference."""
-    r_orig, a_orig = _align_tokens(reference), _align_tokens(answer)
-    r, a = [t.casefold() for t in r_orig], [t.casefold() for t in a_orig]
-    if not r or not a:
-        return None
-    asked = {t.casefold() for t in _align_tokens(question)} | STOPWORDS
+    (r_orig, r), (a_orig, a) = _reference_tokens(reference), _aligned(answer)
+    if not r or not a or r == a or not _may_restate(r, a):
+        return None  # nothing to align, nothing changed, or nothing restated
+    asked = _asked(question)
     ops = difflib.SequenceMatcher(None, r, a, autojunk=False).get_opcodes()
     for k, (tag, i1, i2, j1, j2) in enumerate(ops):
         if tag == "equal" or i2 - i1 > 3 or j2 - j1 > 3:
@@ -408,17 +486,18 @@ class DefaultGate:
         why = malformed(answer, spec.max_chars)
         if why is not None:
             return self._fail(Reason.MALFORMED, why)
-        if not tokens(answer[: spec.max_chars]):
+        words = tokens(answer)  # not enormous: answer[: spec.max_chars] is all of it
+        if not words:
             return self._fail(Reason.EMPTY, "no words")
         if spec.check_language:
             expected = _expected_language(item.question, item.reference)
             got = detect_language(answer)
             if UNDETERMINED not in (expected, got) and got != expected:
                 return self._fail(Reason.WRONG_LANGUAGE, f"answer in {got}, question in {expected}")
-        if is_non_answer(answer, spec.non_answer_max_words):
+        if is_non_answer(answer, spec.non_answer_max_words, words):
             return self._fail(Reason.NON_ANSWER, "refusal or filler")
         if item.question.strip():
-            new = new_content_words(item.question, answer)
+            new = new_content_words(item.question, answer, words)
             if new < spec.echo_min_new:
                 return self._fail(Reason.ECHO, f"adds {new} word(s) to the question")
         if spec.check_truncation and is_truncated(answer):

@@ -56,3 +56,29 @@ def _slow_tokens(text: str) -> list[str]:
 
 def is_cjk(char: str) -> bool:
     return bool(re.fullmatch(f"[{_CJK}]", char))
+
+
+# The only non-ASCII characters that re.IGNORECASE matches to an ASCII letter or digit
+# ("İ" and "ı" to "i", "ſ" to "s", the Kelvin sign to "k"); tests/unit/quality checks every
+# code point.
+ASCII_LOOKALIKES = "\u0130\u0131\u017f\u212a"
+
+
+def ascii_view(text: str) -> str | None:
+    """`text` lowercased, every non-ASCII character replaced by "?": any ASCII word that a
+    re.IGNORECASE pattern matches in `text` is a substring of it, so a pattern whose every
+    match contains one of a few words can be skipped when none of them is there (the judge's
+    checks run on every answer). None when `text` holds an ASCII lookalike: only the pattern
+    can tell then."""
+    if text.isascii():
+        return text.lower()
+    if any(c in text for c in ASCII_LOOKALIKES):
+        return None
+    return text.encode("ascii", "replace").decode("ascii").lower()
+
+
+def may_contain(view: str | None, *groups: tuple[str, ...]) -> bool:
+    """False only when `view` (an `ascii_view`) lacks every word of one of `groups`."""
+    if view is None:
+        return True
+    return all(any(word in view for word in group) for group in groups)
