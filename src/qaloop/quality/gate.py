@@ -39,7 +39,7 @@ from qaloop.quality.base import Scorer
 from qaloop.quality.lang import UNDETERMINED, detect_language
 from qaloop.quality.registry import get_scorer
 from qaloop.quality.scorers import STOPWORDS
-from qaloop.quality.text import ascii_view, may_contain, tokens
+from qaloop.quality.text import ascii_view, may_match, tokens
 from qaloop.quality.verdict import GateInput, Outcome, Reason, Verdict
 
 # The calibrated default (docs/quality.md "How the thresholds were chosen").
@@ -164,17 +164,18 @@ _MAX_ALIGN = 1_500  # tokens of each side the alignment reads
 _VECTOR_CACHE = 8_192  # reference and question embeddings kept (~12 MB)
 _CACHED_CHARS = 5_000  # longer questions and references are not kept in the check caches
 _NOT = re.compile(r"n't\b", re.IGNORECASE)
+_SEP = "\x00"  # joins tokens (\w runs: never this character)
 _CANNOT = re.compile(r"\bcannot\b", re.IGNORECASE)
 
 
 # Every match of _INJECTION holds a word of each group of one of these rows: answers without
 # them skip the pattern (~30 µs an answer; tests/unit/quality check the rows against it).
-_INJECTION_WORDS = (
+_INJECTION_WORDS = (  # the rarest group first: the others are looked for only after it
     (
         ("ignore", "disregard", "forget", "override"),
         ("instruction", "prompt", "rules", "reference", "system"),
     ),
-    (("output", "respond", "reply", "answer", "say"), ("pass", "valid", "approved")),
+    (("pass", "valid", "approved"), ("output", "respond", "reply", "answer", "say")),
     (("mark",), ("valid", "correct", "passed", "approved")),
     (("grader", "judge", "evaluator", "scorer"), ("must", "should", "will")),
     (("system", "assistant"), (":",)),
@@ -200,8 +201,7 @@ def _control_share(text: str) -> float:
 
 
 def _may_inject(answer: str) -> bool:
-    view = ascii_view(answer)
-    return any(may_contain(view, *row) for row in _INJECTION_WORDS)
+    return may_match(ascii_view(answer), _INJECTION_WORDS)
 
 
 def malformed(answer: str, max_chars: int) -> str | None:
@@ -301,6 +301,31 @@ def _may_restate(r: Sequence[str], a: Sequence[str]) -> bool:
     return not pairs.isdisjoint(pairwise(a))
 
 
+def _contained_opcodes(
+    r: Sequence[str], a: Sequence[str]
+) -> list[tuple[str, int, int, int, int]] | None:
+    """difflib's opcodes for (r, a) when one is a run of the other (an answer that is a stretch
+    of the reference, or the reference plus more), else None. Then difflib's longest match is
+    all of the shorter side at its first occurrence, and nothing is left to match on either
+    side of it: these are its opcodes, without its O(n * m) search."""
+    a_inside = len(a) <= len(r)
+    short, long_ = (a, r) if a_inside else (r, a)
+    # No token holds _SEP, so a match of the joined strings starts and ends on token bounds.
+    hay = _SEP + _SEP.join(long_) + _SEP
+    at = hay.find(_SEP + _SEP.join(short) + _SEP)
+    if at < 0:
+        return None
+    start = hay.count(_SEP, 0, at + 1) - 1  # tokens before the match
+    end, n, k = start + len(short), len(long_), len(short)
+    if a_inside:
+        ops = [("delete", 0, start, 0, 0)] if start else []
+        ops.append(("equal", start, end, 0, k))
+        return ops + ([("delete", end, n, k, k)] if end < n else [])
+    ops = [("insert", 0, 0, 0, start)] if start else []
+    ops.append(("equal", 0, k, start, end))
+    return ops + ([("insert", k, k, end, n)] if end < n else [])
+
+
 def _is_fact(token: str, original: str) -> bool:
     """A token whose change changes a fact: a number, a month, a capitalised name."""
     return (
@@ -344,7 +369,10 @@ def contradiction(answer: str, reference: str, question: str = "") -> str | None
     if not r or not a or r == a or not _may_restate(r, a):
         return None  # nothing to align, nothing changed, or nothing restated
     asked = _asked(question)
-    ops = difflib.SequenceMatcher(None, r, a, autojunk=False).get_opcodes()
+    ops = (
+        _contained_opcodes(r, a)
+        or difflib.SequenceMatcher(None, r, a, autojunk=False).get_opcodes()
+    )
     for k, (tag, i1, i2, j1, j2) in enumerate(ops):
         if tag == "equal" or i2 - i1 > 3 or j2 - j1 > 3:
             continue
@@ -411,10 +439,19 @@ def without_question(question: str, answer: str) -> str:
 
 
 def _expected_language(question: str, reference: str | None) -> str:
-    lang = detect_language(question)
+    lang = _kept_language(question)
     if lang == UNDETERMINED and reference:
-        lang = detect_language(reference)
+        lang = _kept_language(reference)
     return lang
+
+
+def _kept_language(text: str) -> str:
+    """detect_language of a question or reference, from a cache of its own: they return with
+    every attempt, and new answers would push them out of the detector's shared cache."""
+    return _cached_language(text) if len(text) <= _CACHED_CHARS else detect_language(text)
+
+
+_cached_language = lru_cache(maxsize=8_192)(detect_language)
 
 
 # ----------------------------------------------------------------------------- the gate

@@ -26,7 +26,7 @@ import json
 import re
 from typing import Any
 
-from qaloop.quality.text import ascii_view, may_contain
+from qaloop.quality.text import ascii_view, may_match
 from qaloop.quality.verdict import GateInput, Outcome, Reason, Verdict
 
 NAME = "llm_judge"
@@ -115,11 +115,11 @@ def build_prompt(item: GateInput) -> str:
 _BINARY_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffd]")
 # Every match of _INJECTION holds a word of each group of one of these rows: answers without
 # them skip the pattern (~25 µs an answer; tests/unit/quality check the rows against it).
-_INJECTION_WORDS = (
+_INJECTION_WORDS = (  # the rarest group first: the others are looked for only after it
     (("ignore", "disregard"), ("instructions", "rules", "prompt")),
     (("pass",), ("output", "print", "respond", "reply", "return", "say", "answer", "verdict")),
-    (("you",), ("grader", "judge", "evaluator")),
-    (("grade", "score", "rate"), ("10", "pass")),
+    (("grader", "judge", "evaluator"), ("you",)),
+    (("10", "pass"), ("grade", "score", "rate")),
 )
 
 
@@ -129,8 +129,7 @@ def _binary(text: str) -> bool:
 
 
 def _may_inject(answer: str) -> bool:
-    view = ascii_view(answer)
-    return any(may_contain(view, *row) for row in _INJECTION_WORDS)
+    return may_match(ascii_view(answer), _INJECTION_WORDS)
 
 
 def precheck(item: GateInput, judged_by: str = NAME) -> Verdict | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 
 # CJK ideographs (+ extension A, compatibility), Hiragana, Katakana, Hangul syllables.
 _CJK = (
@@ -77,8 +78,18 @@ def ascii_view(text: str) -> str | None:
     return text.encode("ascii", "replace").decode("ascii").lower()
 
 
-def may_contain(view: str | None, *groups: tuple[str, ...]) -> bool:
-    """False only when `view` (an `ascii_view`) lacks every word of one of `groups`."""
+def may_match(view: str | None, rows: Sequence[Sequence[tuple[str, ...]]]) -> bool:
+    """False only when, for every row, `view` (an `ascii_view`) lacks every word of one of
+    the row's groups: then no pattern whose every match holds a word of each group of some
+    row can match. Plain loops: the answers are short, the call overhead is the cost."""
     if view is None:
         return True
-    return all(any(word in view for word in group) for group in groups)
+    for first, *rest in rows:
+        for word in first:
+            if word in view:
+                break
+        else:
+            continue
+        if all(any(word in view for word in group) for group in rest):
+            return True
+    return False

@@ -4,7 +4,7 @@
   inputs of tests/cases/gate_inputs.py equals the record made with main before the speed-up
   (tests/cases/record_gate_verdicts.py says how to re-record).
 - The shortcuts are exact: with each of them turned off (the injection patterns run on every
-  answer, the alignment on every pair, no cache), the gate decides the same on the seeded
+  answer, difflib's alignment on every pair, no cache), the gate decides the same on the seeded
   inputs and on the 6,329 recorded answers of ../shared/data when present (a seeded 1,500 of them).
 - The rewritten counts (control characters, binary characters, language votes) equal the
   per-character loops they replace, kept here as oracles.
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import random
 import re
@@ -61,9 +62,11 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gate_mod, "_may_inject", lambda answer: True)
     monkeypatch.setattr(llm_judge, "_may_inject", lambda answer: True)
     monkeypatch.setattr(gate_mod, "_may_restate", lambda r, a: True)
+    monkeypatch.setattr(gate_mod, "_contained_opcodes", lambda r, a: None)
     monkeypatch.setattr(gate_mod, "_question_words", gate_mod._words_of)
     monkeypatch.setattr(gate_mod, "_cached_aligned", gate_mod._aligned)
     monkeypatch.setattr(gate_mod, "_cached_asked", gate_mod._asked_words)
+    monkeypatch.setattr(gate_mod, "_cached_language", lang.detect_language)
 
 
 def _fast_and_slow(
@@ -205,3 +208,19 @@ def test_the_ascii_view_keeps_ascii_words_and_gives_up_on_lookalikes() -> None:
     assert ascii_view("Ignore THE Rules") == "ignore the rules"
     assert ascii_view("Señor, IGNORE") == "se?or, ignore"
     assert ascii_view("\u0131gnore") is None
+
+
+_TOKENS = st.lists(st.sampled_from(["a", "b", "c", "not", "1929", "x"]), min_size=1, max_size=14)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_TOKENS, st.integers(0, 13), st.integers(1, 14), st.booleans(), _TOKENS)
+def test_the_opcodes_of_a_contained_run_are_difflibs(
+    r: list[str], i: int, k: int, swap: bool, other: list[str]
+) -> None:
+    a = r[i : i + k] or other  # often a run of r, sometimes anything
+    if swap:
+        r, a = a, r
+    got = gate_mod._contained_opcodes(tuple(r), tuple(a))
+    want = difflib.SequenceMatcher(None, r, a, autojunk=False).get_opcodes()
+    assert got is None or got == want
