@@ -13,7 +13,8 @@ Inputs, recorded once by this build and replayed to every measured build:
   first attempts, against their question and human reference.
 
 The judge is built by qaloop.wiring from Settings(scorer=composite, threshold=0.14), as in the
-throughput benchmark, with logging at INFO to a discarded stream; it takes batches of 256 (the
+throughput benchmark, with the stages' logging (qaloop.observability.logs.configure, INFO)
+to /dev/null; it takes batches of 256 (the
 judge's max batch). Each build is measured `--repeats` times, alternating, each time in a
 fresh process (no cache survives from a run); the best run counts. Every run also records a
 digest of its outputs (topic, key, reason header, state, attempt, score, last event): builds
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import logging
 import os
 import platform
 import subprocess
@@ -145,12 +145,17 @@ def _messages(values: list[bytes]) -> list[Any]:
 async def measure(path: Path) -> dict[str, Any]:
     """One build, in this process: the judge over the recorded answers (CPU and digest)."""
     from qaloop.core import codec
+    from qaloop.observability.logs import configure
     from qaloop.observability.metrics import Metrics
     from qaloop.services.judge import Judge
     from qaloop.wiring import Wiring, judge_gate
 
-    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as we do
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # The stage's logging (INFO: one line per question's outcome), written to /dev/null.
+    stderr, sys.stderr = sys.stderr, open(os.devnull, "w")  # noqa: SIM115 - lives as long as we do
+    try:
+        configure("INFO")
+    finally:
+        sys.stderr = stderr
     values = path.read_bytes().split(b"\n")
     values = [v for v in values if v]
     batches = [_messages(values[i : i + BATCH]) for i in range(0, len(values), BATCH)]

@@ -36,7 +36,7 @@ from itertools import pairwise
 from typing import Any
 
 from qaloop.quality.base import Scorer
-from qaloop.quality.lang import UNDETERMINED, detect_language
+from qaloop.quality.lang import UNDETERMINED, detect_language, detect_new_language
 from qaloop.quality.registry import get_scorer
 from qaloop.quality.scorers import STOPWORDS
 from qaloop.quality.text import ascii_view, may_match, tokens
@@ -264,14 +264,31 @@ def _align_tokens(text: str) -> list[str]:
     return _WORD.findall(text)[:_MAX_ALIGN]
 
 
-def _aligned(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """`_align_tokens(text)` and the same casefolded."""
+def _folded_tokens(text: str) -> tuple[str, ...]:
+    """`_align_tokens(text)`, casefolded. ASCII text in one pass over its lowered copy: the
+    same tokens (case moves no token boundary, and the two rewrites are lower case)."""
+    if not text.isascii():
+        return tuple(t.casefold() for t in _align_tokens(text))
+    text = text.replace("\\n", " ").lower()
+    if "'" in text:
+        text = _NOT.sub(" not", text)
+    if "cannot" in text:
+        text = _CANNOT.sub("can not", text)
+    return tuple(_WORD.findall(text)[:_MAX_ALIGN])
+
+
+_Reference = tuple[tuple[str, ...], tuple[str, ...], frozenset[tuple[str, str]]]
+
+
+def _reference(text: str) -> _Reference:
+    """The reference's alignment tokens, casefolded, and their pairs (for _may_restate)."""
     orig = tuple(_align_tokens(text))
-    return orig, tuple(t.casefold() for t in orig)
+    folded = tuple(t.casefold() for t in orig)
+    return orig, folded, frozenset(pairwise(folded))
 
 
-def _reference_tokens(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    return _cached_aligned(text) if len(text) <= _CACHED_CHARS else _aligned(text)
+def _reference_tokens(text: str) -> _Reference:
+    return _cached_reference(text) if len(text) <= _CACHED_CHARS else _reference(text)
 
 
 def _asked(question: str) -> frozenset[str]:
@@ -282,23 +299,22 @@ def _asked(question: str) -> frozenset[str]:
 
 
 def _asked_words(question: str) -> frozenset[str]:
-    return frozenset(_aligned(question)[1]) | STOPWORDS
+    return frozenset(_folded_tokens(question)) | STOPWORDS
 
 
 # A reference and its question come back with every attempt: align them once.
-_cached_aligned = lru_cache(maxsize=2_048)(_aligned)
+_cached_reference = lru_cache(maxsize=2_048)(_reference)
 _cached_asked = lru_cache(maxsize=2_048)(_asked_words)
 
 
-def _may_restate(r: Sequence[str], a: Sequence[str]) -> bool:
+def _may_restate(r: Sequence[str], a: Sequence[str], r_pairs: frozenset[tuple[str, str]]) -> bool:
     """False when the alignment of r and a can find no change between equal runs: every run
-    of equal tokens is one token long (no token pair in common), and the texts don't both
-    start and end alike (then a one-token run at an edge would do). Exact, and cheap next to
-    the alignment: most answers don't restate the reference."""
+    of equal tokens is one token long (no token pair in common: `r_pairs` are r's), and the
+    texts don't both start and end alike (then a one-token run at an edge would do). Exact,
+    and cheap next to the alignment: most answers don't restate the reference."""
     if r[0] == a[0] and r[-1] == a[-1]:
         return True
-    pairs = set(pairwise(r))
-    return not pairs.isdisjoint(pairwise(a))
+    return not r_pairs.isdisjoint(pairwise(a))
 
 
 def _contained_opcodes(
@@ -365,10 +381,11 @@ def contradiction(answer: str, reference: str, question: str = "") -> str | None
     question's words (and stop words) don't count: an answer and a reference that both
     restate the question ("a Bachelor's and a Master's degree") share them without the answer
     restating the reference."""
-    (r_orig, r), (a_orig, a) = _reference_tokens(reference), _aligned(answer)
-    if not r or not a or r == a or not _may_restate(r, a):
+    (r_orig, r, r_pairs), a = _reference_tokens(reference), _folded_tokens(answer)
+    if not r or not a or r == a or not _may_restate(r, a, r_pairs):
         return None  # nothing to align, nothing changed, or nothing restated
     asked = _asked(question)
+    a_orig: tuple[str, ...] | None = None
     ops = (
         _contained_opcodes(r, a)
         or difflib.SequenceMatcher(None, r, a, autojunk=False).get_opcodes()
@@ -396,6 +413,8 @@ def contradiction(answer: str, reference: str, question: str = "") -> str | None
             return "a negation differs from the reference"
         if len(removed) == 1 and len(added) == 1 and frozenset(removed + added) in _POLAR_SWAPS:
             return "a claim is reversed"
+        if a_orig is None:  # the answer's tokens as written: only a change's needs them
+            a_orig = tuple(_align_tokens(answer))
         facts = [
             t
             for t, o in zip(removed + added, r_orig[i1:i2] + a_orig[j1:j2], strict=True)
@@ -528,7 +547,7 @@ class DefaultGate:
             return self._fail(Reason.EMPTY, "no words")
         if spec.check_language:
             expected = _expected_language(item.question, item.reference)
-            got = detect_language(answer)
+            got = detect_new_language(answer, words)
             if UNDETERMINED not in (expected, got) and got != expected:
                 return self._fail(Reason.WRONG_LANGUAGE, f"answer in {got}, question in {expected}")
         if is_non_answer(answer, spec.non_answer_max_words, words):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from functools import lru_cache
 
 from qaloop.quality.text import tokens
@@ -145,10 +146,19 @@ def detect_language(text: str) -> str:
     return _detect_language(text[:LANG_CHARS])
 
 
-@lru_cache(maxsize=4096)  # keys of <= 5,000 characters: ~20 MB at most for ASCII text
-def _detect_language(text: str) -> str:
+def detect_new_language(text: str, words: Sequence[str] | None = None) -> str:
+    """`detect_language(text)` for a text seen once (an answer): no cache to fill, and
+    `words`, its `tokens(text)` when the caller has them, are what the detector would
+    compute for a text of <= LANG_CHARS characters without a URL."""
+    if len(text) > LANG_CHARS:
+        return _detect(text[:LANG_CHARS])
+    return _detect(text, words)
+
+
+def _detect(text: str, words: Sequence[str] | None = None) -> str:
     if _MAYBE_URL.search(text):  # the full pattern backtracks at every word: only when needed
         text = _URL.sub(" ", text)
+        words = None
     scripts = _script_counts(text)
     total = sum(scripts.values())
     if total == 0:
@@ -161,7 +171,7 @@ def _detect_language(text: str) -> str:
         script, count = max(non_latin.items(), key=lambda kv: kv[1])
         if count >= 3 and count >= 0.3 * total:
             return script
-    words = tokens(text)
+    words = tokens(text) if words is None else words
     if len(words) < 3:
         return UNDETERMINED
     votes: dict[str, float] = {}
@@ -184,6 +194,10 @@ def _detect_language(text: str) -> str:
     if best_votes >= _MIN_VOTES and best_votes >= _MARGIN * runner_up:
         return best
     return UNDETERMINED
+
+
+# keys of <= 5,000 characters: ~20 MB at most for ASCII text
+_detect_language = lru_cache(maxsize=4096)(_detect)
 
 
 def cross_language(answer: str, reference: str) -> bool:

@@ -61,12 +61,20 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     caches bypassed."""
     monkeypatch.setattr(gate_mod, "_may_inject", lambda answer: True)
     monkeypatch.setattr(llm_judge, "_may_inject", lambda answer: True)
-    monkeypatch.setattr(gate_mod, "_may_restate", lambda r, a: True)
+    monkeypatch.setattr(gate_mod, "_may_restate", lambda r, a, pairs: True)
+    monkeypatch.setattr(
+        gate_mod, "_folded_tokens", lambda t: tuple(x.casefold() for x in gate_mod._align_tokens(t))
+    )
     monkeypatch.setattr(gate_mod, "_contained_opcodes", lambda r, a: None)
     monkeypatch.setattr(gate_mod, "_question_words", gate_mod._words_of)
-    monkeypatch.setattr(gate_mod, "_cached_aligned", gate_mod._aligned)
+    monkeypatch.setattr(gate_mod, "_cached_reference", gate_mod._reference)
     monkeypatch.setattr(gate_mod, "_cached_asked", gate_mod._asked_words)
     monkeypatch.setattr(gate_mod, "_cached_language", lang.detect_language)
+    monkeypatch.setattr(
+        gate_mod,
+        "detect_new_language",
+        lambda text, words: lang._detect_language(text[: lang.LANG_CHARS]),
+    )
 
 
 def _fast_and_slow(
