@@ -130,8 +130,22 @@ _NON_ANSWER = re.compile(
     r"(?:no|ni)\s+(?:lo\s+)?s[eé]\b|no\s+puedo\s+(?:ayudar|responder))",
     re.IGNORECASE,
 )
+# Every match of _NON_ANSWER holds a word of each group of one of these rows (as
+# _INJECTION_WORDS; tests/unit/quality check them against the pattern).
+_NON_ANSWER_WORDS = (
+    (
+        (
+            *("know", "idea", "sure", "sorry", "able", "apologi", "help", "answer", "assist"),
+            *("provide", "say", "comment", "give", "share", "model", "professional", "expert"),
+            *("doctor", "specialist", "google", "search", "depends", "varies", "hard"),
+            *("opinion", "view", "everyone", "person", "information", "back", "puedo"),
+        ),
+    ),
+    (("ai",), ("as",)),
+    (("se", "s?"), ("no", "ni")),
+)
 _TERMINAL_OK = frozenset(".!?…\"'”’»)]*`>")
-_TRUNCATED_LAST = re.compile(r"[\w,:;(\-–—/&+=\\]$")
+_TRUNCATED_LAST = re.compile(r"[\w,:;(\-–—/&+=\\]$")  # matched on the last character
 _LIST_ITEM_WORDS = 6  # a list's last item up to this long may end without a full stop
 _LINK = re.compile(r"https?://|www\.|\.(?:com|org|net|edu|gov)\b", re.IGNORECASE)
 _LIST_OR_LINK = re.compile(
@@ -219,7 +233,9 @@ def is_non_answer(answer: str, max_words: int, words: Sequence[str] | None = Non
     """A short answer (<= max_words tokens; `words`: its tokens when known) of refusal or
     filler phrases."""
     n = len(tokens(answer) if words is None else words)
-    return n <= max_words and bool(_NON_ANSWER.search(answer))
+    if n > max_words:
+        return False
+    return may_match(ascii_view(answer), _NON_ANSWER_WORDS) and bool(_NON_ANSWER.search(answer))
 
 
 def new_content_words(question: str, answer: str, words: Sequence[str] | None = None) -> int:
@@ -241,7 +257,7 @@ def is_truncated(answer: str) -> bool:
     text = answer.replace("\\n", "\n").rstrip()
     if not text or text[-1] in _TERMINAL_OK:
         return False
-    if not _TRUNCATED_LAST.search(text):
+    if not _TRUNCATED_LAST.match(text[-1]):  # = searching "…$" in the rstripped text
         return False  # an emoji, a symbol: a deliberate ending
     if not text[-1].isalnum():
         return True  # "," ":" "(" "-" …: mid-sentence whatever the line

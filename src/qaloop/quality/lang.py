@@ -76,6 +76,16 @@ _VOTES = {
 }
 
 _MAYBE_URL = re.compile(r"https?://|www\.|\.(?:com|net|org|edu|gov)\b", re.IGNORECASE)
+_URL_HINTS = ("www.", ".com", ".net", ".org", ".edu", ".gov")
+
+
+def _may_be_url(text: str) -> bool:
+    if "://" in text:
+        return True
+    low = text.lower()
+    return any(hint in low for hint in _URL_HINTS)
+
+
 _URL = re.compile(r"(?:https?://|www\.)\S+|\S+\.(?:com|net|org|edu|gov)\b\S*", re.IGNORECASE)
 
 # Letters and marks that belong to one language of the list (each occurrence, up to 3, votes).
@@ -156,7 +166,9 @@ def detect_new_language(text: str, words: Sequence[str] | None = None) -> str:
 
 
 def _detect(text: str, words: Sequence[str] | None = None) -> str:
-    if _MAYBE_URL.search(text):  # the full pattern backtracks at every word: only when needed
+    # The full pattern backtracks at every word: only when needed; and the test for "needed"
+    # only where one of its literals is (its letters have no non-ASCII case variants).
+    if _may_be_url(text) and _MAYBE_URL.search(text):
         text = _URL.sub(" ", text)
         words = None
     scripts = _script_counts(text)
@@ -175,12 +187,8 @@ def _detect(text: str, words: Sequence[str] | None = None) -> str:
     if len(words) < 3:
         return UNDETERMINED
     votes: dict[str, float] = {}
-    get = _VOTES.get
-    for word in words:
-        vote = get(word)
-        if vote is None:
-            continue
-        weight, langs = vote
+    for word in [w for w in words if w in _VOTES]:
+        weight, langs = _VOTES[word]
         for lang in langs:  # the same sums, added in the same order
             votes[lang] = votes.get(lang, 0.0) + weight
     for char, lang in _MARKS.items():

@@ -60,6 +60,8 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every shortcut off: the patterns on every answer, the alignment on every pair, and the
     caches bypassed."""
     monkeypatch.setattr(gate_mod, "_may_inject", lambda answer: True)
+    monkeypatch.setattr(gate_mod, "may_match", lambda view, rows: True)
+    monkeypatch.setattr(lang, "_may_be_url", lambda text: True)
     monkeypatch.setattr(llm_judge, "_may_inject", lambda answer: True)
     monkeypatch.setattr(gate_mod, "_may_restate", lambda r, a, pairs: True)
     monkeypatch.setattr(
@@ -232,3 +234,50 @@ def test_the_opcodes_of_a_contained_run_are_difflibs(
     got = gate_mod._contained_opcodes(tuple(r), tuple(a))
     want = difflib.SequenceMatcher(None, r, a, autojunk=False).get_opcodes()
     assert got is None or got == want
+
+
+_NON_ANSWER_PIECES = st.sampled_from(
+    ["i", "I", "don't", "do not", "dont", "really", "know", "knows", "who", "no", "idea", "not",
+     "sure", "i'm", "I am", "sorry", "unable", "able", "apologise", "apologize", "can't",
+     "cannot", "couldn't", "won't", "will not", "help", "answer", "assist", "provide", "say",
+     "comment", "give", "to", "share", "as", "an", "ai", "AI", "language", "model", "consult",
+     "ask", "see", "a", "your", "professional", "expert", "doctor", "specialist", "google",
+     "it", "search", "online", "the web", "for it", "quick", "depends", "varies", "on", "many",
+     "a lot", "several", "simple", "easy", "single", "clear", "hard", "different", "various",
+     "opinions", "views", "their", "his", "her", "own", "view", "opinion", "for", "from",
+     "everyone", "person to person", "have", "any", "information", "about", "rather", "get",
+     "back", "you", "ni", "lo", "se", "sé", "SÉ", "se\u0301", "puedo", "ayudar", "responder",
+     "ı", "İ", "ſ", "\u212a", ".", "?", " ", "é"]
+)  # fmt: skip
+_NON_ANSWER_TEXTS = st.lists(_NON_ANSWER_PIECES, max_size=10).map(" ".join) | st.lists(
+    _NON_ANSWER_PIECES, max_size=10
+).map("".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_NON_ANSWER_TEXTS)
+def test_a_text_the_non_answer_pattern_matches_always_passes_its_prefilter(text: str) -> None:
+    if gate_mod._NON_ANSWER.search(text):
+        assert gate_mod.may_match(ascii_view(text), gate_mod._NON_ANSWER_WORDS)
+
+
+_URL_PIECES = st.sampled_from(
+    ["http", "HTTPS", "://", "www", "WWW", ".", "com", "COM", "net", "org", "edu", "gov", "x",
+     "ſ", "ı", " ", "/", "é"]
+)  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_URL_PIECES, max_size=10).map("".join))
+def test_a_text_with_a_url_always_passes_the_url_prefilter(text: str) -> None:
+    if lang._MAYBE_URL.search(text):
+        assert lang._may_be_url(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(min_size=1, max_size=30))
+def test_the_last_character_test_equals_searching_the_end(text: str) -> None:
+    text = text.rstrip()
+    if text:
+        found = gate_mod._TRUNCATED_LAST.search(text)
+        assert bool(found) == bool(gate_mod._TRUNCATED_LAST.match(text[-1]))
