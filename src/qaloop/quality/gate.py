@@ -242,7 +242,7 @@ def new_content_words(question: str, answer: str, words: Sequence[str] | None = 
     """Distinct content words of the answer (`words`: its tokens when known) that are not in
     the question."""
     q = _question_words(question) if len(question) <= _CACHED_CHARS else _words_of(question)
-    return len({t for t in (tokens(answer) if words is None else words) if t not in q})
+    return len(set(tokens(answer) if words is None else words) - q)
 
 
 def _words_of(question: str) -> frozenset[str]:

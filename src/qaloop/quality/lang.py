@@ -171,8 +171,9 @@ def _detect(text: str, words: Sequence[str] | None = None) -> str:
     if _may_be_url(text) and _MAYBE_URL.search(text):
         text = _URL.sub(" ", text)
         words = None
-    scripts = _script_counts(text)
-    total = sum(scripts.values())
+    plain = text.isascii()  # most answers: Latin letters only, and none of the _MARKS
+    scripts = Counter() if plain else _script_counts(text)
+    total = _ascii_letters(text) if plain else sum(scripts.values())
     if total == 0:
         return UNDETERMINED
     non_latin = {k: v for k, v in scripts.items() if k != "latin"}
@@ -191,7 +192,7 @@ def _detect(text: str, words: Sequence[str] | None = None) -> str:
         weight, langs = _VOTES[word]
         for lang in langs:  # the same sums, added in the same order
             votes[lang] = votes.get(lang, 0.0) + weight
-    for char, lang in _MARKS.items():
+    for char, lang in () if plain else _MARKS.items():
         if char in text:
             votes[lang] = votes.get(lang, 0.0) + _MARK_VOTE * min(3, text.count(char))
     ranked = sorted(votes.items(), key=lambda kv: kv[1], reverse=True)[:2]
