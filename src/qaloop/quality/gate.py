@@ -323,14 +323,23 @@ _cached_reference = lru_cache(maxsize=2_048)(_reference)
 _cached_asked = lru_cache(maxsize=2_048)(_asked_words)
 
 
-def _may_restate(r: Sequence[str], a: Sequence[str], r_pairs: frozenset[tuple[str, str]]) -> bool:
-    """False when the alignment of r and a can find no change between equal runs: every run
-    of equal tokens is one token long (no token pair in common: `r_pairs` are r's), and the
-    texts don't both start and end alike (then a one-token run at an edge would do). Exact,
-    and cheap next to the alignment: most answers don't restate the reference."""
-    if r[0] == a[0] and r[-1] == a[-1]:
-        return True
-    return not r_pairs.isdisjoint(pairwise(a))
+def _may_restate(
+    r: Sequence[str], a: Sequence[str], r_pairs: frozenset[tuple[str, str]], asked: frozenset[str]
+) -> bool:
+    """False when the alignment loop of `contradiction` cannot return: exact, and cheap next to
+    the alignment (most answers don't restate the reference). A change it reports sits between
+    equal runs of >= 2 tokens (a token pair both texts have: `r_pairs` are r's), or next to a
+    one-token run at both texts' start or end; and one of those runs must hold a token that is
+    not `asked` (the question's words and stop words)."""
+    shared = r_pairs.intersection(pairwise(a))
+    start, end = r[0] == a[0], r[-1] == a[-1]
+    if not shared and not (start and end):
+        return False
+    return (
+        (start and r[0] not in asked)
+        or (end and r[-1] not in asked)
+        or any(x not in asked or y not in asked for x, y in shared)
+    )
 
 
 def _contained_opcodes(
@@ -398,9 +407,11 @@ def contradiction(answer: str, reference: str, question: str = "") -> str | None
     restate the question ("a Bachelor's and a Master's degree") share them without the answer
     restating the reference."""
     (r_orig, r, r_pairs), a = _reference_tokens(reference), _folded_tokens(answer)
-    if not r or not a or r == a or not _may_restate(r, a, r_pairs):
-        return None  # nothing to align, nothing changed, or nothing restated
+    if not r or not a or r == a:
+        return None  # nothing to align, or nothing changed
     asked = _asked(question)
+    if not _may_restate(r, a, r_pairs, asked):
+        return None  # nothing restated
     a_orig: tuple[str, ...] | None = None
     ops = (
         _contained_opcodes(r, a)

@@ -52,7 +52,14 @@ def tokens(text: str) -> list[str]:
 
 
 def _slow_tokens(text: str) -> list[str]:
-    return _TOKEN.findall(normalize(text))
+    # normalize() without its whitespace collapsing, which moves no token boundary
+    text = unicodedata.normalize("NFC", text).replace("\\n", " ").casefold()
+    if _CJK_OR_EMOJI.search(text) is None:
+        return _ASCII_WORD.findall(text)  # without those scripts _TOKEN is \w+
+    return _TOKEN.findall(text)
+
+
+_CJK_OR_EMOJI = re.compile(f"[{_CJK}{_EMOJI}]")
 
 
 def is_cjk(char: str) -> bool:

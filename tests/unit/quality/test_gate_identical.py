@@ -28,6 +28,8 @@ from hypothesis import strategies as st
 
 from qaloop.quality import gate as gate_mod
 from qaloop.quality import lang, llm_judge
+from qaloop.quality import text as text_mod
+from qaloop.quality.scorers import clear_caches
 from qaloop.quality.text import ASCII_LOOKALIKES, ascii_view
 from tests.cases.gate_inputs import inputs
 from tests.cases.record_gate_verdicts import OUT, decisions
@@ -62,8 +64,11 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gate_mod, "_may_inject", lambda answer: True)
     monkeypatch.setattr(gate_mod, "may_match", lambda view, rows: True)
     monkeypatch.setattr(lang, "_may_be_url", lambda text: True)
+    monkeypatch.setattr(
+        text_mod, "_slow_tokens", lambda t: text_mod._TOKEN.findall(text_mod.normalize(t))
+    )
     monkeypatch.setattr(llm_judge, "_may_inject", lambda answer: True)
-    monkeypatch.setattr(gate_mod, "_may_restate", lambda r, a, pairs: True)
+    monkeypatch.setattr(gate_mod, "_may_restate", lambda r, a, pairs, asked: True)
     monkeypatch.setattr(
         gate_mod, "_folded_tokens", lambda t: tuple(x.casefold() for x in gate_mod._align_tokens(t))
     )
@@ -82,11 +87,22 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
 def _fast_and_slow(
     items: list[tuple[str, str, str, str | None]], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    _forget()
     fast = decisions(items)
     with monkeypatch.context() as m:
         _slow(m)
+        _forget()
         slow = decisions(items)
     return fast, slow
+
+
+def _forget() -> None:
+    """Empty every cache, so that the second run computes what the first one kept."""
+    clear_caches()
+    for cache in ("_question_words", "_cached_reference", "_cached_asked", "_cached_language"):
+        clear = getattr(getattr(gate_mod, cache), "cache_clear", None)
+        if clear is not None:  # (turned off, it is no cache)
+            clear()
 
 
 def test_the_shortcuts_change_no_decision_on_the_seeded_inputs(
@@ -281,3 +297,15 @@ def test_the_last_character_test_equals_searching_the_end(text: str) -> None:
     if text:
         found = gate_mod._TRUNCATED_LAST.search(text)
         assert bool(found) == bool(gate_mod._TRUNCATED_LAST.match(text[-1]))
+
+
+_SCRIPTS = st.sampled_from(
+    ["a", "É", "ß", "ﬁ", "e\u0301", "日", "本", "한", "ア", "🙂", "❶", "☀", "١", "\\n", "\n", " ",
+     "\u00a0", "\x1c", "_", "-", "'", "ſ", "İ", "x1"]
+)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_SCRIPTS, max_size=20).map("".join) | st.text(max_size=40))
+def test_the_tokens_of_text_without_cjk_or_emoji_equal_the_full_pattern(text: str) -> None:
+    assert text_mod.tokens(text) == text_mod._TOKEN.findall(text_mod.normalize(text))
