@@ -165,6 +165,9 @@ def detect_new_language(text: str, words: Sequence[str] | None = None) -> str:
     return _detect(text, words)
 
 
+_NO_SCRIPTS: Counter[str] = Counter()  # what ASCII text has besides Latin (never written to)
+
+
 def _detect(text: str, words: Sequence[str] | None = None) -> str:
     # The full pattern backtracks at every word: only when needed; and the test for "needed"
     # only where one of its literals is (its letters have no non-ASCII case variants).
@@ -172,7 +175,7 @@ def _detect(text: str, words: Sequence[str] | None = None) -> str:
         text = _URL.sub(" ", text)
         words = None
     plain = text.isascii()  # most answers: Latin letters only, and none of the _MARKS
-    scripts = Counter() if plain else _script_counts(text)
+    scripts = _NO_SCRIPTS if plain else _script_counts(text)
     total = _ascii_letters(text) if plain else sum(scripts.values())
     if total == 0:
         return UNDETERMINED
