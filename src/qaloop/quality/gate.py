@@ -178,6 +178,7 @@ _MAX_ALIGN = 1_500  # tokens of each side the alignment reads
 _VECTOR_CACHE = 8_192  # reference and question embeddings kept (~12 MB)
 _CACHED_CHARS = 5_000  # longer questions and references are not kept in the check caches
 _NOT = re.compile(r"n't\b", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
 _SEP = "\x00"  # joins tokens (\w runs: never this character)
 _CANNOT = re.compile(r"\bcannot\b", re.IGNORECASE)
 
@@ -395,7 +396,24 @@ def _respelled(removed: Sequence[str], added: Sequence[str]) -> bool:
     return difflib.SequenceMatcher(None, old, new, autojunk=False).ratio() >= _RESPELLED
 
 
-def contradiction(answer: str, reference: str, question: str = "") -> str | None:
+def _answer_tokens(answer: str, words: Sequence[str] | None) -> tuple[str, ...]:
+    """`_folded_tokens(answer)`; for ASCII text without a digit, an apostrophe or "cannot",
+    that is its `tokens()` (`words`, when the caller has them): no number to keep whole, no
+    rewrite, the same \\w+ runs of the same lowered text."""
+    if (
+        words is not None
+        and answer.isascii()
+        and "'" not in answer
+        and _DIGIT.search(answer) is None
+        and "cannot" not in answer.lower()
+    ):
+        return tuple(words[:_MAX_ALIGN])
+    return _folded_tokens(answer)
+
+
+def contradiction(
+    answer: str, reference: str, question: str = "", words: Sequence[str] | None = None
+) -> str | None:
     """A fact of the reference changed in a restatement of it, or None.
 
     The answer and the reference are aligned token by token (difflib); a small change (at
@@ -406,7 +424,7 @@ def contradiction(answer: str, reference: str, question: str = "") -> str | None
     question's words (and stop words) don't count: an answer and a reference that both
     restate the question ("a Bachelor's and a Master's degree") share them without the answer
     restating the reference."""
-    (r_orig, r, r_pairs), a = _reference_tokens(reference), _folded_tokens(answer)
+    (r_orig, r, r_pairs), a = _reference_tokens(reference), _answer_tokens(answer, words)
     if not r or not a or r == a:
         return None  # nothing to align, or nothing changed
     asked = _asked(question)
@@ -589,7 +607,7 @@ class DefaultGate:
         if not reference:
             return Verdict(None, Outcome.UNSURE, Reason.NO_REFERENCE, "no reference", self.name)
         if spec.check_contradiction:
-            why = contradiction(answer, reference, item.question)
+            why = contradiction(answer, reference, item.question, words)
             if why is not None:
                 return self._fail(Reason.CONTRADICTION, why)
         return None

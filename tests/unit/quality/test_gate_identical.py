@@ -69,9 +69,9 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     monkeypatch.setattr(llm_judge, "_may_inject", lambda answer: True)
     monkeypatch.setattr(gate_mod, "_may_restate", lambda r, a, pairs, asked: True)
-    monkeypatch.setattr(
-        gate_mod, "_folded_tokens", lambda t: tuple(x.casefold() for x in gate_mod._align_tokens(t))
-    )
+    folded = lambda t: tuple(x.casefold() for x in gate_mod._align_tokens(t))  # noqa: E731
+    monkeypatch.setattr(gate_mod, "_folded_tokens", folded)
+    monkeypatch.setattr(gate_mod, "_answer_tokens", lambda answer, words: folded(answer))
     monkeypatch.setattr(gate_mod, "_contained_opcodes", lambda r, a: None)
     monkeypatch.setattr(gate_mod, "_question_words", gate_mod._words_of)
     monkeypatch.setattr(gate_mod, "_cached_reference", gate_mod._reference)
@@ -309,3 +309,17 @@ _SCRIPTS = st.sampled_from(
 @given(st.lists(_SCRIPTS, max_size=20).map("".join) | st.text(max_size=40))
 def test_the_tokens_of_text_without_cjk_or_emoji_equal_the_full_pattern(text: str) -> None:
     assert text_mod.tokens(text) == text_mod._TOKEN.findall(text_mod.normalize(text))
+
+
+_ALIGN_PIECES = st.sampled_from(
+    ["Can't", "cannot", "CANNOT", "isn't", "3.5", "1,000", "x1", "\\n", "\n", " ", ".", ",", "a",
+     "Not", "it's", "é", "The", "_", "1929"]
+)  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_ALIGN_PIECES, max_size=16).map("".join) | st.text(max_size=40))
+def test_the_answers_alignment_tokens_from_its_words_equal_the_full_path(text: str) -> None:
+    want = tuple(t.casefold() for t in gate_mod._align_tokens(text))
+    assert gate_mod._answer_tokens(text, text_mod.tokens(text)) == want
+    assert gate_mod._folded_tokens(text) == want
