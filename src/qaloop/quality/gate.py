@@ -285,7 +285,7 @@ def _folded_tokens(text: str) -> tuple[str, ...]:
     """`_align_tokens(text)`, casefolded. ASCII text in one pass over its lowered copy: the
     same tokens (case moves no token boundary, and the two rewrites are lower case)."""
     if not text.isascii():
-        return tuple(t.casefold() for t in _align_tokens(text))
+        return _casefolded(_align_tokens(text))
     text = text.replace("\\n", " ").lower()
     if "'" in text:
         text = _NOT.sub(" not", text)
@@ -300,8 +300,14 @@ _Reference = tuple[tuple[str, ...], tuple[str, ...], frozenset[tuple[str, str]]]
 def _reference(text: str) -> _Reference:
     """The reference's alignment tokens, casefolded, and their pairs (for _may_restate)."""
     orig = tuple(_align_tokens(text))
-    folded = tuple(t.casefold() for t in orig)
+    folded = _casefolded(orig)
     return orig, folded, frozenset(pairwise(folded))
+
+
+def _casefolded(words: Sequence[str]) -> tuple[str, ...]:
+    """Each word casefolded, in one call: casefolding maps each character on its own, and
+    _SEP (in no word) folds to itself."""
+    return tuple(_SEP.join(words).casefold().split(_SEP)) if words else ()
 
 
 def _reference_tokens(text: str) -> _Reference:

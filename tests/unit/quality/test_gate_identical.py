@@ -323,3 +323,9 @@ def test_the_answers_alignment_tokens_from_its_words_equal_the_full_path(text: s
     want = tuple(t.casefold() for t in gate_mod._align_tokens(text))
     assert gate_mod._answer_tokens(text, text_mod.tokens(text)) == want
     assert gate_mod._folded_tokens(text) == want
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(exclude_characters="\x00"), max_size=6), max_size=8))
+def test_casefolding_the_joined_words_casefolds_each(words: list[str]) -> None:
+    assert gate_mod._casefolded(words) == tuple(w.casefold() for w in words)
