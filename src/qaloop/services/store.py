@@ -55,6 +55,7 @@ class Store:
         self.dead_letters = 0
         self.metrics = metrics if metrics is not None else Metrics()
         self._stored = LabelCache(self.metrics.stored)
+        self._time_to_answer = LabelCache(self.metrics.time_to_answer)
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[OutMessage]:
         envelopes: list[Envelope] = []
@@ -97,12 +98,15 @@ class Store:
         m = self.metrics
         if letters:
             m.dead_letters.inc(len(letters))
+        stored: dict[str, int] = {}
         for envelope in envelopes:
             state = envelope.state.value
-            self._stored(state).inc()
+            stored[state] = stored.get(state, 0) + 1
             if envelope.state.is_final:
-                m.time_to_answer.labels(state).observe(max(0.0, now - envelope.first_seen))
+                self._time_to_answer(state).observe(max(0.0, now - envelope.first_seen))
             log_event(log, "stored", envelope, "(state %s)", state, state=state)
+        for state, n in stored.items():  # one increment per state and batch, not per message
+            self._stored(state).inc(n)
 
     def _superseded(self, messages: Sequence[Message]) -> set[int]:
         """Mirrored-topic messages that a more advanced message of the same question in this
