@@ -106,12 +106,10 @@ WHERE excluded.progress > questions.progress AND excluded.trace_id = questions.t
 """
 # The trace id condition: see storage.base.reset_envelope (a reset starts a new run).
 
-_USAGE_INSERT_MANY = (
-    f"INSERT INTO llm_usage ({USAGE_COLUMNS}) SELECT * FROM unnest("
-    "%s::text[], %s::int4[], %s::int4[], %s::float8[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::int4[], %s::int4[], %s::int4[], %s::bool[], %s::float8[]) "
+_USAGE_INSERT = (
+    f"INSERT INTO llm_usage ({USAGE_COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) "
     "ON CONFLICT (question_id, seq) DO NOTHING"
-)  # rows sorted by key (usage_rows), so concurrent batches lock in one order
+)
 _VALUES_16 = ", ".join(["%s"] * 16)
 _VALUES_12 = ", ".join(["%s"] * 12)
 _UPSERT = f"INSERT INTO questions ({_WRITE_COLUMNS}) VALUES ({_VALUES_16}) {_ON_CONFLICT_QUESTION}"
@@ -137,6 +135,11 @@ CREATE TEMP TABLE IF NOT EXISTS qaloop_stage_events (
     score DOUBLE PRECISION, latency_ms DOUBLE PRECISION, error_class TEXT, detail TEXT,
     decision TEXT, wait_s DOUBLE PRECISION
 ) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS qaloop_stage_usage (
+    question_id TEXT, seq INTEGER, attempt INTEGER, at DOUBLE PRECISION, purpose TEXT,
+    provider TEXT, model TEXT, lane TEXT, input_tokens INTEGER, output_tokens INTEGER,
+    cached_tokens INTEGER, estimated BOOLEAN, cost_usd DOUBLE PRECISION
+) ON COMMIT DELETE ROWS;
 """
 _QUESTION_TYPES = [
     "text", "text", "text", "text", "int4", "int4", "float8", "float8",
@@ -146,6 +149,10 @@ _EVENT_TYPES = [
     "text", "int4", "int4", "text", "float8", "text",
     "float8", "float8", "text", "text", "text", "float8",
 ]  # fmt: skip
+_USAGE_TYPES = [
+    "text", "int4", "int4", "float8", "text", "text", "text",
+    "text", "int4", "int4", "int4", "bool", "float8",
+]  # fmt: skip
 _MERGE_QUESTIONS = (
     f"INSERT INTO questions ({_WRITE_COLUMNS}) SELECT {_WRITE_COLUMNS} "
     f"FROM qaloop_stage_questions ORDER BY question_id {_ON_CONFLICT_QUESTION}"
@@ -153,6 +160,10 @@ _MERGE_QUESTIONS = (
 _MERGE_EVENTS = (
     f"INSERT INTO events ({_EVENT_WRITE_COLUMNS}) SELECT {_EVENT_WRITE_COLUMNS} "
     "FROM qaloop_stage_events ORDER BY question_id, seq ON CONFLICT (question_id, seq) DO NOTHING"
+)
+_MERGE_USAGE = (
+    f"INSERT INTO llm_usage ({USAGE_COLUMNS}) SELECT {USAGE_COLUMNS} "
+    "FROM qaloop_stage_usage ORDER BY question_id, seq ON CONFLICT (question_id, seq) DO NOTHING"
 )
 
 
@@ -447,13 +458,9 @@ class PostgresRepository:
         with self._tx() as conn:
             mode = self.write_mode
             if mode == "copy" or (mode == "auto" and len(questions) >= COPY_THRESHOLD):
-                self._apply_copy(conn, questions, events)
+                self._apply_copy(conn, questions, events, usage)
             else:
-                self._apply_executemany(conn, questions, events)
-            if usage:
-                # one statement for the whole batch (one upsert per row cost the server a
-                # statement each: ~1.6 per question)
-                conn.execute(_USAGE_INSERT_MANY, [list(c) for c in zip(*usage, strict=True)])
+                self._apply_executemany(conn, questions, events, usage)
         self._written.committed(envelopes)
 
     @staticmethod
@@ -461,17 +468,21 @@ class PostgresRepository:
         conn: psycopg.Connection[Any],
         questions: list[tuple[Any, ...]],
         events: list[tuple[Any, ...]],
+        usage: list[tuple[Any, ...]],
     ) -> None:
         with conn.cursor() as cur:  # executemany runs in pipeline mode (libpq >= 14)
             cur.executemany(_UPSERT, questions)
             if events:
                 cur.executemany(_EVENT_INSERT, events)
+            if usage:
+                cur.executemany(_USAGE_INSERT, usage)
 
     @staticmethod
     def _apply_copy(
         conn: psycopg.Connection[Any],
         questions: list[tuple[Any, ...]],
         events: list[tuple[Any, ...]],
+        usage: list[tuple[Any, ...]],
     ) -> None:
         with conn.cursor() as cur:
             with cur.copy(
@@ -489,6 +500,14 @@ class PostgresRepository:
                     for row in events:
                         copy.write_row(row)
                 cur.execute(_MERGE_EVENTS)
+            if usage:  # a statement per row in executemany: ~1.6 per question
+                with cur.copy(
+                    f"COPY qaloop_stage_usage ({USAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(_USAGE_TYPES)
+                    for row in usage:
+                        copy.write_row(row)
+                cur.execute(_MERGE_USAGE)
 
     @_retry_transient
     def add_hits(self, hits: Mapping[str, int]) -> None:
