@@ -22,8 +22,8 @@ import argparse
 import asyncio
 import os
 import resource
-import sys
 import sqlite3
+import sys
 import time
 import uuid
 from typing import Any

@@ -595,7 +595,8 @@ class PostgresRepository:
         with self._tx() as conn:
             rows = conn.execute(
                 "SELECT q.envelope FROM questions q WHERE q.state = 'queued' "
-                "AND q.finished_at IS NULL AND q.updated_at < %s AND NOT EXISTS (SELECT 1 FROM events e "
+                "AND q.finished_at IS NULL AND q.updated_at < %s "
+                "AND NOT EXISTS (SELECT 1 FROM events e "
                 "WHERE e.question_id = q.question_id AND e.seq > 0) "
                 "ORDER BY q.updated_at, q.question_id LIMIT %s",
                 (cutoff, limit),
