@@ -7,6 +7,10 @@
 -- scans the whole table either way (GROUP BY over every row).
 DROP INDEX IF EXISTS questions_state;
 
+-- llm_usage_at, likewise: written for every priced call, read by no query (the totals group
+-- the whole table, the export goes by (question_id, seq); budgets keep their own table).
+DROP INDEX IF EXISTS llm_usage_at;
+
 -- The unfinished questions, keyed on finished_at instead of the state: it is NULL exactly when
 -- the state is not final (storage.sqlite.question_row sets both), and it changes once, at
 -- the final state, so the updates in between can be HOT. unfinished() and stale() say both
