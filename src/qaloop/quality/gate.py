@@ -28,16 +28,18 @@ import difflib
 import math
 import re
 import unicodedata
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 from qaloop.quality.base import Scorer
-from qaloop.quality.lang import UNDETERMINED, detect_language
+from qaloop.quality.lang import UNDETERMINED, detect_language, detect_new_language
 from qaloop.quality.registry import get_scorer
 from qaloop.quality.scorers import STOPWORDS
-from qaloop.quality.text import tokens
+from qaloop.quality.text import ascii_view, may_match, tokens
 from qaloop.quality.verdict import GateInput, Outcome, Reason, Verdict
 
 # The calibrated default (docs/quality.md "How the thresholds were chosen").
@@ -128,8 +130,22 @@ _NON_ANSWER = re.compile(
     r"(?:no|ni)\s+(?:lo\s+)?s[eé]\b|no\s+puedo\s+(?:ayudar|responder))",
     re.IGNORECASE,
 )
+# Every match of _NON_ANSWER holds a word of each group of one of these rows (as
+# _INJECTION_WORDS; tests/unit/quality check them against the pattern).
+_NON_ANSWER_WORDS = (
+    (
+        (
+            *("know", "idea", "sure", "sorry", "able", "apologi", "help", "answer", "assist"),
+            *("provide", "say", "comment", "give", "share", "model", "professional", "expert"),
+            *("doctor", "specialist", "google", "search", "depends", "varies", "hard"),
+            *("opinion", "view", "everyone", "person", "information", "back", "puedo"),
+        ),
+    ),
+    (("ai",), ("as",)),
+    (("se", "s?"), ("no", "ni")),
+)
 _TERMINAL_OK = frozenset(".!?…\"'”’»)]*`>")
-_TRUNCATED_LAST = re.compile(r"[\w,:;(\-–—/&+=\\]$")
+_TRUNCATED_LAST = re.compile(r"[\w,:;(\-–—/&+=\\]$")  # matched on the last character
 _LIST_ITEM_WORDS = 6  # a list's last item up to this long may end without a full stop
 _LINK = re.compile(r"https?://|www\.|\.(?:com|org|net|edu|gov)\b", re.IGNORECASE)
 _LIST_OR_LINK = re.compile(
@@ -160,19 +176,47 @@ _CONTEXT = 2  # equal tokens needed on each side of a change to call it a restat
 _RESPELLED = 0.8  # letter similarity above which a replaced name is a spelling variant
 _MAX_ALIGN = 1_500  # tokens of each side the alignment reads
 _VECTOR_CACHE = 8_192  # reference and question embeddings kept (~12 MB)
+_CACHED_CHARS = 5_000  # longer questions and references are not kept in the check caches
+_NOT = re.compile(r"n't\b", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
+_SEP = "\x00"  # joins tokens (\w runs: never this character)
+_CANNOT = re.compile(r"\bcannot\b", re.IGNORECASE)
+
+
+# Every match of _INJECTION holds a word of each group of one of these rows: answers without
+# them skip the pattern (~30 µs an answer; tests/unit/quality check the rows against it).
+_INJECTION_WORDS = (  # the rarest group first: the others are looked for only after it
+    (
+        ("ignore", "disregard", "forget", "override"),
+        ("instruction", "prompt", "rules", "reference", "system"),
+    ),
+    (("pass", "valid", "approved"), ("output", "respond", "reply", "answer", "say")),
+    (("mark",), ("valid", "correct", "passed", "approved")),
+    (("grader", "judge", "evaluator", "scorer"), ("must", "should", "will")),
+    (("system", "assistant"), (":",)),
+)
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # ASCII's Cc but \t \n \r
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_BAD_CATEGORIES = ("Cc", "Co", "Cn", "Cs")
 
 
 def _control_share(text: str) -> float:
+    """Share of control, private-use, unassigned and surrogate characters (and U+FFFD) in the
+    first 4,000: ASCII ones counted by a regex, the others by category once per distinct
+    character (a per-character loop cost ~25 µs an answer)."""
     sample = text[:4_000]
     if not sample:
         return 0.0
-    bad = sum(
-        1
-        for ch in sample
-        if (unicodedata.category(ch) in ("Cc", "Co", "Cn", "Cs") and ch not in "\n\r\t")
-        or ch == "\ufffd"
-    )
+    bad = len(_ASCII_CONTROL.findall(sample))
+    if not sample.isascii():
+        for ch, n in Counter(_NON_ASCII.findall(sample)).items():
+            if ch == "\ufffd" or unicodedata.category(ch) in _BAD_CATEGORIES:
+                bad += n
     return bad / len(sample)
+
+
+def _may_inject(answer: str) -> bool:
+    return may_match(ascii_view(answer), _INJECTION_WORDS)
 
 
 def malformed(answer: str, max_chars: int) -> str | None:
@@ -181,27 +225,40 @@ def malformed(answer: str, max_chars: int) -> str | None:
         return f"enormous ({len(answer):,} characters > {max_chars:,})"
     if _control_share(answer) > 0.02:
         return "binary (control characters)"
-    if _INJECTION.search(answer[:max_chars]):
+    if _may_inject(answer) and _INJECTION.search(answer[:max_chars]):
         return "instruction aimed at the judge"
     return None
 
 
-def is_non_answer(answer: str, max_words: int) -> bool:
-    words = tokens(answer)
-    return len(words) <= max_words and bool(_NON_ANSWER.search(answer))
+def is_non_answer(answer: str, max_words: int, words: Sequence[str] | None = None) -> bool:
+    """A short answer (<= max_words tokens; `words`: its tokens when known) of refusal or
+    filler phrases."""
+    n = len(tokens(answer) if words is None else words)
+    if n > max_words:
+        return False
+    return may_match(ascii_view(answer), _NON_ANSWER_WORDS) and bool(_NON_ANSWER.search(answer))
 
 
-def new_content_words(question: str, answer: str) -> int:
-    """Distinct content words of the answer that are not in the question."""
-    q = set(tokens(question))
-    return len({t for t in tokens(answer) if t not in STOPWORDS and t not in q})
+def new_content_words(question: str, answer: str, words: Sequence[str] | None = None) -> int:
+    """Distinct content words of the answer (`words`: its tokens when known) that are not in
+    the question."""
+    q = _question_words(question) if len(question) <= _CACHED_CHARS else _words_of(question)
+    return len(set(tokens(answer) if words is None else words) - q)
+
+
+def _words_of(question: str) -> frozenset[str]:
+    """The question's tokens and the stop words: what an answer's new word is not."""
+    return frozenset(tokens(question)) | STOPWORDS
+
+
+_question_words = lru_cache(maxsize=4_096)(_words_of)  # a question returns with each attempt
 
 
 def is_truncated(answer: str) -> bool:
     text = answer.replace("\\n", "\n").rstrip()
     if not text or text[-1] in _TERMINAL_OK:
         return False
-    if not _TRUNCATED_LAST.search(text):
+    if not _TRUNCATED_LAST.match(text[-1]):  # = searching "…$" in the rstripped text
         return False  # an emoji, a symbol: a deliberate ending
     if not text[-1].isalnum():
         return True  # "," ":" "(" "-" …: mid-sentence whatever the line
@@ -217,9 +274,104 @@ def is_truncated(answer: str) -> bool:
 
 def _align_tokens(text: str) -> list[str]:
     text = text.replace("\\n", " ")
-    text = re.sub(r"n't\b", " not", text, flags=re.IGNORECASE)
-    text = re.sub(r"\bcannot\b", "can not", text, flags=re.IGNORECASE)
+    if "'" in text:  # each pattern only where its literal is (most answers have neither)
+        text = _NOT.sub(" not", text)
+    if "cannot" in text.lower():  # exact: no non-ASCII character matches these letters
+        text = _CANNOT.sub("can not", text)
     return _WORD.findall(text)[:_MAX_ALIGN]
+
+
+def _folded_tokens(text: str) -> tuple[str, ...]:
+    """`_align_tokens(text)`, casefolded. ASCII text in one pass over its lowered copy: the
+    same tokens (case moves no token boundary, and the two rewrites are lower case)."""
+    if not text.isascii():
+        return _casefolded(_align_tokens(text))
+    text = text.replace("\\n", " ").lower()
+    if "'" in text:
+        text = _NOT.sub(" not", text)
+    if "cannot" in text:
+        text = _CANNOT.sub("can not", text)
+    return tuple(_WORD.findall(text)[:_MAX_ALIGN])
+
+
+_Reference = tuple[tuple[str, ...], tuple[str, ...], frozenset[tuple[str, str]]]
+
+
+def _reference(text: str) -> _Reference:
+    """The reference's alignment tokens, casefolded, and their pairs (for _may_restate)."""
+    orig = tuple(_align_tokens(text))
+    folded = _casefolded(orig)
+    return orig, folded, frozenset(pairwise(folded))
+
+
+def _casefolded(words: Sequence[str]) -> tuple[str, ...]:
+    """Each word casefolded, in one call: casefolding maps each character on its own, and
+    _SEP (in no word) folds to itself."""
+    return tuple(_SEP.join(words).casefold().split(_SEP)) if words else ()
+
+
+def _reference_tokens(text: str) -> _Reference:
+    return _cached_reference(text) if len(text) <= _CACHED_CHARS else _reference(text)
+
+
+def _asked(question: str) -> frozenset[str]:
+    """The question's alignment tokens and the stop words: runs of only these don't count."""
+    if len(question) > _CACHED_CHARS:
+        return _asked_words(question)
+    return _cached_asked(question)
+
+
+def _asked_words(question: str) -> frozenset[str]:
+    return frozenset(_folded_tokens(question)) | STOPWORDS
+
+
+# A reference and its question come back with every attempt: align them once.
+_cached_reference = lru_cache(maxsize=2_048)(_reference)
+_cached_asked = lru_cache(maxsize=2_048)(_asked_words)
+
+
+def _may_restate(
+    r: Sequence[str], a: Sequence[str], r_pairs: frozenset[tuple[str, str]], asked: frozenset[str]
+) -> bool:
+    """False when the alignment loop of `contradiction` cannot return: exact, and cheap next to
+    the alignment (most answers don't restate the reference). A change it reports sits between
+    equal runs of >= 2 tokens (a token pair both texts have: `r_pairs` are r's), or next to a
+    one-token run at both texts' start or end; and one of those runs must hold a token that is
+    not `asked` (the question's words and stop words)."""
+    shared = r_pairs.intersection(pairwise(a))
+    start, end = r[0] == a[0], r[-1] == a[-1]
+    if not shared and not (start and end):
+        return False
+    return (
+        (start and r[0] not in asked)
+        or (end and r[-1] not in asked)
+        or any(x not in asked or y not in asked for x, y in shared)
+    )
+
+
+def _contained_opcodes(
+    r: Sequence[str], a: Sequence[str]
+) -> list[tuple[str, int, int, int, int]] | None:
+    """difflib's opcodes for (r, a) when one is a run of the other (an answer that is a stretch
+    of the reference, or the reference plus more), else None. Then difflib's longest match is
+    all of the shorter side at its first occurrence, and nothing is left to match on either
+    side of it: these are its opcodes, without its O(n * m) search."""
+    a_inside = len(a) <= len(r)
+    short, long_ = (a, r) if a_inside else (r, a)
+    # No token holds _SEP, so a match of the joined strings starts and ends on token bounds.
+    hay = _SEP + _SEP.join(long_) + _SEP
+    at = hay.find(_SEP + _SEP.join(short) + _SEP)
+    if at < 0:
+        return None
+    start = hay.count(_SEP, 0, at + 1) - 1  # tokens before the match
+    end, n, k = start + len(short), len(long_), len(short)
+    if a_inside:
+        ops = [("delete", 0, start, 0, 0)] if start else []
+        ops.append(("equal", start, end, 0, k))
+        return ops + ([("delete", end, n, k, k)] if end < n else [])
+    ops = [("insert", 0, 0, 0, start)] if start else []
+    ops.append(("equal", 0, k, start, end))
+    return ops + ([("insert", k, k, end, n)] if end < n else [])
 
 
 def _is_fact(token: str, original: str) -> bool:
@@ -250,7 +402,24 @@ def _respelled(removed: Sequence[str], added: Sequence[str]) -> bool:
     return difflib.SequenceMatcher(None, old, new, autojunk=False).ratio() >= _RESPELLED
 
 
-def contradiction(answer: str, reference: str, question: str = "") -> str | None:
+def _answer_tokens(answer: str, words: Sequence[str] | None) -> tuple[str, ...]:
+    """`_folded_tokens(answer)`; for ASCII text without a digit, an apostrophe or "cannot",
+    that is its `tokens()` (`words`, when the caller has them): no number to keep whole, no
+    rewrite, the same \\w+ runs of the same lowered text."""
+    if (
+        words is not None
+        and answer.isascii()
+        and "'" not in answer
+        and _DIGIT.search(answer) is None
+        and "cannot" not in answer.lower()
+    ):
+        return tuple(words[:_MAX_ALIGN])
+    return _folded_tokens(answer)
+
+
+def contradiction(
+    answer: str, reference: str, question: str = "", words: Sequence[str] | None = None
+) -> str | None:
     """A fact of the reference changed in a restatement of it, or None.
 
     The answer and the reference are aligned token by token (difflib); a small change (at
@@ -261,12 +430,17 @@ def contradiction(answer: str, reference: str, question: str = "") -> str | None
     question's words (and stop words) don't count: an answer and a reference that both
     restate the question ("a Bachelor's and a Master's degree") share them without the answer
     restating the reference."""
-    r_orig, a_orig = _align_tokens(reference), _align_tokens(answer)
-    r, a = [t.casefold() for t in r_orig], [t.casefold() for t in a_orig]
-    if not r or not a:
-        return None
-    asked = {t.casefold() for t in _align_tokens(question)} | STOPWORDS
-    ops = difflib.SequenceMatcher(None, r, a, autojunk=False).get_opcodes()
+    (r_orig, r, r_pairs), a = _reference_tokens(reference), _answer_tokens(answer, words)
+    if not r or not a or r == a:
+        return None  # nothing to align, or nothing changed
+    asked = _asked(question)
+    if not _may_restate(r, a, r_pairs, asked):
+        return None  # nothing restated
+    a_orig: tuple[str, ...] | None = None
+    ops = (
+        _contained_opcodes(r, a)
+        or difflib.SequenceMatcher(None, r, a, autojunk=False).get_opcodes()
+    )
     for k, (tag, i1, i2, j1, j2) in enumerate(ops):
         if tag == "equal" or i2 - i1 > 3 or j2 - j1 > 3:
             continue
@@ -290,6 +464,8 @@ def contradiction(answer: str, reference: str, question: str = "") -> str | None
             return "a negation differs from the reference"
         if len(removed) == 1 and len(added) == 1 and frozenset(removed + added) in _POLAR_SWAPS:
             return "a claim is reversed"
+        if a_orig is None:  # the answer's tokens as written: only a change's needs them
+            a_orig = tuple(_align_tokens(answer))
         facts = [
             t
             for t, o in zip(removed + added, r_orig[i1:i2] + a_orig[j1:j2], strict=True)
@@ -333,10 +509,19 @@ def without_question(question: str, answer: str) -> str:
 
 
 def _expected_language(question: str, reference: str | None) -> str:
-    lang = detect_language(question)
+    lang = _kept_language(question)
     if lang == UNDETERMINED and reference:
-        lang = detect_language(reference)
+        lang = _kept_language(reference)
     return lang
+
+
+def _kept_language(text: str) -> str:
+    """detect_language of a question or reference, from a cache of its own: they return with
+    every attempt, and new answers would push them out of the detector's shared cache."""
+    return _cached_language(text) if len(text) <= _CACHED_CHARS else detect_language(text)
+
+
+_cached_language = lru_cache(maxsize=8_192)(detect_language)
 
 
 # ----------------------------------------------------------------------------- the gate
@@ -408,17 +593,18 @@ class DefaultGate:
         why = malformed(answer, spec.max_chars)
         if why is not None:
             return self._fail(Reason.MALFORMED, why)
-        if not tokens(answer[: spec.max_chars]):
+        words = tokens(answer)  # not enormous: answer[: spec.max_chars] is all of it
+        if not words:
             return self._fail(Reason.EMPTY, "no words")
         if spec.check_language:
             expected = _expected_language(item.question, item.reference)
-            got = detect_language(answer)
+            got = detect_new_language(answer, words)
             if UNDETERMINED not in (expected, got) and got != expected:
                 return self._fail(Reason.WRONG_LANGUAGE, f"answer in {got}, question in {expected}")
-        if is_non_answer(answer, spec.non_answer_max_words):
+        if is_non_answer(answer, spec.non_answer_max_words, words):
             return self._fail(Reason.NON_ANSWER, "refusal or filler")
         if item.question.strip():
-            new = new_content_words(item.question, answer)
+            new = new_content_words(item.question, answer, words)
             if new < spec.echo_min_new:
                 return self._fail(Reason.ECHO, f"adds {new} word(s) to the question")
         if spec.check_truncation and is_truncated(answer):
@@ -427,7 +613,7 @@ class DefaultGate:
         if not reference:
             return Verdict(None, Outcome.UNSURE, Reason.NO_REFERENCE, "no reference", self.name)
         if spec.check_contradiction:
-            why = contradiction(answer, reference, item.question)
+            why = contradiction(answer, reference, item.question, words)
             if why is not None:
                 return self._fail(Reason.CONTRADICTION, why)
         return None

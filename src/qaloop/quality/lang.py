@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from functools import lru_cache
 
 from qaloop.quality.text import tokens
@@ -69,8 +70,22 @@ for _stop in _STOPWORDS.values():
     for _w in _stop:
         _WEIGHT[_w] = _WEIGHT.get(_w, 0.0) + 1.0
 _WEIGHT = {w: 1.0 / n for w, n in _WEIGHT.items()}
+# word -> (weight, the languages it votes for, in _STOPWORDS order): one lookup a word.
+_VOTES = {
+    w: (weight, tuple(k for k, s in _STOPWORDS.items() if w in s)) for w, weight in _WEIGHT.items()
+}
 
 _MAYBE_URL = re.compile(r"https?://|www\.|\.(?:com|net|org|edu|gov)\b", re.IGNORECASE)
+_URL_HINTS = ("www.", ".com", ".net", ".org", ".edu", ".gov")
+
+
+def _may_be_url(text: str) -> bool:
+    if "://" in text:
+        return True
+    low = text.lower()
+    return any(hint in low for hint in _URL_HINTS)
+
+
 _URL = re.compile(r"(?:https?://|www\.)\S+|\S+\.(?:com|net|org|edu|gov)\b\S*", re.IGNORECASE)
 
 # Letters and marks that belong to one language of the list (each occurrence, up to 3, votes).
@@ -141,12 +156,27 @@ def detect_language(text: str) -> str:
     return _detect_language(text[:LANG_CHARS])
 
 
-@lru_cache(maxsize=4096)  # keys of <= 5,000 characters: ~20 MB at most for ASCII text
-def _detect_language(text: str) -> str:
-    if _MAYBE_URL.search(text):  # the full pattern backtracks at every word: only when needed
+def detect_new_language(text: str, words: Sequence[str] | None = None) -> str:
+    """`detect_language(text)` for a text seen once (an answer): no cache to fill, and
+    `words`, its `tokens(text)` when the caller has them, are what the detector would
+    compute for a text of <= LANG_CHARS characters without a URL."""
+    if len(text) > LANG_CHARS:
+        return _detect(text[:LANG_CHARS])
+    return _detect(text, words)
+
+
+_NO_SCRIPTS: Counter[str] = Counter()  # what ASCII text has besides Latin (never written to)
+
+
+def _detect(text: str, words: Sequence[str] | None = None) -> str:
+    # The full pattern backtracks at every word: only when needed; and the test for "needed"
+    # only where one of its literals is (its letters have no non-ASCII case variants).
+    if _may_be_url(text) and _MAYBE_URL.search(text):
         text = _URL.sub(" ", text)
-    scripts = _script_counts(text)
-    total = sum(scripts.values())
+        words = None
+    plain = text.isascii()  # most answers: Latin letters only, and none of the _MARKS
+    scripts = _NO_SCRIPTS if plain else _script_counts(text)
+    total = _ascii_letters(text) if plain else sum(scripts.values())
     if total == 0:
         return UNDETERMINED
     non_latin = {k: v for k, v in scripts.items() if k != "latin"}
@@ -157,18 +187,15 @@ def _detect_language(text: str) -> str:
         script, count = max(non_latin.items(), key=lambda kv: kv[1])
         if count >= 3 and count >= 0.3 * total:
             return script
-    words = tokens(text)
+    words = tokens(text) if words is None else words
     if len(words) < 3:
         return UNDETERMINED
     votes: dict[str, float] = {}
-    for word in words:
-        weight = _WEIGHT.get(word)
-        if weight is None:
-            continue
-        for lang, stop in _STOPWORDS.items():
-            if word in stop:
-                votes[lang] = votes.get(lang, 0.0) + weight
-    for char, lang in _MARKS.items():
+    for word in [w for w in words if w in _VOTES]:
+        weight, langs = _VOTES[word]
+        for lang in langs:  # the same sums, added in the same order
+            votes[lang] = votes.get(lang, 0.0) + weight
+    for char, lang in () if plain else _MARKS.items():
         if char in text:
             votes[lang] = votes.get(lang, 0.0) + _MARK_VOTE * min(3, text.count(char))
     ranked = sorted(votes.items(), key=lambda kv: kv[1], reverse=True)[:2]
@@ -179,6 +206,10 @@ def _detect_language(text: str) -> str:
     if best_votes >= _MIN_VOTES and best_votes >= _MARGIN * runner_up:
         return best
     return UNDETERMINED
+
+
+# keys of <= 5,000 characters: ~20 MB at most for ASCII text
+_detect_language = lru_cache(maxsize=4096)(_detect)
 
 
 def cross_language(answer: str, reference: str) -> bool:

@@ -26,6 +26,7 @@ import json
 import re
 from typing import Any
 
+from qaloop.quality.text import ascii_view, may_match
 from qaloop.quality.verdict import GateInput, Outcome, Reason, Verdict
 
 NAME = "llm_judge"
@@ -111,10 +112,24 @@ def build_prompt(item: GateInput) -> str:
     )
 
 
+_BINARY_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffd]")
+# Every match of _INJECTION holds a word of each group of one of these rows: answers without
+# them skip the pattern (~25 µs an answer; tests/unit/quality check the rows against it).
+_INJECTION_WORDS = (  # the rarest group first: the others are looked for only after it
+    (("ignore", "disregard"), ("instructions", "rules", "prompt")),
+    (("pass",), ("output", "print", "respond", "reply", "return", "say", "answer", "verdict")),
+    (("grader", "judge", "evaluator"), ("you",)),
+    (("10", "pass"), ("grade", "score", "rate")),
+)
+
+
 def _binary(text: str) -> bool:
     sample = text[:4000]
-    bad = sum(1 for c in sample if (ord(c) < 32 and c not in "\t\n\r") or c == "\ufffd")
-    return bad > max(2, len(sample) // 100)
+    return len(_BINARY_CHARS.findall(sample)) > max(2, len(sample) // 100)
+
+
+def _may_inject(answer: str) -> bool:
+    return may_match(ascii_view(answer), _INJECTION_WORDS)
 
 
 def precheck(item: GateInput, judged_by: str = NAME) -> Verdict | None:
@@ -127,7 +142,7 @@ def precheck(item: GateInput, judged_by: str = NAME) -> Verdict | None:
         return _fail(Reason.MALFORMED, why, judged_by)
     if _binary(answer):
         return _fail(Reason.MALFORMED, "answer contains binary/control characters", judged_by)
-    if _INJECTION.search(answer):
+    if _may_inject(answer) and _INJECTION.search(answer):
         why = "answer addresses the grader (prompt injection)"
         return _fail(Reason.MALFORMED, why, judged_by)
     return None
