@@ -1,8 +1,16 @@
 """Token-level evidence for the gate's relevance score: encode every gate-benchmark case once,
 then fit and band feature variants in seconds (docs/quality.md, "What was tried").
 
-    .venv/bin/python bench/gate_token_experiment.py encode   # ~10-20 min: the ONNX runs
+    .venv/bin/python bench/gate_token_experiment.py encode   # 3 min idle: the ONNX runs
     .venv/bin/python bench/gate_token_experiment.py fit      # seconds per variant
+    .venv/bin/python bench/gate_token_experiment.py encode-layers    # token vectors of layers 1-5
+    .venv/bin/python bench/gate_token_experiment.py encode-newlines  # literal "\\n" as a newline
+
+`fit` reads the last layer's token vectors unless QALOOP_TOKEN_LAYER=<1-5>; other switches:
+QALOOP_TOKEN_NEWLINES=1, QALOOP_TOKEN_CENTER=1 (centred token vectors), QALOOP_ABTT=<D>
+(all-but-the-top on the sentence vectors), QALOOP_FIT_FAMILIES=a,b (the fit's negatives);
+extra arguments pick variants by name. The rows of docs/quality.md's session-5 table are its
+output (about 2 GB of cache in all).
 
 `encode` builds the benchmark exactly as `qaloop gate-bench` does (seed 0, the same
 most-similar-question function), runs the gate's checks, and for every case the score decides

@@ -12,6 +12,10 @@ run by ONNX Runtime on the CPU. Tokenisation: HuggingFace `tokenizers` with the 
 tokenizer.json, truncated at the model's max_seq_length (256). Checked against the values the
 sentence-transformers documentation publishes for this model (tests/unit/quality).
 
+The graph's second output is the last hidden state (per-token vectors, before pooling):
+`encode_with_tokens` returns both from one run (the gate's token-level experiment,
+docs/quality.md); `encode` doesn't fetch it.
+
 Optional `quantize="int8"`: dynamic int8 quantisation of the MatMul weights, per channel
 (per-tensor distorts the scores; see docs/quality.md for the measured agreement with fp32).
 
