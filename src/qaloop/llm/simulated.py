@@ -4,7 +4,10 @@ answers of known kinds, and a simulated LLM judge.
 Errors are drawn per call, seeded by (seed, question id, attempt, try). The answer is drawn per
 attempt, seeded by (seed, question id, attempt) and by whether the prompt carried feedback, so
 results don't depend on the order concurrent calls happen in, and a retried call of the same
-attempt gives the same answer.
+attempt gives the same answer. Each draw is a pure function of those parts: one 64-bit hash of
+them (`_unit`: a uniform in [0, 1) with no generator at all) or, for the answer's text, one
+`Random` seeded with that integer (seeding from bytes, four times per call, was a tenth of a
+worker's CPU per call).
 
 Answer kinds (weights `kinds`, renormalised):
 
@@ -31,7 +34,9 @@ asks for (qaloop.quality.llm_judge).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -107,9 +112,23 @@ class SimulatedConfig:
                 raise ValueError(f"{name} must be in [0, 1]")
 
 
+def _seed(*parts: object) -> int:
+    """A stable 64-bit integer of `parts` (not Python's salted hash: runs must repeat)."""
+    key = ":".join(map(str, parts)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+def _unit(*parts: object) -> float:
+    """A uniform draw in [0, 1) that is a pure function of `parts` (53 bits, like random())."""
+    return (_seed(*parts) >> 11) * _TWO_POW_M53
+
+
 def _rng(*parts: object) -> random.Random:
-    key = ":".join(map(str, parts))
-    return random.Random(hashlib.blake2b(key.encode(), digest_size=8).digest())
+    """A generator for draws that need several numbers (an answer's text, a latency)."""
+    return random.Random(_seed(*parts))
+
+
+_TWO_POW_M53 = 2.0**-53
 
 
 class SimulatedProvider:
@@ -119,21 +138,20 @@ class SimulatedProvider:
         self.config = config or SimulatedConfig()
         self.calls = 0
         self.judge_calls = 0
-
-    def _rng(self, request: GenerationRequest) -> random.Random:
-        return _rng(self.config.seed, request.question_id, request.attempt, request.try_no)
+        self._weights: dict[tuple[bool, bool], list[float]] = {}
 
     async def generate(self, request: GenerationRequest) -> Generation:
         self.calls += 1
         cfg = self.config
-        rng = self._rng(request)
+        parts = (cfg.seed, request.question_id, request.attempt, request.try_no)
         latency_s = 0.0
         if cfg.latency_median_ms > 0:
+            rng = _rng(*parts, "latency")
             latency_s = rng.lognormvariate(0.0, cfg.latency_sigma) * cfg.latency_median_ms / 1000
         started = time.perf_counter()
         if latency_s > 0:
             await asyncio.sleep(latency_s)
-        roll = rng.random()
+        roll = _unit(*parts, "error")
         if roll < cfg.overload_rate:
             raise OverloadError("simulated 503: the model is overloaded", status=503)
         roll -= cfg.overload_rate
@@ -169,7 +187,19 @@ class SimulatedProvider:
 
     def kind(self, question_id: str, attempt: int, feedback: str | None) -> str:
         cfg = self.config
-        hard = _rng(cfg.seed, "hard", question_id).random() < cfg.hard_rate
+        hard = _unit(cfg.seed, "hard", question_id) < cfg.hard_rate
+        cumulative = self._cumulative_weights(hard, bool(feedback))
+        draw = _unit(cfg.seed, "kind", question_id, attempt, bool(feedback)) * cumulative[-1]
+        # random.choices' rule, with the one uniform drawn from the hash
+        return KINDS[bisect.bisect(cumulative, draw, 0, len(KINDS) - 1)]
+
+    def _cumulative_weights(self, hard: bool, feedback: bool) -> list[float]:
+        """The kinds' cumulative weights for one of the four (hard, feedback) cases."""
+        key = (hard, feedback)
+        cached = self._weights.get(key)
+        if cached is not None:
+            return cached
+        cfg = self.config
         weights = []
         for k in KINDS:
             w = float(cfg.kinds.get(k, 0.0))
@@ -179,8 +209,8 @@ class SimulatedProvider:
                 if feedback:
                     w *= 1.0 - cfg.feedback_effect
             weights.append(w)
-        rng = _rng(cfg.seed, "kind", question_id, attempt, bool(feedback))
-        return rng.choices(KINDS, weights=weights)[0]
+        cumulative = self._weights[key] = list(itertools.accumulate(weights))
+        return cumulative
 
     def answer(
         self,
@@ -239,7 +269,7 @@ class SimulatedProvider:
         )
         if answer.strip() == expected.strip():
             good = kind == "good"
-            if _rng(cfg.seed, "judge", request.question_id, request.attempt).random() < (
+            if _unit(cfg.seed, "judge", request.question_id, request.attempt) < (
                 cfg.judge_error_rate
             ):
                 good = not good
