@@ -131,6 +131,11 @@ def _rng(*parts: object) -> random.Random:
 _TWO_POW_M53 = 2.0**-53
 
 
+def _terms(question: str) -> list[str]:
+    """The question's longer words (what an answer without a reference talks about)."""
+    return [w for w in _WORD.findall(question) if len(w) > 3][:8] or question.split()[:5]
+
+
 class SimulatedProvider:
     name = "simulated"
 
@@ -222,11 +227,13 @@ class SimulatedProvider:
     ) -> tuple[str, str]:
         """(kind, text) of the attempt's answer: a pure function of its arguments and seed."""
         kind = self.kind(question_id, attempt, feedback)
-        rng = _rng(self.config.seed, "text", question_id, attempt, bool(feedback))
+        seed = (self.config.seed, "text", question_id, attempt, bool(feedback))
         words = (reference or "").split()[:200]
-        terms = [w for w in _WORD.findall(question) if len(w) > 3][:8] or question.split()[:5]
+        # the generator and the question's terms only where a kind uses them (echo and wrong
+        # draw nothing)
         match kind:
             case "good" if words:
+                rng = _rng(*seed)
                 # A restatement: whole sentences of the reference, each kept with a Beta(alpha,
                 # beta) chance (the first always), so what it says stays true -- a good answer
                 # does not garble the reference's numbers, names or negations.
@@ -235,18 +242,24 @@ class SimulatedProvider:
                 kept = [sentences[0]] + [x for x in sentences[1:] if rng.random() < quality]
                 text = " ".join(kept)
             case "good":
+                rng, terms = _rng(*seed), _terms(question)
                 text = (
                     f"{' '.join(terms)}: the short answer is that it comes down to "
                     f"{rng.choice(terms)}, for example {rng.choice(terms)} in practice."
                 )
             case "off_topic":
-                text = " ".join(rng.choice(_FILLER) for _ in range(max(12, min(len(words), 40))))
+                choice = _rng(*seed).choice
+                text = " ".join([choice(_FILLER) for _ in range(max(12, min(len(words), 40)))])
             case "echo":
                 text = f"{question.strip()} {question.strip().lower()}"
             case "non_answer":
-                text = rng.choice(_NON_ANSWERS)
+                text = _rng(*seed).choice(_NON_ANSWERS)
             case _:  # wrong
-                base = " ".join(words) if words else " ".join(terms) + " is the usual answer."
+                base = (
+                    " ".join(words)
+                    if words
+                    else " ".join(_terms(question)) + " is the usual answer."
+                )
                 text = _NUMBER.sub(lambda m: str(int(m.group()) + 7), base)
                 text = _COPULA.sub(lambda m: f"{m.group()} not", text, count=1)
                 if text == base:  # nothing to change: negate the first claim anyway
