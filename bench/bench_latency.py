@@ -226,6 +226,7 @@ def run_distributed(args: argparse.Namespace, judge: str) -> dict[str, Any]:
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="qaloop-latency-"))
     with pg_schema(pg, "bench_lat") as (schema, db):
+        db = with_pg_options(db, args.pg_option)
         env = service_env(args, workdir)
         log = (workdir / "up.log").open("wb")
         up = subprocess.Popen(
@@ -277,6 +278,13 @@ def run_distributed(args: argparse.Namespace, judge: str) -> dict[str, Any]:
     return _result(
         "flink" if judge == "flink" else "plain", rows, visible, len(ids), {"log": str(log.name)}
     )
+
+
+def with_pg_options(db: str, options: list[str]) -> str:
+    """The services' DSN with `-c key=value` server settings for their sessions (pg_schema's
+    DSN ends in its `options=-csearch_path...`: these join that parameter)."""
+    assert db.rsplit("&", 1)[-1].rsplit("?", 1)[-1].startswith("options="), db
+    return db + "".join(f"%20-c{o.replace('=', '%3D')}" for o in options)
 
 
 def service_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
@@ -395,6 +403,14 @@ def main() -> None:
         "--set", action="append", default=[], metavar="QALOOP_X=V", help="extra service env"
     )
     p.add_argument(
+        "--pg-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a PostgreSQL setting for the services' sessions, e.g. synchronous_commit=off "
+        "(an A/B of the commit's fsync; not a recommended deployment)",
+    )
+    p.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "latency" / "latest.json"
     )
     args = p.parse_args()
@@ -428,6 +444,7 @@ def main() -> None:
         "count": args.count,
         "rate": args.rate,
         "env": args.env,
+        "pg_options": args.pg_option,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

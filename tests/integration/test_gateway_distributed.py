@@ -4,7 +4,6 @@ from a storage count of the backlog."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,32 +16,20 @@ from qaloop.core import codec
 from qaloop.core.ids import question_id
 from qaloop.core.model import Envelope, EventKind, QuestionState
 from qaloop.settings import Settings
+from tests.integration.conftest import StackSettings
 
 pytestmark = pytest.mark.integration
 
-BOOTSTRAP = os.environ.get("QALOOP_KAFKA_BOOTSTRAP", "")
-PG_DSN = os.environ.get("QALOOP_PG_DSN", "")
-
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, object, Settings]]:
-    if not (BOOTSTRAP and PG_DSN):
-        pytest.skip('needs Kafka and PostgreSQL: scripts/infra up; eval "$(scripts/infra env)"')
-    import psycopg
-
+async def gateway(
+    stack_settings: StackSettings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, object, Settings]]:
     from qaloop.distributed import build_gateway_app
     from qaloop.storage.postgres import PostgresRepository
 
-    schema = f"qaloop_test_{uuid.uuid4().hex[:16]}"
-    settings = Settings(
-        bus="kafka",
-        kafka_bootstrap=BOOTSTRAP,
-        topic_prefix=f"t{uuid.uuid4().hex[:10]}",
-        kafka_partitions=1,
-        db=PG_DSN,
-        max_backlog=2,
-    )
-    repo = PostgresRepository(PG_DSN, schema=schema)
+    settings = stack_settings(max_backlog=2)
+    repo = PostgresRepository(settings.db)
     app = build_gateway_app(settings, repo=repo)
     try:
         async with app.router.lifespan_context(app):
@@ -51,8 +38,6 @@ async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, object, Settings]]
                 yield client, repo, settings
     finally:
         repo.close()
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 async def test_readiness_retry_failed_and_backlog(
@@ -92,7 +77,7 @@ async def test_readiness_retry_failed_and_backlog(
     record = repo.get(qid)  # type: ignore[attr-defined]
     assert record.state is QuestionState.QUEUED and record.trace_id != "old-trace"
     topics = topics_for(settings)
-    bus = KafkaBus(KafkaSettings(BOOTSTRAP, partitions=1), topics)
+    bus = KafkaBus(KafkaSettings(settings.kafka_bootstrap, partitions=1), topics)
     await bus.start()
     probe = bus.consumer(f"{settings.topic_prefix}.probe", [topics.questions])
     got: list[Envelope] = []
@@ -114,13 +99,9 @@ async def test_readiness_retry_failed_and_backlog(
 
 
 async def test_a_key_over_its_shared_spend_budget_gets_429_another_key_is_served(
-    tmp_path: Path,
+    tmp_path: Path, stack_settings: StackSettings
 ) -> None:
     """The distributed gateway reads the workers' spend from the PostgreSQL ledger."""
-    if not (BOOTSTRAP and PG_DSN):
-        pytest.skip('needs Kafka and PostgreSQL: scripts/infra up; eval "$(scripts/infra env)"')
-    import psycopg
-
     from qaloop.distributed import build_gateway_app
     from qaloop.gateway.auth import ApiKey, format_key, hash_token, new_token
     from qaloop.llm.budget import period_bounds
@@ -136,24 +117,18 @@ async def test_a_key_over_its_shared_spend_budget_gets_429_another_key_is_served
         f"{format_key(ApiKey(other, hash_token(other_key), 'user'))}\n",
         encoding="utf-8",
     )
-    ledger = PostgresLedger(PG_DSN)  # what a worker charged for the spender's calls
-    await ledger.charge([f"key:{spender}"], 0.75, period_bounds("day", time.time())[0])
-    await ledger.aclose()
-
-    schema = f"qaloop_test_{uuid.uuid4().hex[:16]}"
-    settings = Settings(
-        bus="kafka",
-        kafka_bootstrap=BOOTSTRAP,
-        topic_prefix=f"t{uuid.uuid4().hex[:10]}",
-        kafka_partitions=1,
-        db=PG_DSN,
+    settings = stack_settings(
         auth="on",
         api_keys_file=str(keys),
         budget_key_usd=0.5,
         budget_action="reject",
         budget_backend="postgres",
     )
-    repo = PostgresRepository(PG_DSN, schema=schema)
+    ledger = PostgresLedger(settings.db)  # what a worker charged for the spender's calls
+    await ledger.charge([f"key:{spender}"], 0.75, period_bounds("day", time.time())[0])
+    await ledger.aclose()
+
+    repo = PostgresRepository(settings.db)
     app = build_gateway_app(settings, repo=repo)
     try:
         async with app.router.lifespan_context(app):
@@ -172,6 +147,3 @@ async def test_a_key_over_its_shared_spend_budget_gets_429_another_key_is_served
                 assert served.status_code == 202, served.text
     finally:
         repo.close()
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            conn.execute("DELETE FROM qaloop_llm_spend WHERE scope LIKE %s", (f"key:%-{run}",))

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -16,11 +14,10 @@ import pytest
 
 from qaloop.gateway.auth import ApiKey, format_key, hash_token, new_token
 from qaloop.settings import Settings
+from tests.integration.conftest import StackSettings
 
 pytestmark = pytest.mark.integration
 
-BOOTSTRAP = os.environ.get("QALOOP_KAFKA_BOOTSTRAP", "")
-PG_DSN = os.environ.get("QALOOP_PG_DSN", "")
 QUOTA = 5
 TOKEN = new_token()
 
@@ -37,33 +34,13 @@ async def gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Iterator[Settings]:
-    if not (BOOTSTRAP and PG_DSN):
-        pytest.skip('needs Kafka and PostgreSQL: scripts/infra up; eval "$(scripts/infra env)"')
-    import psycopg
-
-    schema = f"qaloop_test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
+def settings(tmp_path: Path, stack_settings: StackSettings) -> Settings:
     keys = tmp_path / "keys.txt"
     keys.write_text(
         format_key(ApiKey("carol", hash_token(TOKEN), "user", quota_per_day=QUOTA)) + "\n",
         encoding="utf-8",
     )
-    sep = "&" if "?" in PG_DSN else "?"
-    try:
-        yield Settings(
-            bus="kafka",
-            kafka_bootstrap=BOOTSTRAP,
-            topic_prefix=f"t{uuid.uuid4().hex[:10]}",
-            kafka_partitions=1,
-            db=f"{PG_DSN}{sep}options=-csearch_path%3D{schema}",
-            auth="on",
-            api_keys_file=str(keys),
-        )
-    finally:
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    return stack_settings(auth="on", api_keys_file=str(keys))
 
 
 async def test_a_keys_quota_holds_in_sum_across_two_gateways(settings: Settings) -> None:

@@ -19,10 +19,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from qaloop.gateway.bodies import BadRequest, read_json_body
 from qaloop.gateway.service import QuestionService
 from qaloop.services.recovery import letter_row, replay_dead_letters
 from qaloop.storage.base import DeadLetter
@@ -35,40 +35,10 @@ Error = Callable[[int, str, str], Response]
 Json = Callable[[int, Any], Response]
 
 
-class _Invalid(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-async def _json_object(request: Request, max_bytes: int, *, required: bool) -> dict[str, Any]:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:  # refused before it is read
-        raise _Invalid(413, "body_too_large", f"body is {declared} bytes; the limit is {max_bytes}")
-    chunks, size = [], 0
-    async for chunk in request.stream():  # chunked: the limit holds while reading
-        size += len(chunk)
-        if size > max_bytes:
-            raise _Invalid(413, "body_too_large", f"body exceeds {max_bytes} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw:
-        if required:
-            raise _Invalid(400, "empty_body", "request body is empty; send a JSON object")
-        return {}
-    try:
-        loaded = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _Invalid(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-    if not isinstance(loaded, dict):
-        raise _Invalid(422, "invalid_body", f"expected a JSON object, got {type(loaded).__name__}")
-    return loaded
-
-
 def _flag(data: dict[str, Any], name: str) -> bool:
     value = data.get(name, False)
     if not isinstance(value, bool):
-        raise _Invalid(422, "invalid_field", f"field {name!r} must be true or false")
+        raise BadRequest(422, "invalid_field", f"field {name!r} must be true or false")
     return value
 
 
@@ -76,7 +46,7 @@ def _query_limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return 50
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
-        raise _Invalid(422, "invalid_query", f"'limit' must be an integer from 1 to {MAX_LIST}")
+        raise BadRequest(422, "invalid_query", f"'limit' must be an integer from 1 to {MAX_LIST}")
     return int(raw)
 
 
@@ -85,7 +55,7 @@ def _query_bool(raw: str | None, name: str) -> bool:
         return False
     if raw in ("true", "1"):
         return True
-    raise _Invalid(422, "invalid_query", f"{name!r} must be true or false, got {raw!r}")
+    raise BadRequest(422, "invalid_query", f"{name!r} must be true or false, got {raw!r}")
 
 
 def install(
@@ -106,8 +76,8 @@ def install(
         if not valid_id(question_id):
             return error(404, "not_found", f"no question with id {question_id!r}")
         try:
-            data = await _json_object(request, max_body_bytes, required=False)
-        except _Invalid as exc:
+            data = await read_json_body(request, max_body_bytes, required=False)
+        except BadRequest as exc:
             return error(exc.status, exc.code, exc.message)
         reference = data.get("reference_answer")
         if reference is not None and not isinstance(reference, str):
@@ -135,7 +105,7 @@ def install(
         try:
             limit = _query_limit(request.query_params.get("limit"))
             include = _query_bool(request.query_params.get("all"), "all")
-        except _Invalid as exc:
+        except BadRequest as exc:
             return error(exc.status, exc.code, exc.message)
         letters = await asyncio.to_thread(repo.dead_letters, limit, include)
         rows = [letter_row(letter) for letter in letters]
@@ -146,10 +116,10 @@ def install(
         """Replay dead letters by key (`{"keys": [...]}`) or every one not yet replayed
         (`{"all": true}`); `force` re-runs questions already final, `dry_run` changes nothing."""
         try:
-            data = await _json_object(request, max_body_bytes, required=True)
+            data = await read_json_body(request, max_body_bytes)
             unknown = set(data) - _REPLAY_FIELDS
             if unknown:
-                raise _Invalid(
+                raise BadRequest(
                     422,
                     "invalid_field",
                     f"unknown field(s) {sorted(unknown)}; expected {sorted(_REPLAY_FIELDS)}",
@@ -161,14 +131,14 @@ def install(
                 or not keys
                 or not all(isinstance(k, str) and k for k in keys)
             ):
-                raise _Invalid(422, "invalid_field", "'keys' must be a non-empty list of strings")
+                raise BadRequest(422, "invalid_field", "'keys' must be a non-empty list of strings")
             if (keys is None) != every:  # exactly one of the two
-                raise _Invalid(
+                raise BadRequest(
                     422,
                     "missing_field",
                     "give either 'keys' (see GET /v1/admin/dead-letters) or \"all\": true",
                 )
-        except _Invalid as exc:
+        except BadRequest as exc:
             return error(exc.status, exc.code, exc.message)
         async with replaying:
             letters: list[DeadLetter]

@@ -26,11 +26,10 @@ import re
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -44,6 +43,7 @@ from qaloop.core.model import LANES
 from qaloop.gateway import admin, dashboard, openapi, push
 from qaloop.gateway.admission import Rejected
 from qaloop.gateway.auth import Authenticator, Denied
+from qaloop.gateway.bodies import BadRequest, error_response, json_response, read_json_body
 from qaloop.gateway.dashboard import Lifespan
 from qaloop.gateway.service import QuestionService
 from qaloop.observability.dashboard import DashboardSampler
@@ -94,74 +94,8 @@ QUESTION_BODY_SCHEMA = {
 }
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def json_response(status: int, body: Any) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
-def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> Response:
-    return Response(
-        orjson.dumps({"error": {"code": code, "message": message}}),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
-
-
 def retry_after(seconds: float | None) -> dict[str, str]:
     return {} if seconds is None else {"Retry-After": str(max(1, math.ceil(seconds)))}
-
-
-async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest(400, "bad_content_length", "Content-Length is not a number")
-        if int(declared) > max_bytes:
-            # Connection: close (bad_request_response): the unread body is not drained.
-            raise BadRequest(
-                413, "body_too_large", f"request body is {declared} bytes; the limit is {max_bytes}"
-            )
-        raw = await request.body()  # declared and within the limit: read it at once
-    else:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():  # chunked: enforce the limit while reading
-            size += len(chunk)
-            if size > max_bytes:
-                raise BadRequest(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
-            chunks.append(chunk)
-        raw = b"".join(chunks)
-    if not raw:
-        raise BadRequest(400, "empty_body", "request body is empty; send a JSON object")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        _refuse_bad_utf8(raw)  # orjson's own words for it: "surrogates not allowed"
-        raise BadRequest(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest(422, "invalid_body", f"expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _refuse_bad_utf8(raw: bytes) -> None:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(
-            400,
-            "invalid_encoding",
-            f"request body is not valid UTF-8 (byte {exc.start}): send JSON encoded as UTF-8",
-        ) from None
 
 
 def parse_question(data: dict[str, Any], settings: Settings) -> tuple[str, str | None, bool]:
