@@ -48,6 +48,7 @@ from benchkit import (
     machine_line,
     machine_state,
     per_question_ms,
+    pg_backend_cpu,
     pg_schema,
     start_stages,
     stop,
@@ -237,7 +238,7 @@ def run_qaloop(
 
             async def main() -> tuple[float, float, float]:
                 await bus.start()
-                cpu["before"] = cpu_snapshot(names)
+                cpu["before"] = cpu_snapshot(names) | pg_backend_cpu(pg, prefix)
                 t0 = time.time()
                 loader = asyncio.create_task(load_like_gateway(repo, bus, topics, qas))
                 finished_at = None
@@ -260,7 +261,7 @@ def run_qaloop(
                     samples.append({"t": round(time.time() - t0, 2), "final": final, "lag": lags})
                     if final >= len(qas) and finished_at is None:
                         finished_at = time.time()
-                        cpu["after"] = cpu_snapshot(names)
+                        cpu["after"] = cpu_snapshot(names) | pg_backend_cpu(pg, prefix)
                     if finished_at is not None and loader.done() and not any(lags.values()):
                         break
                     if time.time() - t0 > args.timeout:

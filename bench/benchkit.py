@@ -72,18 +72,39 @@ def start_stages(
     names: dict[str, int] = {}
     for service, count in scale.items():
         for i in range(count):
+            name = service if count == 1 else f"{service}-{i + 1}"
             with (logs / f"{prefix}-{service}-{i}.log").open("wb") as log:
                 procs.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "qaloop", service],
-                        env=dict(env),
+                        # libpq names its sessions after the stage: pg_backend_cpu finds them
+                        env={**env, "PGAPPNAME": f"{prefix}-{name}"},
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
                     )
                 )
-            names[service if count == 1 else f"{service}-{i + 1}"] = procs[-1].pid
+            names[name] = procs[-1].pid
     return procs, names
+
+
+def pg_backend_cpu(dsn: str, prefix: str) -> dict[str, float]:
+    """CPU seconds so far of the PostgreSQL sessions each stage of this run opened (named
+    `<prefix>-<stage>` by start_stages), as "postgresql: <stage>": unlike the "postgresql"
+    total, it leaves out other users of a shared server (and the server's background
+    processes: WAL writer, checkpointer)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT application_name, pid FROM pg_stat_activity WHERE application_name LIKE %s",
+            (f"{prefix}-%",),
+        ).fetchall()
+    out: dict[str, float] = {}
+    for app, pid in rows:
+        key = f"postgresql: {str(app)[len(prefix) + 1 :]}"
+        out[key] = out.get(key, 0.0) + _proc_cpu_s(int(pid))
+    return out
 
 
 def stop(procs: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> list[int | None]:
@@ -168,7 +189,8 @@ def cpu_snapshot(children: dict[str, int]) -> dict[str, float]:
 
 
 def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: round(after.get(k, 0.0) - v, 2) for k, v in before.items()}
+    keys = dict.fromkeys([*before, *after])  # a session opened in between counts from 0
+    return {k: round(after.get(k, 0.0) - before.get(k, 0.0), 2) for k in keys}
 
 
 def per_question_ms(cpu_s: dict[str, float], questions: int) -> dict[str, float]:

@@ -32,6 +32,11 @@ def dead_letter_key(*parts: object) -> str:
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
+def _raw(message: Message) -> bytes | None:
+    value = message.value
+    return value if isinstance(value, bytes) else None
+
+
 class Store:
     def __init__(
         self,
@@ -50,9 +55,11 @@ class Store:
         self.dead_letters = 0
         self.metrics = metrics if metrics is not None else Metrics()
         self._stored = LabelCache(self.metrics.stored)
+        self._time_to_answer = LabelCache(self.metrics.time_to_answer)
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[OutMessage]:
         envelopes: list[Envelope] = []
+        encoded: list[bytes | None] = []  # as received: stored without encoding them again
         letters: list[DeadLetter] = []
         outputs: list[OutMessage] = []
         now = self.clock()
@@ -65,16 +72,18 @@ class Store:
                 letters.append(letter)
                 if envelope is not None:
                     envelopes.append(envelope)
+                    encoded.append(_raw(message))
                 continue
             try:
                 envelopes.append(codec.decode(message.value))
+                encoded.append(_raw(message))
             except codec.InvalidMessage as exc:
                 if message.topic == self.topics.validated:  # ours to dead-letter
                     self.metrics.poison.labels("store").inc()
                     outputs.append(poison(self.topics.dead_letter, message, str(exc)))
         if envelopes or letters:
             started = time.perf_counter()
-            await asyncio.to_thread(self._write, envelopes, letters)
+            await asyncio.to_thread(self._write, envelopes, encoded, letters)
             self.metrics.store_write_seconds.observe(time.perf_counter() - started)
         self.written += len(envelopes)
         self.dead_letters += len(letters)
@@ -89,12 +98,15 @@ class Store:
         m = self.metrics
         if letters:
             m.dead_letters.inc(len(letters))
+        stored: dict[str, int] = {}
         for envelope in envelopes:
             state = envelope.state.value
-            self._stored(state).inc()
+            stored[state] = stored.get(state, 0) + 1
             if envelope.state.is_final:
-                m.time_to_answer.labels(state).observe(max(0.0, now - envelope.first_seen))
+                self._time_to_answer(state).observe(max(0.0, now - envelope.first_seen))
             log_event(log, "stored", envelope, "(state %s)", state, state=state)
+        for state, n in stored.items():  # one increment per state and batch, not per message
+            self._stored(state).inc(n)
 
     def _superseded(self, messages: Sequence[Message]) -> set[int]:
         """Mirrored-topic messages that a more advanced message of the same question in this
@@ -120,8 +132,10 @@ class Store:
                 best[key] = (progress, index)
         return {index for key, index in mirrored if best[key][1] != index}
 
-    def _write(self, envelopes: list[Envelope], letters: list[DeadLetter]) -> None:
-        self.repo.apply(envelopes)
+    def _write(
+        self, envelopes: list[Envelope], encoded: list[bytes | None], letters: list[DeadLetter]
+    ) -> None:
+        self.repo.apply(envelopes, encoded)
         if letters:
             self.repo.record_dead_letters(letters)
 

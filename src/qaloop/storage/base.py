@@ -10,7 +10,8 @@ The tests in tests/contract/test_storage.py run against every implementation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -48,8 +49,12 @@ class Repository(Protocol):
 
     def get(self, question_id: str) -> QuestionRecord | None: ...
 
-    def apply(self, envelopes: Sequence[Envelope]) -> None:
-        """Project envelopes (states + history) in one transaction."""
+    def apply(
+        self, envelopes: Sequence[Envelope], encoded: Sequence[bytes | None] | None = None
+    ) -> None:
+        """Project envelopes (states + history) in one transaction. `encoded`, if given, holds
+        each envelope's bytes as received (what `codec.decode` read it from), stored as the
+        `envelope` column instead of encoding it again (None: encode that one)."""
         ...
 
     def add_hits(self, hits: Mapping[str, int]) -> None: ...
@@ -160,3 +165,45 @@ def dedupe_batch(envelopes: Sequence[Envelope]) -> list[Envelope]:
         if seen is None or progress > seen[0]:
             best[envelope.question_id] = (progress, envelope)
     return [best[qid][1] for qid in sorted(best)]
+
+
+def encoded_by_id(
+    envelopes: Sequence[Envelope], encoded: Sequence[bytes | None] | None
+) -> dict[int, bytes]:
+    """`apply`'s `encoded` argument by envelope identity (dedupe_batch keeps the objects)."""
+    if encoded is None:
+        return {}
+    if len(encoded) != len(envelopes):
+        raise ValueError(f"{len(encoded)} encoded envelopes for {len(envelopes)} envelopes")
+    return {id(e): r for e, r in zip(envelopes, encoded, strict=True) if r is not None}
+
+
+class WrittenHistory:
+    """How many leading events of each question's history this repository has committed.
+
+    Events are insert-only, keyed (question id, seq), and seq is the event's index in the
+    history; so once a batch holding an envelope with n events has committed, events 0..n-1 of
+    that question are in the table, and a later envelope's events below n (and their usage
+    rows) need not be sent again: the insert would do nothing. Every envelope carries its whole
+    history, so without this a question's k-th state re-sends k events. Only ever raised, only
+    after a commit; bounded (the oldest entries go first), and an unknown question sends its
+    whole history, as before. Thread-safe."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._marks: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def mark(self, question_id: str) -> int:
+        return self._marks.get(question_id, 0)
+
+    def committed(self, envelopes: Iterable[Envelope]) -> None:
+        marks = self._marks
+        with self._lock:
+            for envelope in envelopes:
+                qid, n = envelope.question_id, len(envelope.history)
+                if n > marks.get(qid, 0):
+                    marks.pop(qid, None)  # re-inserted last: dict order is recency
+                    marks[qid] = n
+            while len(marks) > self.capacity:
+                del marks[next(iter(marks))]

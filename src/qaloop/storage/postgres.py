@@ -49,7 +49,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from qaloop.core import codec
 from qaloop.core.model import Envelope, Event, QuestionRecord
 from qaloop.core.retry import full_jitter_backoff
-from qaloop.storage.base import DeadLetter, dedupe_batch, reset_envelope
+from qaloop.storage.base import (
+    DeadLetter,
+    WrittenHistory,
+    dedupe_batch,
+    encoded_by_id,
+    reset_envelope,
+)
 from qaloop.storage.sqlite import (
     EVENT_COLUMNS,
     event_from_row,
@@ -117,17 +123,27 @@ _EVENT_INSERT = (
 )
 
 # Staging tables for the COPY path: one pair per pooled connection, emptied at every commit.
+# The envelope is compressed when it is staged (COPY), and the merge copies the compressed
+# value into questions as it is: the staging column's method is the one stored. lz4 there
+# halves the backend's CPU for a staged envelope against pglz, the default (docs/storage.md,
+# "What a state change costs"); a server without lz4 gets the default.
+_STAGE_ENVELOPE_LZ4 = " COMPRESSION lz4"
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS qaloop_stage_questions (
     question_id TEXT, question TEXT, reference_answer TEXT, state TEXT, attempt INTEGER,
     progress INTEGER, first_seen DOUBLE PRECISION, updated_at DOUBLE PRECISION,
     finished_at DOUBLE PRECISION, answer TEXT, score DOUBLE PRECISION, llm_calls INTEGER,
-    error_class TEXT, error_detail TEXT, trace_id TEXT, envelope BYTEA
+    error_class TEXT, error_detail TEXT, trace_id TEXT, envelope BYTEA{envelope_compression}
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS qaloop_stage_events (
     question_id TEXT, seq INTEGER, attempt INTEGER, kind TEXT, at DOUBLE PRECISION, answer TEXT,
     score DOUBLE PRECISION, latency_ms DOUBLE PRECISION, error_class TEXT, detail TEXT,
     decision TEXT, wait_s DOUBLE PRECISION
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS qaloop_stage_usage (
+    question_id TEXT, seq INTEGER, attempt INTEGER, at DOUBLE PRECISION, purpose TEXT,
+    provider TEXT, model TEXT, lane TEXT, input_tokens INTEGER, output_tokens INTEGER,
+    cached_tokens INTEGER, estimated BOOLEAN, cost_usd DOUBLE PRECISION
 ) ON COMMIT DELETE ROWS;
 """
 _QUESTION_TYPES = [
@@ -138,13 +154,30 @@ _EVENT_TYPES = [
     "text", "int4", "int4", "text", "float8", "text",
     "float8", "float8", "text", "text", "text", "float8",
 ]  # fmt: skip
+_USAGE_TYPES = [
+    "text", "int4", "int4", "float8", "text", "text", "text",
+    "text", "int4", "int4", "int4", "bool", "float8",
+]  # fmt: skip
+# The NOT EXISTS leaves out the rows the upsert's WHERE would refuse anyway (the negation of
+# that WHERE against the committed row: the gateway already stored every question's first
+# message; replays): ON CONFLICT DO UPDATE locks the existing row before it checks its WHERE,
+# a WAL record and a dirtied page for nothing. Safe under concurrency: within a run a committed
+# progress only grows, a trace id only changes by a reset to a new one (refused either way),
+# and a row another batch is still writing isn't seen here, so the upsert waits and checks it.
 _MERGE_QUESTIONS = (
     f"INSERT INTO questions ({_WRITE_COLUMNS}) SELECT {_WRITE_COLUMNS} "
-    f"FROM qaloop_stage_questions ORDER BY question_id {_ON_CONFLICT_QUESTION}"
+    "FROM qaloop_stage_questions s WHERE NOT EXISTS (SELECT 1 FROM questions q "
+    "WHERE q.question_id = s.question_id "
+    "AND (q.progress >= s.progress OR q.trace_id <> s.trace_id)) "
+    f"ORDER BY question_id {_ON_CONFLICT_QUESTION}"
 )
 _MERGE_EVENTS = (
     f"INSERT INTO events ({_EVENT_WRITE_COLUMNS}) SELECT {_EVENT_WRITE_COLUMNS} "
     "FROM qaloop_stage_events ORDER BY question_id, seq ON CONFLICT (question_id, seq) DO NOTHING"
+)
+_MERGE_USAGE = (
+    f"INSERT INTO llm_usage ({USAGE_COLUMNS}) SELECT {USAGE_COLUMNS} "
+    "FROM qaloop_stage_usage ORDER BY question_id, seq ON CONFLICT (question_id, seq) DO NOTHING"
 )
 
 
@@ -197,20 +230,30 @@ def _clean_event_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _clean_question_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    # every text column is also in the JSON envelope (last column), where orjson writes NUL
-    # as \u0000: one bytes search instead of a look at every column
-    return _clean_row(row) if b"\\u0000" in row[-1] else row
+    # every text column is also in the envelope (last column), where JSON writes NUL as
+    # \u0000 (and a binary encoding as the byte itself): a bytes search, not a look at every
+    # column
+    raw = row[-1]
+    return _clean_row(row) if b"\\u0000" in raw or b"\x00" in raw else row
 
 
 def batch_rows(
-    envelopes: Sequence[Envelope], now: float
+    envelopes: Sequence[Envelope],
+    now: float,
+    encoded: Sequence[bytes | None] | None = None,
+    mark: Callable[[str], int] | None = None,
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Question rows (deduplicated, sorted) and event rows (every envelope's history; the first
-    of each (question_id, seq) kept, sorted) for one batch."""
-    questions = [_clean_question_row(question_row(e, now)) for e in dedupe_batch(envelopes)]
+    """Question rows (deduplicated, sorted) and event rows (every envelope's history from
+    `mark(question_id)` on -- storage.base.WrittenHistory; the first of each (question_id, seq)
+    kept, sorted) for one batch."""
+    raw = encoded_by_id(envelopes, encoded)
+    questions = [
+        _clean_question_row(question_row(e, now, raw.get(id(e)))) for e in dedupe_batch(envelopes)
+    ]
     events: dict[tuple[str, int], tuple[Any, ...]] = {}
     for envelope in envelopes:
-        for row in event_rows(envelope):
+        start = 0 if mark is None else mark(envelope.question_id)
+        for row in event_rows(envelope, start):
             events.setdefault((row[0], row[1]), row)
     return questions, [_clean_event_row(events[key]) for key in sorted(events)]
 
@@ -259,6 +302,8 @@ class PostgresRepository:
         if write_mode not in ("auto", "copy", "executemany"):
             raise ValueError(f"unknown write_mode {write_mode!r}")
         self.write_mode: WriteMode = write_mode
+        self._written = WrittenHistory()
+        self._stage_lz4 = True
         self.schema = schema
         kwargs: dict[str, Any] = {}
         if schema is not None:
@@ -287,9 +332,16 @@ class PostgresRepository:
             self._pool.close()
             raise
 
-    @staticmethod
-    def _configure(conn: psycopg.Connection[Any]) -> None:
-        conn.execute(_STAGE_DDL)
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        if self._stage_lz4:
+            try:
+                conn.execute(_STAGE_DDL.format(envelope_compression=_STAGE_ENVELOPE_LZ4))
+                conn.commit()
+                return
+            except (psycopg.errors.FeatureNotSupported, psycopg.errors.SyntaxError):
+                conn.rollback()  # no lz4 in this server (PostgreSQL < 14, or built without)
+                self._stage_lz4 = False
+        conn.execute(_STAGE_DDL.format(envelope_compression=""))
         conn.commit()
 
     @contextmanager
@@ -417,37 +469,42 @@ class PostgresRepository:
         return None if row is None else record_from_row(row)
 
     @_retry_transient
-    def apply(self, envelopes: Sequence[Envelope]) -> None:
+    def apply(
+        self, envelopes: Sequence[Envelope], encoded: Sequence[bytes | None] | None = None
+    ) -> None:
         if not envelopes:
             return
-        questions, events = batch_rows(envelopes, time.time())
-        usage = [_clean_row(r) for r in usage_rows(envelopes)]
+        mark = self._written.mark
+        questions, events = batch_rows(envelopes, time.time(), encoded, mark)
+        usage = [_clean_row(r) for r in usage_rows(envelopes, mark)]
         with self._tx() as conn:
             mode = self.write_mode
             if mode == "copy" or (mode == "auto" and len(questions) >= COPY_THRESHOLD):
-                self._apply_copy(conn, questions, events)
+                self._apply_copy(conn, questions, events, usage)
             else:
-                self._apply_executemany(conn, questions, events)
-            if usage:  # one row per answer: few next to the events, executemany is enough
-                with conn.cursor() as cur:
-                    cur.executemany(_USAGE_INSERT, usage)
+                self._apply_executemany(conn, questions, events, usage)
+        self._written.committed(envelopes)
 
     @staticmethod
     def _apply_executemany(
         conn: psycopg.Connection[Any],
         questions: list[tuple[Any, ...]],
         events: list[tuple[Any, ...]],
+        usage: list[tuple[Any, ...]],
     ) -> None:
         with conn.cursor() as cur:  # executemany runs in pipeline mode (libpq >= 14)
             cur.executemany(_UPSERT, questions)
             if events:
                 cur.executemany(_EVENT_INSERT, events)
+            if usage:
+                cur.executemany(_USAGE_INSERT, usage)
 
     @staticmethod
     def _apply_copy(
         conn: psycopg.Connection[Any],
         questions: list[tuple[Any, ...]],
         events: list[tuple[Any, ...]],
+        usage: list[tuple[Any, ...]],
     ) -> None:
         with conn.cursor() as cur:
             with cur.copy(
@@ -465,6 +522,14 @@ class PostgresRepository:
                     for row in events:
                         copy.write_row(row)
                 cur.execute(_MERGE_EVENTS)
+            if usage:  # a statement per row in executemany: ~1.6 per question
+                with cur.copy(
+                    f"COPY qaloop_stage_usage ({USAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(_USAGE_TYPES)
+                    for row in usage:
+                        copy.write_row(row)
+                cur.execute(_MERGE_USAGE)
 
     @_retry_transient
     def add_hits(self, hits: Mapping[str, int]) -> None:
@@ -529,7 +594,9 @@ class PostgresRepository:
     def unfinished(self) -> list[Envelope]:
         with self._tx() as conn:
             rows = conn.execute(
-                "SELECT envelope FROM questions WHERE state NOT IN ('validated', 'failed') "
+                # finished_at IS NULL is the same condition, and what the index is on (0003)
+                "SELECT envelope FROM questions WHERE finished_at IS NULL "
+                "AND state NOT IN ('validated', 'failed') "
                 "ORDER BY first_seen, question_id"
             ).fetchall()
         return [codec.decode(bytes(r[0])) for r in rows]
@@ -541,7 +608,8 @@ class PostgresRepository:
         with self._tx() as conn:
             rows = conn.execute(
                 "SELECT q.envelope FROM questions q WHERE q.state = 'queued' "
-                "AND q.updated_at < %s AND NOT EXISTS (SELECT 1 FROM events e "
+                "AND q.finished_at IS NULL AND q.updated_at < %s "
+                "AND NOT EXISTS (SELECT 1 FROM events e "
                 "WHERE e.question_id = q.question_id AND e.seq > 0) "
                 "ORDER BY q.updated_at, q.question_id LIMIT %s",
                 (cutoff, limit),

@@ -4,7 +4,7 @@ twice. Rows come from the history events that carry a `Usage` (qaloop.llm.accoun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from qaloop.core.model import Envelope
@@ -56,11 +56,15 @@ _TOTAL_KEYS = (
 _EXPORT_KEYS = tuple(c.strip() for c in USAGE_COLUMNS.split(","))
 
 
-def usage_rows(envelopes: Sequence[Envelope]) -> list[tuple[Any, ...]]:
-    """One row per (question, seq) with usage; the first of duplicates wins."""
+def usage_rows(
+    envelopes: Sequence[Envelope], marks: Callable[[str], int] | None = None
+) -> list[tuple[Any, ...]]:
+    """One row per (question, seq) with usage; the first of duplicates wins. `marks`: per
+    question, the seq below which rows are known stored (storage.base.WrittenHistory)."""
     rows: dict[tuple[str, int], tuple[Any, ...]] = {}
     for envelope in envelopes:
-        for e in envelope.history:
+        start = 0 if marks is None else marks(envelope.question_id)
+        for e in envelope.history[start:] if start else envelope.history:
             u = e.usage
             if u is None or (envelope.question_id, e.seq) in rows:
                 continue
