@@ -89,6 +89,54 @@ def drop_topics(bootstrap: str, topics: Topics) -> None:
         future.result()
 
 
+def topic_bytes(bootstrap: str, topics: Topics, questions: int) -> dict[str, dict[str, float]]:
+    """What each topic carried, per question: records, value bytes and header bytes (names +
+    values), read back from the broker (no consumer group) before the topics are dropped."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench-bytes", "enable.auto.commit": False}
+    )
+    result: dict[str, dict[str, float]] = {}
+    try:
+        for topic in topics.all():
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            parts, remaining = [], 0
+            for p in meta.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high > low:
+                    parts.append(TopicPartition(topic, p, low))
+                    remaining += high - low
+            records = value_bytes = header_bytes = 0
+            if parts:
+                consumer.assign(parts)
+                while remaining > 0:
+                    batch = consumer.consume(1000, timeout=5)
+                    if not batch:
+                        break
+                    for m in batch:
+                        if m.error() is not None:
+                            continue
+                        remaining -= 1
+                        records += 1
+                        value_bytes += len(m.value() or b"")
+                        header_bytes += sum(len(k) + len(v or b"") for k, v in m.headers() or [])
+                consumer.unassign()
+            result[topic.rsplit(".", 1)[-1]] = {
+                "records_per_question": round(records / questions, 3),
+                "value_bytes_per_question": round(value_bytes / questions, 1),
+                "header_bytes_per_question": round(header_bytes / questions, 1),
+                "value_bytes_per_record": round(value_bytes / records, 1) if records else 0.0,
+            }
+    finally:
+        consumer.close()
+    total = sum(
+        t["value_bytes_per_question"] + t["header_bytes_per_question"] for t in result.values()
+    )
+    result["total"] = {"bytes_per_question": round(total, 1)}
+    return result
+
+
 def scalar(dsn: str, query: str) -> Any:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(query).fetchone()
@@ -227,7 +275,10 @@ def run_qaloop(
             cpu_s = cpu_delta(cpu["before"], cpu["after"])
         finally:
             codes = stop(procs)
-            drop_topics(bootstrap, topics)
+            try:
+                wire = topic_bytes(bootstrap, topics, len(qas))
+            finally:
+                drop_topics(bootstrap, topics)
         with psycopg.connect(db, autocommit=True) as conn:
             counts = dict(
                 conn.execute("SELECT state, count(*) FROM questions GROUP BY 1").fetchall()
@@ -250,6 +301,7 @@ def run_qaloop(
         "max_lag": {g: max(s["lag"][g] for s in samples) for g in GROUPS},
         "cpu_s": cpu_s,
         "cpu_ms_per_question": per_question_ms(cpu_s, len(qas)),
+        "message_bytes": wire,
         "latency_ms": latency,
         "samples": samples,
         "exit_codes": codes,

@@ -225,9 +225,13 @@ class Envelope:
     feedback: str | None = None
     arm: str | None = None
 
-    def with_event(self, kind: EventKind, at: float, **fields: Any) -> Envelope:
+    def with_event(
+        self, kind: EventKind, at: float, changes: dict[str, Any] | None = None, **fields: Any
+    ) -> Envelope:
+        """A copy with one more event (of `fields`) and, in the same copy, `changes` to the
+        envelope's own fields: one copy where `with_event(...).evolve(...)` made two."""
         event = Event(seq=len(self.history), kind=kind, attempt=self.attempt, at=at, **fields)
-        return self.evolve(history=(*self.history, event))
+        return self.evolve(**(changes or {}), history=(*self.history, event))
 
     def evolve(self, **changes: Any) -> Envelope:
         """A copy with some fields changed (dataclasses.replace, minus its generic overhead:

@@ -4,7 +4,10 @@ answers of known kinds, and a simulated LLM judge.
 Errors are drawn per call, seeded by (seed, question id, attempt, try). The answer is drawn per
 attempt, seeded by (seed, question id, attempt) and by whether the prompt carried feedback, so
 results don't depend on the order concurrent calls happen in, and a retried call of the same
-attempt gives the same answer.
+attempt gives the same answer. Each draw is a pure function of those parts: one 64-bit hash of
+them (`_unit`: a uniform in [0, 1) with no generator at all) or, for the answer's text, one
+`Random` seeded with that integer (seeding from bytes, four times per call, was a tenth of a
+worker's CPU per call).
 
 Answer kinds (weights `kinds`, renormalised):
 
@@ -31,7 +34,9 @@ asks for (qaloop.quality.llm_judge).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -107,9 +112,28 @@ class SimulatedConfig:
                 raise ValueError(f"{name} must be in [0, 1]")
 
 
+def _seed(*parts: object) -> int:
+    """A stable 64-bit integer of `parts` (not Python's salted hash: runs must repeat)."""
+    key = ":".join(map(str, parts)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+def _unit(*parts: object) -> float:
+    """A uniform draw in [0, 1) that is a pure function of `parts` (53 bits, like random())."""
+    return (_seed(*parts) >> 11) * _TWO_POW_M53
+
+
 def _rng(*parts: object) -> random.Random:
-    key = ":".join(map(str, parts))
-    return random.Random(hashlib.blake2b(key.encode(), digest_size=8).digest())
+    """A generator for draws that need several numbers (an answer's text, a latency)."""
+    return random.Random(_seed(*parts))
+
+
+_TWO_POW_M53 = 2.0**-53
+
+
+def _terms(question: str) -> list[str]:
+    """The question's longer words (what an answer without a reference talks about)."""
+    return [w for w in _WORD.findall(question) if len(w) > 3][:8] or question.split()[:5]
 
 
 class SimulatedProvider:
@@ -119,21 +143,20 @@ class SimulatedProvider:
         self.config = config or SimulatedConfig()
         self.calls = 0
         self.judge_calls = 0
-
-    def _rng(self, request: GenerationRequest) -> random.Random:
-        return _rng(self.config.seed, request.question_id, request.attempt, request.try_no)
+        self._weights: dict[tuple[bool, bool], list[float]] = {}
 
     async def generate(self, request: GenerationRequest) -> Generation:
         self.calls += 1
         cfg = self.config
-        rng = self._rng(request)
+        parts = (cfg.seed, request.question_id, request.attempt, request.try_no)
         latency_s = 0.0
         if cfg.latency_median_ms > 0:
+            rng = _rng(*parts, "latency")
             latency_s = rng.lognormvariate(0.0, cfg.latency_sigma) * cfg.latency_median_ms / 1000
         started = time.perf_counter()
         if latency_s > 0:
             await asyncio.sleep(latency_s)
-        roll = rng.random()
+        roll = _unit(*parts, "error")
         if roll < cfg.overload_rate:
             raise OverloadError("simulated 503: the model is overloaded", status=503)
         roll -= cfg.overload_rate
@@ -169,7 +192,19 @@ class SimulatedProvider:
 
     def kind(self, question_id: str, attempt: int, feedback: str | None) -> str:
         cfg = self.config
-        hard = _rng(cfg.seed, "hard", question_id).random() < cfg.hard_rate
+        hard = _unit(cfg.seed, "hard", question_id) < cfg.hard_rate
+        cumulative = self._cumulative_weights(hard, bool(feedback))
+        draw = _unit(cfg.seed, "kind", question_id, attempt, bool(feedback)) * cumulative[-1]
+        # random.choices' rule, with the one uniform drawn from the hash
+        return KINDS[bisect.bisect(cumulative, draw, 0, len(KINDS) - 1)]
+
+    def _cumulative_weights(self, hard: bool, feedback: bool) -> list[float]:
+        """The kinds' cumulative weights for one of the four (hard, feedback) cases."""
+        key = (hard, feedback)
+        cached = self._weights.get(key)
+        if cached is not None:
+            return cached
+        cfg = self.config
         weights = []
         for k in KINDS:
             w = float(cfg.kinds.get(k, 0.0))
@@ -179,8 +214,8 @@ class SimulatedProvider:
                 if feedback:
                     w *= 1.0 - cfg.feedback_effect
             weights.append(w)
-        rng = _rng(cfg.seed, "kind", question_id, attempt, bool(feedback))
-        return rng.choices(KINDS, weights=weights)[0]
+        cumulative = self._weights[key] = list(itertools.accumulate(weights))
+        return cumulative
 
     def answer(
         self,
@@ -192,11 +227,13 @@ class SimulatedProvider:
     ) -> tuple[str, str]:
         """(kind, text) of the attempt's answer: a pure function of its arguments and seed."""
         kind = self.kind(question_id, attempt, feedback)
-        rng = _rng(self.config.seed, "text", question_id, attempt, bool(feedback))
+        seed = (self.config.seed, "text", question_id, attempt, bool(feedback))
         words = (reference or "").split()[:200]
-        terms = [w for w in _WORD.findall(question) if len(w) > 3][:8] or question.split()[:5]
+        # the generator and the question's terms only where a kind uses them (echo and wrong
+        # draw nothing)
         match kind:
             case "good" if words:
+                rng = _rng(*seed)
                 # A restatement: whole sentences of the reference, each kept with a Beta(alpha,
                 # beta) chance (the first always), so what it says stays true -- a good answer
                 # does not garble the reference's numbers, names or negations.
@@ -205,18 +242,24 @@ class SimulatedProvider:
                 kept = [sentences[0]] + [x for x in sentences[1:] if rng.random() < quality]
                 text = " ".join(kept)
             case "good":
+                rng, terms = _rng(*seed), _terms(question)
                 text = (
                     f"{' '.join(terms)}: the short answer is that it comes down to "
                     f"{rng.choice(terms)}, for example {rng.choice(terms)} in practice."
                 )
             case "off_topic":
-                text = " ".join(rng.choice(_FILLER) for _ in range(max(12, min(len(words), 40))))
+                choice = _rng(*seed).choice
+                text = " ".join([choice(_FILLER) for _ in range(max(12, min(len(words), 40)))])
             case "echo":
                 text = f"{question.strip()} {question.strip().lower()}"
             case "non_answer":
-                text = rng.choice(_NON_ANSWERS)
+                text = _rng(*seed).choice(_NON_ANSWERS)
             case _:  # wrong
-                base = " ".join(words) if words else " ".join(terms) + " is the usual answer."
+                base = (
+                    " ".join(words)
+                    if words
+                    else " ".join(_terms(question)) + " is the usual answer."
+                )
                 text = _NUMBER.sub(lambda m: str(int(m.group()) + 7), base)
                 text = _COPULA.sub(lambda m: f"{m.group()} not", text, count=1)
                 if text == base:  # nothing to change: negate the first claim anyway
@@ -239,7 +282,7 @@ class SimulatedProvider:
         )
         if answer.strip() == expected.strip():
             good = kind == "good"
-            if _rng(cfg.seed, "judge", request.question_id, request.attempt).random() < (
+            if _unit(cfg.seed, "judge", request.question_id, request.attempt) < (
                 cfg.judge_error_rate
             ):
                 good = not good

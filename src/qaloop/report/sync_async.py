@@ -236,7 +236,11 @@ async def run_async(
         else:
             final = await pipeline.service.wait(body["id"], cfg.timeout_s * f)
             res.miss_latency_s.append((loop.time() - arrived) / f)
-            res.failed_requests += final is None or final.get("answer") is None
+            # an LLM error or a timeout; a question the gate gave up on (every answer rejected
+            # by a check, so none kept) is a quality outcome, not a request the path lost
+            res.failed_requests += final is None or (
+                final.get("answer") is None and final.get("error_class") is not None
+            )
         ends.append(loop.time())
         if on_request is not None:
             on_request()
@@ -258,7 +262,10 @@ async def run_async(
     res.llm_errors = sum(int(n) for n in stats["llm_errors"].values())
     res.answered = sum(r["answer"] is not None for r in rows)
     res.validated = sum(r["state"] == "validated" for r in rows)
-    res.lost_questions = sum(r["state"] == "failed" and r["answer"] is None for r in rows)
+    res.lost_questions = sum(
+        r["state"] == "failed" and r["answer"] is None and r["error_class"] is not None
+        for r in rows
+    )
     res.makespan_s = (max(ends) - start) / f if ends else 0.0
     return res
 

@@ -50,8 +50,25 @@ class StageStats:
     extra: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _TickBatch:
+    """The outputs and messages of every handler that finished in one event-loop iteration,
+    and one future per waiting handler (its own: a cancelled handler cancels only its own)."""
+
+    outputs: list[OutMessage] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    waiters: list[asyncio.Future[bool]] = field(default_factory=list)
+
+
 class ConcurrentRunner:
-    """Up to `concurrency` messages handled at once (the LLM worker: calls overlap)."""
+    """Up to `concurrency` messages handled at once (the LLM worker: calls overlap).
+
+    The outputs of the handlers that finish in the same event-loop iteration are published in
+    one `publish_many` and their offsets committed in one `commit`, in the next iteration (no
+    timer: nothing waits longer than it did). Published one at a time from 256 tasks, a
+    produce call took the worker ~3x the CPU of one in the judge's batches (16 against 6 µs)
+    and ~330 µs of wall time (BENCHMARKS.md, "the worker's and the broker's CPU").
+    """
 
     def __init__(
         self,
@@ -79,6 +96,8 @@ class ConcurrentRunner:
         self.metrics.in_flight.labels(name).set_function(lambda: len(self._tasks))
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
+        self._batch: _TickBatch | None = None
+        self._sends: set[asyncio.Task[None]] = set()
         # Bound of the drain on stop (None: wait for every call); see qaloop.lifecycle.
         self.drain_timeout_s: float | None = None
 
@@ -104,8 +123,12 @@ class ConcurrentRunner:
     async def _drain(self) -> None:
         """Let the calls in flight finish (their outputs are published and committed), for at
         most `drain_timeout_s`; cancel the rest, uncommitted, so they are redelivered."""
-        if not self._tasks:
-            return
+        if self._tasks:
+            await self._drain_tasks()
+        if self._sends:  # a batch being published: its commit follows its publish, never alone
+            await asyncio.wait(set(self._sends), timeout=self.drain_timeout_s)
+
+    async def _drain_tasks(self) -> None:
         _, pending = await asyncio.wait(set(self._tasks), timeout=self.drain_timeout_s)
         if pending:
             log.warning(
@@ -122,15 +145,50 @@ class ConcurrentRunner:
         try:
             self.stats.consumed += 1
             outputs = await handle_one(self, message)
-            if outputs:
-                await self.bus.publish_many(outputs)
-                self.stats.produced += len(outputs)
-                self._produced.inc(len(outputs))
-            await self.consumer.commit([message])
-        except Exception:  # the publish itself failed: leave uncommitted, it will come back
-            log.exception("%s: could not publish outputs of offset %s", self.name, message.offset)
+            await self._publish_and_commit(outputs, message)
         finally:
             self._slots.release()
+
+    async def _publish_and_commit(self, outputs: list[OutMessage], message: Message) -> None:
+        """Join this iteration's batch and wait until it is published, then committed."""
+        batch = self._batch
+        loop = asyncio.get_running_loop()
+        if batch is None:
+            batch = self._batch = _TickBatch()
+            loop.call_soon(self._flush)
+        batch.outputs.extend(outputs)
+        batch.messages.append(message)
+        done: asyncio.Future[bool] = loop.create_future()
+        batch.waiters.append(done)
+        await done
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            task = asyncio.ensure_future(self._send(batch))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _send(self, batch: _TickBatch) -> None:
+        ok = False
+        try:
+            if batch.outputs:
+                await self.bus.publish_many(batch.outputs)
+                self.stats.produced += len(batch.outputs)
+                self._produced.inc(len(batch.outputs))
+            await self.consumer.commit(batch.messages)
+            ok = True
+        except Exception:  # the publish itself failed: leave uncommitted, they will come back
+            log.exception(
+                "%s: could not publish the outputs of %d message(s) (offsets %s)",
+                self.name,
+                len(batch.messages),
+                ", ".join(str(m.offset) for m in batch.messages[:10]),
+            )
+        finally:
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(ok)
 
 
 async def handle_one(runner: ConcurrentRunner, message: Message) -> list[OutMessage]:

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,7 +121,9 @@ class Worker:
         taken = await self._to_batch_lane(envelope)
         if taken is not None:
             return taken
-        env = envelope.evolve(state=QuestionState.GENERATING)
+        # The GENERATING state is never published (every way out of the loop below sets the
+        # state it publishes), so no copy is made for it: the log line says it.
+        env = envelope
         log_event(log, "generating", env, state="generating")
         m = self.metrics
         while True:
@@ -151,10 +153,11 @@ class Worker:
                 env = env.with_event(
                     EventKind.LLM_ERROR,
                     now,
+                    {"llm_calls": env.llm_calls + 1, "tries_in_attempt": try_no},
                     error_class=cls,
                     detail=error.detail[:300],
                     latency_ms=(now - started) * 1000,
-                ).evolve(llm_calls=env.llm_calls + 1, tries_in_attempt=try_no)
+                )
                 action = on_llm_error(
                     env, cls, error.retry_after_s, try_no, self.retry, now, self._rng(env, try_no)
                 )
@@ -198,13 +201,17 @@ class Worker:
                             state="queued",
                         )
                         parked = env.with_event(
-                            EventKind.PARKED, now, error_class=cls, wait_s=due_at - now
-                        ).evolve(
-                            state=QuestionState.QUEUED,
-                            due_at=due_at,
+                            EventKind.PARKED,
+                            now,
+                            {
+                                "state": QuestionState.QUEUED,
+                                "due_at": due_at,
+                                "error_class": cls,
+                                "error_detail": error.detail[:300],
+                                "tries_in_attempt": 0,
+                            },
                             error_class=cls,
-                            error_detail=error.detail[:300],
-                            tries_in_attempt=0,
+                            wait_s=due_at - now,
                         )
                         return [out(self.topics.delayed, parked)]
                     case GiveUp(reason=reason):
@@ -231,13 +238,17 @@ class Worker:
                             state="failed",
                         )
                         failed = env.with_event(
-                            EventKind.GAVE_UP, now, error_class=cls, detail=reason
-                        ).evolve(
-                            state=QuestionState.FAILED,
-                            error_class=cls if cls is not ErrorClass.BUDGET else ErrorClass.BUDGET,
-                            error_detail=f"{reason}: {error.detail[:200]}",
-                            answer=env.best_answer,
-                            score=env.best_score,
+                            EventKind.GAVE_UP,
+                            now,
+                            {
+                                "state": QuestionState.FAILED,
+                                "error_class": cls,
+                                "error_detail": f"{reason}: {error.detail[:200]}",
+                                "answer": env.best_answer,
+                                "score": env.best_score,
+                            },
+                            error_class=cls,
+                            detail=reason,
                         )
                         return [out(self.topics.dead_letter, failed, **{"qaloop-reason": reason})]
             now = self.clock()
@@ -252,18 +263,19 @@ class Worker:
             generated = env.with_event(
                 EventKind.GENERATED,
                 now,
+                {
+                    "state": QuestionState.SCORING,
+                    "answer": generation.text,
+                    "llm_calls": env.llm_calls + 1,
+                    "tries_in_attempt": try_no,
+                    "error_class": None,
+                    "error_detail": None,
+                    "due_at": None,
+                },
                 answer=generation.text,
                 latency_ms=generation.latency_ms,
                 detail=_usage(generation.input_tokens, generation.output_tokens),
                 usage=usage,
-            ).evolve(
-                state=QuestionState.SCORING,
-                answer=generation.text,
-                llm_calls=env.llm_calls + 1,
-                tries_in_attempt=try_no,
-                error_class=None,
-                error_detail=None,
-                due_at=None,
             )
             log_event(
                 log,
@@ -344,13 +356,18 @@ class Worker:
             state="queued",
         )
         return env.with_event(
-            EventKind.PARKED, now, error_class=cls, wait_s=due_at - now, detail=message
-        ).evolve(
-            state=QuestionState.QUEUED,
-            due_at=due_at,
+            EventKind.PARKED,
+            now,
+            {
+                "state": QuestionState.QUEUED,
+                "due_at": due_at,
+                "error_class": cls,
+                "error_detail": message,
+                "tries_in_attempt": 0,
+            },
             error_class=cls,
-            error_detail=message,
-            tries_in_attempt=0,
+            wait_s=due_at - now,
+            detail=message,
         )
 
     async def _charge_spend(self, env: Envelope, usage: Usage | None) -> None:
@@ -390,7 +407,9 @@ def attempt_request(
         question=env.question,
         attempt=env.attempt,
         try_no=env.llm_calls + 1,
-        prompt=build_prompt(config.prompt_template, env.question, feedback),
+        prompt=build_prompt(
+            config.prompt_template, env.question, feedback, language=question_language(env)
+        ),
         reference_answer=env.reference_answer,
         temperature=pc.step(env.attempt).temperature,
         model=model,
@@ -399,12 +418,35 @@ def attempt_request(
     )
 
 
-def build_prompt(template: str, question: str, feedback: str | None) -> str:
-    """The template, plus the question's language when detected, plus -- for a regeneration in
-    the feedback arm -- what was wrong with the rejected attempt (Reason.feedback: the gate's
-    reason in words, never the reference answer)."""
+# Question id -> the question's language, least recently used first. The id is a hash of the
+# normalised question, so it stands for the text; a regeneration comes back after every
+# question in flight has been asked once, so the bound is well above a backlog's size (the
+# detector's own cache, 4,096 texts shared with the judge, missed them under a backlog).
+_LANGUAGES: OrderedDict[str, str] = OrderedDict()
+LANGUAGE_CACHE_SIZE = 65_536  # ids of 32 characters: a few MB
+
+
+def question_language(env: Envelope) -> str:
+    """The language of the envelope's question (quality.lang), detected once per question."""
+    qid = env.question_id
+    lang = _LANGUAGES.get(qid)
+    if lang is not None:
+        _LANGUAGES.move_to_end(qid)
+        return lang
+    lang = _LANGUAGES[qid] = detect_language(env.question)
+    if len(_LANGUAGES) > LANGUAGE_CACHE_SIZE:
+        _LANGUAGES.popitem(last=False)
+    return lang
+
+
+def build_prompt(
+    template: str, question: str, feedback: str | None, *, language: str | None = None
+) -> str:
+    """The template, plus the question's language when detected (`language`, else detected
+    here), plus -- for a regeneration in the feedback arm -- what was wrong with the rejected
+    attempt (Reason.feedback: the gate's reason in words, never the reference answer)."""
     notes: list[str] = []
-    lang = detect_language(question)
+    lang = language if language is not None else detect_language(question)
     language = LANGUAGE_NAMES.get(lang)
     if language is not None and lang != "en":  # the template already asks for the same language
         notes.append(f"The question is in {language}: answer in {language}.")

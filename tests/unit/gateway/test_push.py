@@ -85,6 +85,9 @@ def settings_for(tmp_path: Path, **extra: object) -> Settings:
         "webhook_backoff_cap_s": 0.1,
         "webhook_timeout_s": 0.5,
         "max_wait_s": 5,
+        # push is under test, not the gate: every simulated answer is of the good kind, so a
+        # question validates whatever the seeded draw of bad kinds would have been
+        "sim_kinds": {"good": 1.0},
     }
     values.update(extra)
     return Settings(**values)  # type: ignore[arg-type]

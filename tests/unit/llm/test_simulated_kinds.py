@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -87,3 +90,57 @@ async def test_the_simulated_judge_grades_foreign_answers_by_overlap() -> None:
             "x", "When?", 1, 1, "p", reference_answer=REF, purpose="judge", answer=answer
         )
         assert json.loads((await sim.generate(request)).text)["verdict"] == expected
+
+
+def _draws(order: list[int]) -> dict[int, tuple[str, str]]:
+    sim = SimulatedProvider()
+    return {
+        i: sim.answer(f"q{i}", "Why did the market crash?", REF, 1 + i % 3, None) for i in order
+    }
+
+
+def test_answers_are_a_pure_function_of_their_arguments_whatever_the_call_order() -> None:
+    forward = _draws(list(range(200)))
+    assert forward == _draws(list(reversed(range(200))))
+    assert len({text for _, text in forward.values()}) > 20  # not one fixed answer
+
+
+async def test_errors_are_drawn_per_call_and_repeat_per_call() -> None:
+    config = SimulatedConfig(overload_rate=0.5)
+
+    async def failed(sim: SimulatedProvider, try_no: int) -> list[bool]:
+        out = []
+        for i in range(200):
+            request = GenerationRequest(f"q{i}", "Why?", 1, try_no, "Why?", reference_answer=REF)
+            try:
+                await sim.generate(request)
+                out.append(False)
+            except Exception:
+                out.append(True)
+        return out
+
+    first = await failed(SimulatedProvider(config), 1)
+    assert first == await failed(SimulatedProvider(config), 1)
+    assert 60 < sum(first) < 140  # about half, at the configured rate
+    assert first != await failed(SimulatedProvider(config), 2)  # a retry draws again
+
+
+def test_draws_do_not_depend_on_the_process_hash_seed() -> None:
+    """The seeds come from a stable hash, not Python's salted hash(): two interpreters with
+    different PYTHONHASHSEED give the same answers (runs and the README's demo repeat)."""
+    code = (
+        "from qaloop.llm.simulated import SimulatedProvider as S; s = S(); "
+        "print([s.answer(f'q{i}', 'Why did it crash?', 'It crashed in 1929. Banks failed.', 1,"
+        " None) for i in range(30)])"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outputs) == 1

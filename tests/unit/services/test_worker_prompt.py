@@ -3,14 +3,24 @@ the feedback arm only, never the reference), and per-attempt escalation."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any
+
 from qaloop.bus.base import Topics
 from qaloop.core.model import Envelope, QuestionState
 from qaloop.core.routing import GateConfig, judge
 from qaloop.llm.base import DEFAULT_PROMPT_TEMPLATE
 from qaloop.llm.escalation import Escalation, Step
 from qaloop.quality.verdict import Outcome, Reason, Verdict
+from qaloop.services import worker as worker_module
 from qaloop.services.gating import PromptConfig
-from qaloop.services.worker import Worker, WorkerConfig, build_prompt
+from qaloop.services.worker import (
+    Worker,
+    WorkerConfig,
+    attempt_request,
+    build_prompt,
+    question_language,
+)
 from tests.unit.services.test_worker import POLICY, ScriptedProvider
 
 REFERENCE = "SECRET-REFERENCE-TEXT the answer is 42"
@@ -87,3 +97,25 @@ async def test_escalation_per_attempt() -> None:
     assert request.temperature == 0.7  # type: ignore[attr-defined]
     # the fallback chain starts at the attempt's deployment; the provider's model is its own
     assert request.deployment == "simulated/big" and request.model is None  # type: ignore[attr-defined]
+
+
+def test_the_question_language_is_detected_once_per_question(monkeypatch: Any) -> None:
+    calls: list[str] = []
+
+    def detect(text: str) -> str:
+        calls.append(text)
+        return "es"
+
+    monkeypatch.setattr(worker_module, "detect_language", detect)
+    monkeypatch.setattr(worker_module, "_LANGUAGES", OrderedDict())
+    monkeypatch.setattr(worker_module, "LANGUAGE_CACHE_SIZE", 2)
+    first = Envelope("b" * 32, "¿Por qué el cielo es azul?", None, "t", 1.0)
+    for attempt in (1, 2, 3):  # a regeneration asks the cache, not the detector
+        assert question_language(first.evolve(attempt=attempt)) == "es"
+    assert calls == [first.question]
+    request = attempt_request(WorkerConfig(), first)
+    assert "answer in Spanish" in request.prompt and len(calls) == 1
+    for qid in ("c" * 32, "d" * 32):  # bounded: the least recently used id goes first
+        question_language(Envelope(qid, "Otra pregunta?", None, "t", 1.0))
+    question_language(first)
+    assert len(calls) == 4 and list(worker_module._LANGUAGES) == ["d" * 32, "b" * 32]
