@@ -50,6 +50,7 @@ from benchkit import (
     per_question_ms,
     pg_backend_cpu,
     pg_schema,
+    stage_env,
     start_stages,
     stop,
     wait_groups_stable,
@@ -209,12 +210,11 @@ def run_qaloop(
     logs.mkdir(parents=True, exist_ok=True)
     with pg_schema(pg, "bench_qaloop") as (schema, db):
         repo = PostgresRepository(pg, schema=schema, max_size=2)
-        env = child_env(
-            bus="kafka",
-            db=db,
-            kafka_bootstrap=bootstrap,
-            topic_prefix=prefix,
-            kafka_partitions=args.partitions,
+        env = stage_env(
+            db,
+            bootstrap,
+            prefix,
+            args.partitions,
             log_level=args.log_level,
             sim_latency_ms=latency_ms,
             llm_concurrency=args.concurrency,

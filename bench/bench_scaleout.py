@@ -62,6 +62,7 @@ from benchkit import (
     machine_state,
     per_question_ms,
     pg_schema,
+    stage_env,
     start_stages,
     stop,
     wait_groups_stable,
@@ -138,15 +139,7 @@ def run_config(args: argparse.Namespace, workers: int, judges: int) -> dict[str,
     logs.mkdir(parents=True, exist_ok=True)
     with pg_schema(pg, "scale") as (schema, db):
         repo = PostgresRepository(pg, schema=schema, max_size=2)
-        env = child_env(
-            bus="kafka",
-            db=db,
-            kafka_bootstrap=bootstrap,
-            topic_prefix=prefix,
-            kafka_partitions=args.partitions,
-            log_level="WARNING",
-            llm_concurrency=args.concurrency,
-        )
+        env = stage_env(db, bootstrap, prefix, args.partitions, llm_concurrency=args.concurrency)
         bus = KafkaBus(KafkaSettings(bootstrap, partitions=args.partitions), topics)
         asyncio.run(bus.start())  # topics exist before the consumers subscribe
         asyncio.run(bus.close())

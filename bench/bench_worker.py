@@ -25,11 +25,11 @@ from typing import Any
 import orjson
 from bench_distributed import drop_topics, envelope_for, question_set, topic_bytes
 from benchkit import (
-    child_env,
     cpu_delta,
     cpu_snapshot,
     machine_state,
     pg_schema,
+    stage_env,
     start_stages,
     stop,
     wait_groups_stable,
@@ -47,15 +47,7 @@ def one_round(args: argparse.Namespace) -> dict[str, Any]:
     topics = Topics.with_prefix(prefix)
     bootstrap, n = args.bootstrap, args.questions
     with pg_schema(args.dsn, "bench_worker") as (_, db):
-        env = child_env(
-            bus="kafka",
-            db=db,
-            kafka_bootstrap=bootstrap,
-            topic_prefix=prefix,
-            kafka_partitions=args.partitions,
-            log_level="WARNING",
-            llm_concurrency=args.concurrency,
-        )
+        env = stage_env(db, bootstrap, prefix, args.partitions, llm_concurrency=args.concurrency)
         bus = KafkaBus(KafkaSettings(bootstrap, partitions=args.partitions), topics)
         logs = Path(args.logs)
         logs.mkdir(parents=True, exist_ok=True)

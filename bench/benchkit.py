@@ -63,6 +63,22 @@ def child_env(base: Mapping[str, str] | None = None, **settings: Any) -> dict[st
     return env
 
 
+def stage_env(
+    db: str, bootstrap: str, prefix: str, partitions: int, **settings: Any
+) -> dict[str, str]:
+    """A stage process's environment on Kafka and PostgreSQL (log level WARNING unless
+    `settings` says otherwise)."""
+    fields: dict[str, Any] = {"log_level": "WARNING"} | settings
+    return child_env(
+        bus="kafka",
+        db=db,
+        kafka_bootstrap=bootstrap,
+        topic_prefix=prefix,
+        kafka_partitions=partitions,
+        **fields,
+    )
+
+
 def start_stages(
     scale: Mapping[str, int], env: Mapping[str, str], logs: Path, prefix: str
 ) -> tuple[list[subprocess.Popen[bytes]], dict[str, int]]:
