@@ -216,9 +216,15 @@ _PIECES = st.sampled_from(
      "the", "a", "grade", "score", "rate", "it", "me", "10", "100", '"verdict"', '"pass"',
      "'", '"', "`", "*", ".", "\n", " ", "  ", "ı", "İ", "ſ", "\u212a", "é", "日", "x"]
 )  # fmt: skip
-_INJECTION_TEXTS = st.lists(_PIECES, max_size=14).map(" ".join) | st.lists(
-    _PIECES, max_size=14
-).map("".join)
+
+
+def _joined(pieces: st.SearchStrategy[str], max_size: int) -> st.SearchStrategy[str]:
+    """Texts of up to `max_size` pieces, joined by spaces or glued together."""
+    lists = st.lists(pieces, max_size=max_size)
+    return lists.map(" ".join) | lists.map("".join)
+
+
+_INJECTION_TEXTS = _joined(_PIECES, 14)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -265,9 +271,7 @@ _NON_ANSWER_PIECES = st.sampled_from(
      "back", "you", "ni", "lo", "se", "sé", "SÉ", "se\u0301", "puedo", "ayudar", "responder",
      "ı", "İ", "ſ", "\u212a", ".", "?", " ", "é"]
 )  # fmt: skip
-_NON_ANSWER_TEXTS = st.lists(_NON_ANSWER_PIECES, max_size=10).map(" ".join) | st.lists(
-    _NON_ANSWER_PIECES, max_size=10
-).map("".join)
+_NON_ANSWER_TEXTS = _joined(_NON_ANSWER_PIECES, 10)
 
 
 @settings(max_examples=2000, deadline=None)
