@@ -8,8 +8,11 @@ reaches storage carries the question's whole history (attempts, errors, scores, 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgspec
+import msgspec.structs
 
 LANES = ("interactive", "batch")  # a question's priority (docs/spend.md: the batch lane)
 SCHEMA_VERSION = 2
@@ -77,8 +80,15 @@ class EventKind(enum.StrEnum):
     BATCHED = "batched"  # handed to a provider batch job (the batch lane)
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class _Data(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """The envelope's parts are msgspec Structs: the codec decodes and encodes them in C
+    (qaloop.core.codec), several times faster than dataclasses through dicts. Immutable, and
+    never in a reference cycle, hence untracked by the garbage collector (gc=False). Encoding
+    leaves out fields that have their default value: smaller messages, and every reader fills
+    them in again (main's codec included: it reads missing fields as their defaults)."""
+
+
+class Usage(_Data, frozen=True):
     """What one LLM call consumed and cost (qaloop.llm.pricing computes it).
 
     `purpose` keys the accounting: "generate" (the worker's answers) or "judge" (an LLM judge
@@ -123,8 +133,7 @@ class Usage:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(_Data, frozen=True):
     """One line of a question's history. (attempt, seq) is unique per question."""
 
     seq: int
@@ -193,9 +202,14 @@ _OPTIONAL_EVENT_FIELDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """The message every topic carries. Immutable: stages return an updated copy."""
+class Envelope(_Data, frozen=True, tag_field="schema_version", tag=SCHEMA_VERSION):
+    """The message every topic carries. Immutable: stages return an updated copy.
+
+    The schema version is the Struct's tag, not a field: msgspec writes it first whatever the
+    defaults left out (`{"schema_version":2,...`, the prefix of the codec's fast path) and
+    refuses another value when it decodes. Every decoded envelope is of SCHEMA_VERSION."""
+
+    schema_version: ClassVar[int] = SCHEMA_VERSION
 
     question_id: str
     question: str
@@ -214,8 +228,7 @@ class Envelope:
     due_at: float | None = None  # for parked (delayed) messages
     llm_calls: int = 0
     tries_in_attempt: int = 0  # LLM calls spent on the current attempt (retries included)
-    history: tuple[Event, ...] = field(default_factory=tuple)
-    schema_version: int = SCHEMA_VERSION
+    history: tuple[Event, ...] = ()
     caller: str | None = None  # the API key's name that asked (per-key spend budgets)
     lane: str = "interactive"  # or "batch": may wait for a provider batch job (docs/spend.md)
     # Set when the judge sends the question back: why the last attempt was rejected (a
@@ -234,17 +247,12 @@ class Envelope:
         return self.evolve(**(changes or {}), history=(*self.history, event))
 
     def evolve(self, **changes: Any) -> Envelope:
-        """A copy with some fields changed (dataclasses.replace, minus its generic overhead:
-        this runs several times per message)."""
-        unknown = changes.keys() - _ENVELOPE_FIELDS
-        if unknown:
-            raise TypeError(f"Envelope has no field(s) {sorted(unknown)}")
-        new = object.__new__(Envelope)
-        for name in _ENVELOPE_FIELDS:
-            object.__setattr__(new, name, changes[name] if name in changes else getattr(self, name))
-        return new
+        """A copy with some fields changed; an unknown field is a TypeError ("has no field")."""
+        return msgspec.structs.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, None included: the JSON the codec wrote before it encoded the Struct
+        itself (qaloop.core.codec). For tests and tools; decode reads both."""
         return {
             "schema_version": self.schema_version,
             "question_id": self.question_id,
@@ -313,6 +321,3 @@ class QuestionRecord:
         if self.error_detail is not None:
             body["error_detail"] = self.error_detail
         return body
-
-
-_ENVELOPE_FIELDS = tuple(f.name for f in fields(Envelope))
