@@ -9,7 +9,7 @@ tools and the store can route, inspect or rank a record without decoding it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import msgspec
 
 from qaloop.core import codec
 from qaloop.core.model import Envelope, QuestionState, progress_key
@@ -32,18 +32,18 @@ SOURCE_OFFSET = "qaloop-source-offset"
 MAX_REASON_CHARS = 500
 
 
-@dataclass(frozen=True, slots=True)
-class OutMessage:
+# Structs, like the envelope (qaloop.core.model): one of each is made per record published or
+# consumed, and a Struct is built ~10x faster than a frozen dataclass; never in a cycle (gc=False).
+class OutMessage(msgspec.Struct, frozen=True, gc=False):
     """A record to publish."""
 
     topic: str
     key: str
     value: bytes
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(msgspec.Struct, frozen=True, gc=False):
     """A consumed record, with where it was read from."""
 
     topic: str
@@ -51,7 +51,7 @@ class Message:
     offset: int
     key: str | None
     value: bytes | None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
     timestamp: float = 0.0
 
 
