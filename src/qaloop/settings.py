@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         "the accept's database commit on disk, then the publish; `kafka`, the publish acked by "
         "min.insync.replicas >= 2 brokers (the commit does not wait for the disk: PostgreSQL "
         "synchronous_commit off for that one transaction); `auto`, kafka when "
-        "kafka_min_insync_replicas >= 2, else storage",
+        "kafka_min_insync_replicas >= 2, else storage. Embedded mode always waits",
     )
     kafka_session_timeout_ms: int = Field(
         10000, ge=6000, description="How long a dead consumer keeps its partitions"
@@ -462,22 +462,21 @@ class Settings(BaseSettings):
                 f"kafka_replication_factor ({self.kafka_replication_factor}): no acks=all "
                 "write could ever succeed"
             )
-        if self.accept_durability == "kafka" and (
-            self.bus != "kafka" or self.kafka_min_insync_replicas < 2
-        ):
+        if self.accept_durability == "kafka" and self.kafka_min_insync_replicas < 2:
             raise ValueError(
-                "accept_durability=kafka needs bus=kafka and kafka_min_insync_replicas >= 2 "
-                f"(got bus={self.bus}, kafka_min_insync_replicas="
-                f"{self.kafka_min_insync_replicas}): with fewer, an acked publish is on one "
-                "broker only, which does not fsync either"
+                "accept_durability=kafka needs kafka_min_insync_replicas >= 2 (got "
+                f"{self.kafka_min_insync_replicas}): with fewer, an acked publish may be on "
+                "one broker only, which does not fsync either"
             )
         return self
 
     def accept_waits_for_disk(self) -> bool:
         """Whether the accept's storage commit must reach the disk before the 202: the
         durable copy of a new question is either that commit or a replicated publish."""
+        if self.bus != "kafka":  # embedded: the database is the only copy
+            return True
         if self.accept_durability == "auto":
-            return not (self.bus == "kafka" and self.kafka_min_insync_replicas >= 2)
+            return self.kafka_min_insync_replicas < 2
         return self.accept_durability == "storage"
 
     def api_key(self) -> str | None:
