@@ -32,6 +32,14 @@ class Settings(BaseSettings):
         description="min.insync.replicas of the topics qaloop creates: an acks=all write "
         "needs this many replicas (2 with replication factor 3)",
     )
+    accept_durability: Literal["auto", "storage", "kafka"] = Field(
+        "auto",
+        description="What a new question's 202 waits for (docs/distributed.md): `storage`, "
+        "the accept's database commit on disk, then the publish; `kafka`, the publish acked by "
+        "min.insync.replicas >= 2 brokers (the commit does not wait for the disk: PostgreSQL "
+        "synchronous_commit off for that one transaction); `auto`, kafka when "
+        "kafka_min_insync_replicas >= 2, else storage. Embedded mode always waits",
+    )
     kafka_session_timeout_ms: int = Field(
         10000, ge=6000, description="How long a dead consumer keeps its partitions"
     )
@@ -454,7 +462,22 @@ class Settings(BaseSettings):
                 f"kafka_replication_factor ({self.kafka_replication_factor}): no acks=all "
                 "write could ever succeed"
             )
+        if self.accept_durability == "kafka" and self.kafka_min_insync_replicas < 2:
+            raise ValueError(
+                "accept_durability=kafka needs kafka_min_insync_replicas >= 2 (got "
+                f"{self.kafka_min_insync_replicas}): with fewer, an acked publish may be on "
+                "one broker only, which does not fsync either"
+            )
         return self
+
+    def accept_waits_for_disk(self) -> bool:
+        """Whether the accept's storage commit must reach the disk before the 202: the
+        durable copy of a new question is either that commit or a replicated publish."""
+        if self.bus != "kafka":  # embedded: the database is the only copy
+            return True
+        if self.accept_durability == "auto":
+            return self.kafka_min_insync_replicas < 2
+        return self.accept_durability == "storage"
 
     def api_key(self) -> str | None:
         if self.llm_api_key is not None:

@@ -407,6 +407,7 @@ class Wiring:
             clock=self.clock,
             metrics=metrics,
             failed_recheck_s=self.settings.failed_recheck_s,
+            accept_waits_for_disk=self.settings.accept_waits_for_disk(),
         )
         if self.settings.paraphrase_cache:  # off by default (docs/spend.md)
             service.paraphrases = ParaphraseIndex(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from qaloop import wiring
 from qaloop.bus.memory import MemoryBus
 from qaloop.llm.simulated import SimulatedProvider
@@ -75,3 +77,24 @@ def test_the_worker_and_the_llm_judge_of_one_process_share_the_meter_and_the_bud
     assert isinstance(alone, LLMJudge) and alone.meter is not None
     assert alone.budget is not None and alone.budget is not worker.budget
     assert alone.budget.config == worker.budget.config
+
+
+def test_the_accept_waits_for_the_disk_unless_a_replicated_publish_is_the_durable_copy() -> None:
+    def waits(**overrides: object) -> bool:
+        s = Settings(**overrides)  # type: ignore[arg-type]
+        service = wiring.Wiring(s, shared_bus=True).question_service(
+            SQLiteRepository(":memory:"), MemoryBus()
+        )
+        assert service.accept_waits_for_disk is s.accept_waits_for_disk()
+        return service.accept_waits_for_disk
+
+    replicated = {"bus": "kafka", "kafka_replication_factor": 3, "kafka_min_insync_replicas": 2}
+    assert waits() is True  # embedded: the database is the only copy
+    assert waits(bus="kafka") is True  # one in-sync replica: a broker does not fsync either
+    assert waits(**replicated) is False
+    assert waits(**replicated, accept_durability="storage") is True
+    assert waits(**replicated, accept_durability="kafka") is False
+    # embedded: no Kafka, so the database is the copy whatever the replicas say
+    assert waits(kafka_replication_factor=3, kafka_min_insync_replicas=2) is True
+    with pytest.raises(ValueError, match="accept_durability=kafka needs kafka_min_insync_"):
+        Settings(bus="kafka", accept_durability="kafka")

@@ -4,7 +4,9 @@
 - A question already in flight joins it (coalescing): one LLM pipeline run, many askers. The
   storage insert is the arbiter (unique question id), so this holds across gateway processes.
 - A new question is written to storage *before* it is published and before the 202: an
-  accepted question is never lost, whatever crashes next.
+  accepted question is never lost, whatever crashes next. The durable copy is that commit, or
+  on a replicated Kafka (min.insync.replicas >= 2) the acked publish, and then the commit does
+  not wait for the disk (Settings.accept_durability, docs/distributed.md).
 - Hit counts are summed in memory and flushed in batches, off the hot path.
 - Admission (qaloop.gateway.admission) is asked only for a question that would be new: known
   answers and joins are served whatever the backlog, budget or quota.
@@ -82,8 +84,11 @@ class QuestionService:
         metrics: Metrics | None = None,
         admission: Admission | None = None,
         failed_recheck_s: float = 10.0,
+        accept_waits_for_disk: bool = True,
     ) -> None:
         self.repo = repo
+        # False only when the publish is the durable copy (Settings.accept_waits_for_disk)
+        self.accept_waits_for_disk = accept_waits_for_disk
         self.failed_recheck_s = failed_recheck_s
         self.closing = asyncio.Event()  # set when a graceful stop begins: long-polls return
         self.bus = bus
@@ -238,7 +243,11 @@ class QuestionService:
         self, batch: list[tuple[Envelope, asyncio.Future[tuple[bool, QuestionRecord]]]]
     ) -> None:
         try:
-            results = await asyncio.to_thread(self.repo.accept_many, [e for e, _ in batch])
+            results = await asyncio.to_thread(
+                self.repo.accept_many,
+                [e for e, _ in batch],
+                wait_for_disk=self.accept_waits_for_disk,
+            )
             new = [e for (e, _), (inserted, _) in zip(batch, results, strict=True) if inserted]
             if new:
                 # Stored before published, published before the 202: never lost.

@@ -43,8 +43,12 @@ class Repository(Protocol):
         """Insert a new question (state queued); returns (inserted, the row now stored)."""
         ...
 
-    def accept_many(self, envelopes: Sequence[Envelope]) -> list[tuple[bool, QuestionRecord]]:
-        """`accept` for each envelope, in order, in one transaction (group commit)."""
+    def accept_many(
+        self, envelopes: Sequence[Envelope], *, wait_for_disk: bool = True
+    ) -> list[tuple[bool, QuestionRecord]]:
+        """`accept` for each envelope, in order, in one transaction (group commit).
+        `wait_for_disk=False`: the commit may return before it is on disk (an OS crash can
+        lose it) -- for callers whose durable copy is elsewhere (a replicated publish)."""
         ...
 
     def get(self, question_id: str) -> QuestionRecord | None: ...

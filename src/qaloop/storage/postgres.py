@@ -431,7 +431,9 @@ class PostgresRepository:
         return self.accept_many([envelope])[0]
 
     @_retry_transient
-    def accept_many(self, envelopes: Sequence[Envelope]) -> list[tuple[bool, QuestionRecord]]:
+    def accept_many(
+        self, envelopes: Sequence[Envelope], *, wait_for_disk: bool = True
+    ) -> list[tuple[bool, QuestionRecord]]:
         """Set-based: the inserts are pipelined (sorted by id, so concurrent group commits lock
         in one order), the stored rows come back in one SELECT. Of several envelopes of one
         question, only the first is inserted and reported as inserted."""
@@ -444,6 +446,10 @@ class PostgresRepository:
         ids = sorted(first)
         inserted: set[str] = set()
         with self._tx() as conn, conn.cursor() as cur:
+            if not wait_for_disk:
+                # This transaction only: its commit returns once in the WAL buffers (the WAL
+                # writer flushes it within 3 x wal_writer_delay). The store's writes still wait.
+                cur.execute("SET LOCAL synchronous_commit = off")
             cur.executemany(
                 _INSERT_NEW,
                 [_clean_question_row(question_row(first[qid], now)) for qid in ids],

@@ -311,7 +311,10 @@ class SQLiteRepository:
     def accept(self, envelope: Envelope) -> tuple[bool, QuestionRecord]:
         return self.accept_many([envelope])[0]
 
-    def accept_many(self, envelopes: Sequence[Envelope]) -> list[tuple[bool, QuestionRecord]]:
+    def accept_many(
+        self, envelopes: Sequence[Envelope], *, wait_for_disk: bool = True
+    ) -> list[tuple[bool, QuestionRecord]]:
+        # wait_for_disk is ignored: an embedded pipeline has no other durable copy.
         now = time.time()
         ids = list(dict.fromkeys(e.question_id for e in envelopes))
         with self._lock:
