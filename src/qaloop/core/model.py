@@ -85,7 +85,7 @@ class _Data(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     (qaloop.core.codec), several times faster than dataclasses through dicts. Immutable, and
     never in a reference cycle, hence untracked by the garbage collector (gc=False). Encoding
     leaves out fields that have their default value: smaller messages, and every reader fills
-    them in again (main's codec included: it reads missing fields as their defaults)."""
+    them in again (the codec before the Structs too: it read a missing field as its default)."""
 
 
 class Usage(_Data, frozen=True):
