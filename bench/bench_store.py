@@ -13,13 +13,16 @@ accepted first, as the gateway does (not measured). Same stream for any version 
     PYTHONPATH=src .venv/bin/python -m qaloop demo --db sqlite:////tmp/demo.db
     PYTHONPATH=src .venv/bin/python bench/bench_store.py --db /tmp/demo.db [--questions 5000]
 
-Prints (and writes with --out) JSON: store and PostgreSQL CPU ms per question, messages.
+Prints (and writes with --out) JSON: store and PostgreSQL CPU ms per question, messages, and
+a digest of every stored row (`rows_sha256`: questions without `updated_at`, which is the
+clock, events, usage), equal across versions of the code that store the same rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import resource
 import sqlite3
@@ -85,6 +88,26 @@ def build_stream(
     return accepted, [m for _, _, m in placed]
 
 
+# every column of the tables the report and the API read, but questions.updated_at (the clock)
+_DIGEST_QUERIES = (
+    "SELECT question_id, question, reference_answer, state, attempt, progress, first_seen, "
+    "finished_at, answer, score, llm_calls, hit_count, error_class, error_detail, trace_id, "
+    "envelope FROM questions ORDER BY question_id",
+    "SELECT * FROM events ORDER BY question_id, seq",
+    "SELECT * FROM llm_usage ORDER BY question_id, seq",
+)
+
+
+def rows_digest(conn: psycopg.Connection[Any]) -> str:
+    digest = hashlib.sha256()
+    for query in _DIGEST_QUERIES:
+        for row in conn.execute(query):
+            digest.update(
+                repr(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)).encode()
+            )
+    return digest.hexdigest()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", required=True, help="SQLite file of an embedded run (demo)")
@@ -132,6 +155,7 @@ def main() -> None:
         with psycopg.connect(_db, autocommit=True) as c:
             states = dict(c.execute("SELECT state, count(*) FROM questions GROUP BY 1").fetchall())
             events = c.execute("SELECT count(*) FROM events").fetchone()
+            digest = rows_digest(c)
         repo.close()
         gateway.close()
     store_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
@@ -148,6 +172,7 @@ def main() -> None:
         },
         "states": states,
         "event_rows": events[0] if events else 0,
+        "rows_sha256": digest,
         "machine_at_start": machine_before,
         "machine_at_end": machine_state(),
     }
