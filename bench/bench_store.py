@@ -13,7 +13,9 @@ accepted first, as the gateway does (not measured). Same stream for any version 
     PYTHONPATH=src .venv/bin/python -m qaloop demo --db sqlite:////tmp/demo.db
     PYTHONPATH=src .venv/bin/python bench/bench_store.py --db /tmp/demo.db [--questions 5000]
 
-Prints (and writes with --out) JSON: store and PostgreSQL CPU ms per question, messages, and
+Prints (and writes with --out) JSON: store and PostgreSQL CPU ms per question, messages, the
+server's WAL per question (pg_stat_wal: every session's, so the store's alone only on a server
+nothing else writes to), and
 a digest of every stored row (`rows_sha256`: questions without `updated_at`, which is the
 clock, events, usage), equal across versions of the code that store the same rows.
 """
@@ -141,17 +143,24 @@ def main() -> None:
                 ).fetchall()
             return sum(_proc_cpu_s(int(p)) for (p,) in pids)
 
+        def server_wal() -> tuple[int, int, int]:
+            with psycopg.connect(args.dsn, autocommit=True) as c:
+                row = c.execute(
+                    "SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal"
+                ).fetchone()
+            return (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
         async def replay() -> None:
             for begin in range(0, len(stream), args.batch):
                 await store.handle_batch(stream[begin : begin + args.batch])
 
-        pg0 = sessions_cpu()
+        pg0, wal0 = sessions_cpu(), server_wal()
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         asyncio.run(replay())
         wall = time.perf_counter() - t0
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
-        pg1 = sessions_cpu()
+        pg1, wal1 = sessions_cpu(), server_wal()
         with psycopg.connect(_db, autocommit=True) as c:
             states = dict(c.execute("SELECT state, count(*) FROM questions GROUP BY 1").fetchall())
             events = c.execute("SELECT count(*) FROM events").fetchone()
@@ -169,6 +178,13 @@ def main() -> None:
         "cpu_ms_per_question": {
             "store": round(store_s * 1000 / n, 3),
             "postgresql: store": round((pg1 - pg0) * 1000 / n, 3),
+        },
+        # the whole server's WAL while the stream was replayed: the store's alone only when
+        # nothing else writes to that server
+        "server_wal_per_question": {
+            "records": round((wal1[0] - wal0[0]) / n, 2),
+            "full_page_images": round((wal1[1] - wal0[1]) / n, 3),
+            "bytes": round((wal1[2] - wal0[2]) / n),
         },
         "states": states,
         "event_rows": events[0] if events else 0,

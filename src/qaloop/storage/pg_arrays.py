@@ -73,26 +73,45 @@ def encode_array(values: Sequence[Any], element: str) -> PgArray:
     raises struct.error), text is UTF-8."""
     element_oid, _, code, size = _TYPES[element]
     n = len(values)
-    has_null = None in values
-    head = _HEAD.pack(1, int(has_null), element_oid, n, 1)
+    nulls = values.count(None)
+    head = _HEAD.pack(1, int(nulls > 0), element_oid, n, 1)
+    if nulls == n:
+        return _CLASSES[element](head + _NULL * n)
+    # map() over C functions: no Python bytecode per element where a column has no NULL
     if code:
-        if has_null:
+        if nulls:
             one = struct.Struct(">i" + code).pack
             body = b"".join(_NULL if v is None else one(size, v) for v in values)
         else:
-            packer = _packers.get((code, n))
-            if packer is None:
-                packer = _packers[(code, n)] = struct.Struct(">" + ("i" + code) * n)
             items: list[Any] = [size, None] * n
             items[1::2] = values
-            body = packer.pack(*items)
+            body = _packer(code, n).pack(*items)
         return _CLASSES[element](head + body)
-    raw: list[bytes | None]
+    raw: Sequence[Any]
     if element == "text":
-        raw = [None if v is None else v.encode() for v in values]
+        raw = (
+            list(map(str.encode, values))
+            if not nulls
+            else [None if v is None else v.encode() for v in values]
+        )
     else:
-        raw = [None if v is None else bytes(v) for v in values]
+        raw = values
     parts: list[bytes] = [b""] * (2 * n)
-    parts[0::2] = [_NULL if b is None else _LENGTH(len(b)) for b in raw]
-    parts[1::2] = [b or b"" for b in raw]
+    if nulls:
+        parts[0::2] = [_NULL if b is None else _LENGTH(len(b)) for b in raw]
+        parts[1::2] = [b or b"" for b in raw]
+    else:
+        parts[0::2] = map(_LENGTH, map(len, raw))
+        parts[1::2] = raw
     return _CLASSES[element](head + b"".join(parts))
+
+
+def _packer(code: str, n: int) -> struct.Struct:
+    """The struct of n (length, number) pairs, kept for the batch sizes seen (a batch has at
+    most a few thousand rows; past 4,096 formats the cache starts again)."""
+    packer = _packers.get((code, n))
+    if packer is None:
+        if len(_packers) >= 4096:
+            _packers.clear()
+        packer = _packers[(code, n)] = struct.Struct(">" + ("i" + code) * n)
+    return packer
