@@ -115,10 +115,6 @@ _USAGE_INSERT = (
 _VALUES_16 = ", ".join(["%s"] * 16)
 _VALUES_12 = ", ".join(["%s"] * 12)
 _UPSERT = f"INSERT INTO questions ({_WRITE_COLUMNS}) VALUES ({_VALUES_16}) {_ON_CONFLICT_QUESTION}"
-_INSERT_NEW = (
-    f"INSERT INTO questions ({_WRITE_COLUMNS}) VALUES ({_VALUES_16}) "
-    "ON CONFLICT (question_id) DO NOTHING RETURNING question_id"
-)
 _EVENT_INSERT = (
     f"INSERT INTO events ({_EVENT_WRITE_COLUMNS}) VALUES ({_VALUES_12}) "
     "ON CONFLICT (question_id, seq) DO NOTHING"
@@ -162,6 +158,13 @@ _MERGE_QUESTIONS = _unnest_insert(
     "WHERE NOT EXISTS (SELECT 1 FROM questions q WHERE q.question_id = s.question_id "
     "AND (q.progress >= s.progress OR q.trace_id <> s.trace_id)) "
     f"ORDER BY question_id {_ON_CONFLICT_QUESTION}",
+)
+# accept: new questions only
+_INSERT_NEW = _unnest_insert(
+    "questions",
+    _WRITE_COLUMNS,
+    _QUESTION_TYPES,
+    "ORDER BY question_id ON CONFLICT (question_id) DO NOTHING RETURNING question_id",
 )
 _MERGE_EVENTS = _unnest_insert(
     "events",
@@ -400,9 +403,9 @@ class PostgresRepository:
 
     @_retry_transient
     def accept_many(self, envelopes: Sequence[Envelope]) -> list[tuple[bool, QuestionRecord]]:
-        """Set-based: the inserts are pipelined (sorted by id, so concurrent group commits lock
-        in one order), the stored rows come back in one SELECT. Of several envelopes of one
-        question, only the first is inserted and reported as inserted."""
+        """Set-based: one INSERT of every new row (sorted by id, so concurrent group commits
+        lock in one order), one of their events, the stored rows back in one SELECT. Of several
+        envelopes of one question, only the first is inserted and reported as inserted."""
         if not envelopes:
             return []
         now = time.time()
@@ -410,19 +413,10 @@ class PostgresRepository:
         for envelope in envelopes:
             first.setdefault(envelope.question_id, envelope)
         ids = sorted(first)
-        inserted: set[str] = set()
+        rows = [_clean_question_row(question_row(first[qid], now)) for qid in ids]
         with self._tx() as conn, conn.cursor() as cur:
-            cur.executemany(
-                _INSERT_NEW,
-                [_clean_question_row(question_row(first[qid], now)) for qid in ids],
-                returning=True,
-            )
-            while True:
-                row = cur.fetchone()
-                if row is not None:
-                    inserted.add(row[0])
-                if not cur.nextset():
-                    break
+            cur.execute(_INSERT_NEW, _columns(rows, _QUESTION_TYPES))
+            inserted = {r[0] for r in cur.fetchall()}
             events = [
                 _clean_event_row(r)
                 for qid in ids
@@ -430,7 +424,7 @@ class PostgresRepository:
                 for r in event_rows(first[qid])
             ]
             if events:
-                cur.executemany(_EVENT_INSERT, events)
+                cur.execute(_MERGE_EVENTS, _columns(events, _EVENT_TYPES))
             stored = {
                 r[0]: record_from_row(r)
                 for r in cur.execute(
