@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=160, help="messages per consumed batch")
     parser.add_argument("--in-flight", type=int, default=300)
+    parser.add_argument("--write-mode", default="auto", help="PostgresRepository write_mode")
     parser.add_argument("--dsn", default=os.environ.get("QALOOP_PG_DSN"))
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -132,7 +133,7 @@ def main() -> None:
         for begin in range(0, len(accepted), 1000):
             gateway.accept_many(accepted[begin : begin + 1000])
         os.environ["PGAPPNAME"] = app  # the store's sessions, found by name below
-        repo = PostgresRepository(args.dsn, schema=schema)
+        repo = PostgresRepository(args.dsn, schema=schema, write_mode=args.write_mode)
         store = Store(repo, topics)
         machine_before = machine_state()
 
