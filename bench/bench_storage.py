@@ -13,9 +13,10 @@ three-event history). Two workloads:
 
 Each is written with apply() in batches of 1, 100 and 1000, and by a row-by-row baseline that
 autocommits one statement per row (the question upsert, then one insert per history event), as a
-naive consumer would. PostgreSQL runs both write paths of PostgresRepository (COPY into a staging
-table + INSERT ... ON CONFLICT, and executemany in pipeline mode). Every run starts on an empty
-store (a fresh SQLite file, a fresh PostgreSQL schema). Raw results: bench/results/.
+naive consumer would. PostgreSQL runs both write paths of PostgresRepository (column arrays
+through INSERT ... SELECT FROM unnest ... ON CONFLICT, and executemany in pipeline mode). Every
+run starts on an empty store (a fresh SQLite file, a fresh PostgreSQL schema). Raw results:
+bench/results/.
 """
 
 from __future__ import annotations
@@ -218,14 +219,14 @@ def machine(dsn: str | None) -> dict[str, Any]:
 
 
 def ab_rounds(dsn: str, rounds: int, rows: int) -> list[dict[str, Any]]:
-    """COPY vs executemany, interleaved round by round on the same envelopes, so that the load
+    """unnest vs executemany, interleaved round by round on the same envelopes, so that the load
     of a shared machine hits both alike; median and best rows/s per cell."""
     cells: dict[tuple[str, int, str], list[float]] = {}
     for _ in range(rounds):
         for kind in ("insert", "lifecycle"):
             envelopes = workload(kind, rows)
             for batch in (10, 100, 1000):
-                for mode in ("copy", "executemany"):
+                for mode in ("unnest", "executemany"):
                     store = open_postgres(dsn, mode)
                     try:
                         rate = run_one(store, envelopes, batch)["rows_per_s"]
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ab-rounds",
         type=int,
         default=5,
-        help="interleaved rounds of COPY vs executemany (PostgreSQL; 0 = skip)",
+        help="interleaved rounds of unnest vs executemany (PostgreSQL; 0 = skip)",
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     backends.append(("sqlite", lambda: open_sqlite(tmp)))
     if args.pg_dsn:
         dsn = args.pg_dsn
-        backends.append(("postgres-copy", lambda: open_postgres(dsn, "copy")))
+        backends.append(("postgres-unnest", lambda: open_postgres(dsn, "unnest")))
         backends.append(("postgres-executemany", lambda: open_postgres(dsn, "executemany")))
     else:
         print("QALOOP_PG_DSN / --pg-dsn not set: PostgreSQL skipped", file=sys.stderr)
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "envelope_bytes": envelope_bytes,
         "params": {"rows": args.rows, "slow_rows": args.slow_rows, "repeat": args.repeat},
         "results": results,
-        "ab_copy_vs_executemany": ab,
+        "ab_unnest_vs_executemany": ab,
     }
     out = args.out or RESULTS / f"storage-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

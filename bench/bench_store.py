@@ -13,13 +13,18 @@ accepted first, as the gateway does (not measured). Same stream for any version 
     PYTHONPATH=src .venv/bin/python -m qaloop demo --db sqlite:////tmp/demo.db
     PYTHONPATH=src .venv/bin/python bench/bench_store.py --db /tmp/demo.db [--questions 5000]
 
-Prints (and writes with --out) JSON: store and PostgreSQL CPU ms per question, messages.
+Prints (and writes with --out) JSON: store and PostgreSQL CPU ms per question, messages, the
+server's WAL per question (pg_stat_wal: every session's, so the store's alone only on a server
+nothing else writes to), and
+a digest of every stored row (`rows_sha256`: questions without `updated_at`, which is the
+clock, events, usage), equal across versions of the code that store the same rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import resource
 import sqlite3
@@ -85,12 +90,33 @@ def build_stream(
     return accepted, [m for _, _, m in placed]
 
 
+# every column of the tables the report and the API read, but questions.updated_at (the clock)
+_DIGEST_QUERIES = (
+    "SELECT question_id, question, reference_answer, state, attempt, progress, first_seen, "
+    "finished_at, answer, score, llm_calls, hit_count, error_class, error_detail, trace_id, "
+    "envelope FROM questions ORDER BY question_id",
+    "SELECT * FROM events ORDER BY question_id, seq",
+    "SELECT * FROM llm_usage ORDER BY question_id, seq",
+)
+
+
+def rows_digest(conn: psycopg.Connection[Any]) -> str:
+    digest = hashlib.sha256()
+    for query in _DIGEST_QUERIES:
+        for row in conn.execute(query):
+            digest.update(
+                repr(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)).encode()
+            )
+    return digest.hexdigest()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", required=True, help="SQLite file of an embedded run (demo)")
     parser.add_argument("--questions", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=160, help="messages per consumed batch")
     parser.add_argument("--in-flight", type=int, default=300)
+    parser.add_argument("--write-mode", default="auto", help="PostgresRepository write_mode")
     parser.add_argument("--dsn", default=os.environ.get("QALOOP_PG_DSN"))
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -107,7 +133,7 @@ def main() -> None:
         for begin in range(0, len(accepted), 1000):
             gateway.accept_many(accepted[begin : begin + 1000])
         os.environ["PGAPPNAME"] = app  # the store's sessions, found by name below
-        repo = PostgresRepository(args.dsn, schema=schema)
+        repo = PostgresRepository(args.dsn, schema=schema, write_mode=args.write_mode)
         store = Store(repo, topics)
         machine_before = machine_state()
 
@@ -118,20 +144,28 @@ def main() -> None:
                 ).fetchall()
             return sum(_proc_cpu_s(int(p)) for (p,) in pids)
 
+        def server_wal() -> tuple[int, int, int]:
+            with psycopg.connect(args.dsn, autocommit=True) as c:
+                row = c.execute(
+                    "SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal"
+                ).fetchone()
+            return (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
         async def replay() -> None:
             for begin in range(0, len(stream), args.batch):
                 await store.handle_batch(stream[begin : begin + args.batch])
 
-        pg0 = sessions_cpu()
+        pg0, wal0 = sessions_cpu(), server_wal()
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         asyncio.run(replay())
         wall = time.perf_counter() - t0
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
-        pg1 = sessions_cpu()
+        pg1, wal1 = sessions_cpu(), server_wal()
         with psycopg.connect(_db, autocommit=True) as c:
             states = dict(c.execute("SELECT state, count(*) FROM questions GROUP BY 1").fetchall())
             events = c.execute("SELECT count(*) FROM events").fetchone()
+            digest = rows_digest(c)
         repo.close()
         gateway.close()
     store_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
@@ -146,8 +180,16 @@ def main() -> None:
             "store": round(store_s * 1000 / n, 3),
             "postgresql: store": round((pg1 - pg0) * 1000 / n, 3),
         },
+        # the whole server's WAL while the stream was replayed: the store's alone only when
+        # nothing else writes to that server
+        "server_wal_per_question": {
+            "records": round((wal1[0] - wal0[0]) / n, 2),
+            "full_page_images": round((wal1[1] - wal0[1]) / n, 3),
+            "bytes": round((wal1[2] - wal0[2]) / n),
+        },
         "states": states,
         "event_rows": events[0] if events else 0,
+        "rows_sha256": digest,
         "machine_at_start": machine_before,
         "machine_at_end": machine_state(),
     }

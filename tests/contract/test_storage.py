@@ -72,7 +72,7 @@ def _pg_backend(write_mode: str) -> Iterator[Backend]:
 @pytest.fixture(
     params=[
         "sqlite",
-        pytest.param("postgres-copy", marks=pytest.mark.integration),
+        pytest.param("postgres-unnest", marks=pytest.mark.integration),
         pytest.param("postgres-executemany", marks=pytest.mark.integration),
     ]
 )

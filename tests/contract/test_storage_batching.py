@@ -118,7 +118,7 @@ def _fail_the_next_commit(r: Repository, monkeypatch: pytest.MonkeyPatch) -> Non
         return
     from qaloop.storage import postgres
 
-    for name in ("_apply_copy", "_apply_executemany"):
+    for name in ("_apply_unnest", "_apply_executemany"):
         written = getattr(postgres.PostgresRepository, name)
 
         def failing(conn: Any, *rows: Any, _written: Any = written) -> None:

@@ -25,6 +25,7 @@ from qaloop.storage.base import DeadLetter, Repository
 log = logging.getLogger(__name__)
 
 FINAL_PROGRESS = progress_key(QuestionState.VALIDATED, 1)  # every final ranks the same
+_PROGRESS_PAIRS = 1024
 
 
 def dead_letter_key(*parts: object) -> str:
@@ -56,6 +57,8 @@ class Store:
         self.metrics = metrics if metrics is not None else Metrics()
         self._stored = LabelCache(self.metrics.stored)
         self._time_to_answer = LabelCache(self.metrics.time_to_answer)
+        # wire.header_progress by (state, attempt) header: a handful of pairs, every message
+        self._progress: dict[tuple[str | None, str | None], int | None] = {}
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[OutMessage]:
         envelopes: list[Envelope] = []
@@ -118,10 +121,18 @@ class Store:
         owned = (self.topics.validated, self.topics.dead_letter)
         best: dict[str, tuple[int, int]] = {}  # question id -> (progress, index)
         mirrored: list[tuple[str, int]] = []
+        known = self._progress
         for index, message in enumerate(messages):
             key = message.key
-            progress = wire.header_progress(message.headers)
-            if not key or progress is None or message.headers.get(wire.POISON) == "1":
+            headers = message.headers
+            pair = (headers.get(wire.STATE), headers.get(wire.ATTEMPT))
+            if pair in known:
+                progress = known[pair]
+            else:
+                progress = wire.header_progress(headers)
+                if len(known) < _PROGRESS_PAIRS:  # headers are input: bounded
+                    known[pair] = progress
+            if not key or progress is None or headers.get(wire.POISON) == "1":
                 continue  # no usable metadata (or no envelope to apply): decode it as usual
             if message.topic in owned:
                 progress = FINAL_PROGRESS

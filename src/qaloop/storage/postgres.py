@@ -14,10 +14,11 @@ upsert would keep): PostgreSQL refuses an INSERT ... ON CONFLICT DO UPDATE that 
 row twice ("cannot affect row a second time"). Rows are written sorted by key, so concurrent
 batches that overlap lock rows in the same order and can't deadlock.
 
-Two write paths (measured in bench/bench_storage.py, see docs/storage.md): "copy" streams the
-batch into a temporary staging table with binary COPY and merges it with one INSERT ... SELECT
-... ON CONFLICT per table; "executemany" sends one upsert per row in pipeline mode. The default,
-`write_mode="auto"`, takes executemany for small batches and COPY from COPY_THRESHOLD rows on.
+Two write paths (measured in bench/bench_storage.py, see docs/storage.md): "unnest" sends each
+table's rows as one binary array per column and merges them with one INSERT ... SELECT FROM
+unnest(...) ... ON CONFLICT per table; "executemany" sends one upsert per row in pipeline mode.
+The default, `write_mode="auto"`, is unnest: it costs less CPU on both sides at every batch
+size measured (bench/bench_store.py --write-mode, batches of 4 to 160 messages).
 
 Schema migrations live in qaloop/storage/migrations/NNNN_*.sql and are applied in order under an
 advisory lock, so concurrent starts are safe.
@@ -56,6 +57,7 @@ from qaloop.storage.base import (
     encoded_by_id,
     reset_envelope,
 )
+from qaloop.storage.pg_arrays import PgArray, adapters, encode_array
 from qaloop.storage.sqlite import (
     EVENT_COLUMNS,
     event_from_row,
@@ -75,10 +77,7 @@ from qaloop.storage.usage import (
 
 log = logging.getLogger(__name__)
 
-WriteMode = Literal["auto", "copy", "executemany"]
-# "auto": below this many question rows a batch goes through executemany (COPY has a fixed cost
-# of four round trips), from it on through COPY
-COPY_THRESHOLD = 50
+WriteMode = Literal["auto", "unnest", "executemany"]
 
 # pg_advisory_lock(key1, key2): key1 is ours ("qalo"), key2 the schema being migrated.
 _LOCK_NAMESPACE = 0x71616C6F
@@ -113,39 +112,13 @@ _USAGE_INSERT = (
 _VALUES_16 = ", ".join(["%s"] * 16)
 _VALUES_12 = ", ".join(["%s"] * 12)
 _UPSERT = f"INSERT INTO questions ({_WRITE_COLUMNS}) VALUES ({_VALUES_16}) {_ON_CONFLICT_QUESTION}"
-_INSERT_NEW = (
-    f"INSERT INTO questions ({_WRITE_COLUMNS}) VALUES ({_VALUES_16}) "
-    "ON CONFLICT (question_id) DO NOTHING RETURNING question_id"
-)
 _EVENT_INSERT = (
     f"INSERT INTO events ({_EVENT_WRITE_COLUMNS}) VALUES ({_VALUES_12}) "
     "ON CONFLICT (question_id, seq) DO NOTHING"
 )
 
-# Staging tables for the COPY path: one pair per pooled connection, emptied at every commit.
-# The envelope is compressed when it is staged (COPY), and the merge copies the compressed
-# value into questions as it is: the staging column's method is the one stored. lz4 there
-# halves the backend's CPU for a staged envelope against pglz, the default (docs/storage.md,
-# "What a state change costs"); a server without lz4 gets the default.
-_STAGE_ENVELOPE_LZ4 = " COMPRESSION lz4"
-_STAGE_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS qaloop_stage_questions (
-    question_id TEXT, question TEXT, reference_answer TEXT, state TEXT, attempt INTEGER,
-    progress INTEGER, first_seen DOUBLE PRECISION, updated_at DOUBLE PRECISION,
-    finished_at DOUBLE PRECISION, answer TEXT, score DOUBLE PRECISION, llm_calls INTEGER,
-    error_class TEXT, error_detail TEXT, trace_id TEXT, envelope BYTEA{envelope_compression}
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS qaloop_stage_events (
-    question_id TEXT, seq INTEGER, attempt INTEGER, kind TEXT, at DOUBLE PRECISION, answer TEXT,
-    score DOUBLE PRECISION, latency_ms DOUBLE PRECISION, error_class TEXT, detail TEXT,
-    decision TEXT, wait_s DOUBLE PRECISION
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS qaloop_stage_usage (
-    question_id TEXT, seq INTEGER, attempt INTEGER, at DOUBLE PRECISION, purpose TEXT,
-    provider TEXT, model TEXT, lane TEXT, input_tokens INTEGER, output_tokens INTEGER,
-    cached_tokens INTEGER, estimated BOOLEAN, cost_usd DOUBLE PRECISION
-) ON COMMIT DELETE ROWS;
-"""
+# every connection's adapters: psycopg's and the arrays of the set-based writes
+_ADAPTERS = adapters()
 _QUESTION_TYPES = [
     "text", "text", "text", "text", "int4", "int4", "float8", "float8",
     "float8", "text", "float8", "int4", "text", "text", "text", "bytea",
@@ -158,26 +131,49 @@ _USAGE_TYPES = [
     "text", "int4", "int4", "float8", "text", "text", "text",
     "text", "int4", "int4", "int4", "bool", "float8",
 ]  # fmt: skip
+
+
+def _unnest_insert(table: str, columns: str, types: Sequence[str], rest: str) -> str:
+    """INSERT INTO table SELECT ... FROM unnest(one binary array parameter per column)."""
+    arrays = ", ".join(f"%b::{t}[]" for t in types)
+    return (
+        f"INSERT INTO {table} ({columns}) SELECT {columns} "
+        f"FROM unnest({arrays}) AS s({columns}) {rest}"
+    )
+
+
 # The NOT EXISTS leaves out the rows the upsert's WHERE would refuse anyway (the negation of
 # that WHERE against the committed row: the gateway already stored every question's first
 # message; replays): ON CONFLICT DO UPDATE locks the existing row before it checks its WHERE,
 # a WAL record and a dirtied page for nothing. Safe under concurrency: within a run a committed
 # progress only grows, a trace id only changes by a reset to a new one (refused either way),
 # and a row another batch is still writing isn't seen here, so the upsert waits and checks it.
-_MERGE_QUESTIONS = (
-    f"INSERT INTO questions ({_WRITE_COLUMNS}) SELECT {_WRITE_COLUMNS} "
-    "FROM qaloop_stage_questions s WHERE NOT EXISTS (SELECT 1 FROM questions q "
-    "WHERE q.question_id = s.question_id "
+_MERGE_QUESTIONS = _unnest_insert(
+    "questions",
+    _WRITE_COLUMNS,
+    _QUESTION_TYPES,
+    "WHERE NOT EXISTS (SELECT 1 FROM questions q WHERE q.question_id = s.question_id "
     "AND (q.progress >= s.progress OR q.trace_id <> s.trace_id)) "
-    f"ORDER BY question_id {_ON_CONFLICT_QUESTION}"
+    f"ORDER BY question_id {_ON_CONFLICT_QUESTION}",
 )
-_MERGE_EVENTS = (
-    f"INSERT INTO events ({_EVENT_WRITE_COLUMNS}) SELECT {_EVENT_WRITE_COLUMNS} "
-    "FROM qaloop_stage_events ORDER BY question_id, seq ON CONFLICT (question_id, seq) DO NOTHING"
+# accept: new questions only
+_INSERT_NEW = _unnest_insert(
+    "questions",
+    _WRITE_COLUMNS,
+    _QUESTION_TYPES,
+    "ORDER BY question_id ON CONFLICT (question_id) DO NOTHING RETURNING question_id",
 )
-_MERGE_USAGE = (
-    f"INSERT INTO llm_usage ({USAGE_COLUMNS}) SELECT {USAGE_COLUMNS} "
-    "FROM qaloop_stage_usage ORDER BY question_id, seq ON CONFLICT (question_id, seq) DO NOTHING"
+_MERGE_EVENTS = _unnest_insert(
+    "events",
+    _EVENT_WRITE_COLUMNS,
+    _EVENT_TYPES,
+    "ORDER BY question_id, seq ON CONFLICT (question_id, seq) DO NOTHING",
+)
+_MERGE_USAGE = _unnest_insert(
+    "llm_usage",
+    USAGE_COLUMNS,
+    _USAGE_TYPES,
+    "ORDER BY question_id, seq ON CONFLICT (question_id, seq) DO NOTHING",
 )
 
 
@@ -284,23 +280,9 @@ def _retry_transient(method: Callable[_P, _R]) -> Callable[_P, _R]:
     return retrying
 
 
-def _copy_then_merge(
-    cur: psycopg.Cursor[Any],
-    table: str,
-    columns: str,
-    types: Sequence[str],
-    rows: list[tuple[Any, ...]],
-    merge: str,
-) -> None:
-    """COPY the rows into the staging table qaloop_stage_<table>, then merge them (nothing to
-    do without rows)."""
-    if not rows:
-        return
-    with cur.copy(f"COPY qaloop_stage_{table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(types)
-        for row in rows:
-            copy.write_row(row)
-    cur.execute(merge)
+def _columns(rows: list[tuple[Any, ...]], types: Sequence[str]) -> list[PgArray]:
+    """The rows as one binary array per column, for unnest."""
+    return [encode_array(c, t) for c, t in zip(zip(*rows, strict=True), types, strict=True)]
 
 
 class PostgresRepository:
@@ -318,13 +300,12 @@ class PostgresRepository:
         connect_timeout: float = 30.0,
         migrate: bool = True,
     ) -> None:
-        if write_mode not in ("auto", "copy", "executemany"):
+        if write_mode not in ("auto", "unnest", "executemany"):
             raise ValueError(f"unknown write_mode {write_mode!r}")
         self.write_mode: WriteMode = write_mode
         self._written = WrittenHistory()
-        self._stage_lz4 = True
         self.schema = schema
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"context": _ADAPTERS}
         if schema is not None:
             kwargs["options"] = f"-c search_path={_quote_ident(schema)}"
         self._kwargs = kwargs
@@ -334,7 +315,6 @@ class PostgresRepository:
             min_size=min_size,
             max_size=max_size,
             kwargs=kwargs,
-            configure=self._configure,
             open=False,
             name="qaloop-storage",
         )
@@ -350,18 +330,6 @@ class PostgresRepository:
         except BaseException:
             self._pool.close()
             raise
-
-    def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        if self._stage_lz4:
-            try:
-                conn.execute(_STAGE_DDL.format(envelope_compression=_STAGE_ENVELOPE_LZ4))
-                conn.commit()
-                return
-            except (psycopg.errors.FeatureNotSupported, psycopg.errors.SyntaxError):
-                conn.rollback()  # no lz4 in this server (PostgreSQL < 14, or built without)
-                self._stage_lz4 = False
-        conn.execute(_STAGE_DDL.format(envelope_compression=""))
-        conn.commit()
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
@@ -434,9 +402,9 @@ class PostgresRepository:
     def accept_many(
         self, envelopes: Sequence[Envelope], *, wait_for_disk: bool = True
     ) -> list[tuple[bool, QuestionRecord]]:
-        """Set-based: the inserts are pipelined (sorted by id, so concurrent group commits lock
-        in one order), the stored rows come back in one SELECT. Of several envelopes of one
-        question, only the first is inserted and reported as inserted."""
+        """Set-based: one INSERT of every new row (sorted by id, so concurrent group commits
+        lock in one order), one of their events, the stored rows back in one SELECT. Of several
+        envelopes of one question, only the first is inserted and reported as inserted."""
         if not envelopes:
             return []
         now = time.time()
@@ -444,23 +412,14 @@ class PostgresRepository:
         for envelope in envelopes:
             first.setdefault(envelope.question_id, envelope)
         ids = sorted(first)
-        inserted: set[str] = set()
+        rows = [_clean_question_row(question_row(first[qid], now)) for qid in ids]
         with self._tx() as conn, conn.cursor() as cur:
             if not wait_for_disk:
                 # This transaction only: its commit returns once in the WAL buffers (the WAL
                 # writer flushes it within 3 x wal_writer_delay). The store's writes still wait.
                 cur.execute("SET LOCAL synchronous_commit = off")
-            cur.executemany(
-                _INSERT_NEW,
-                [_clean_question_row(question_row(first[qid], now)) for qid in ids],
-                returning=True,
-            )
-            while True:
-                row = cur.fetchone()
-                if row is not None:
-                    inserted.add(row[0])
-                if not cur.nextset():
-                    break
+            cur.execute(_INSERT_NEW, _columns(rows, _QUESTION_TYPES))
+            inserted = {r[0] for r in cur.fetchall()}
             events = [
                 _clean_event_row(r)
                 for qid in ids
@@ -468,7 +427,7 @@ class PostgresRepository:
                 for r in event_rows(first[qid])
             ]
             if events:
-                cur.executemany(_EVENT_INSERT, events)
+                cur.execute(_MERGE_EVENTS, _columns(events, _EVENT_TYPES))
             stored = {
                 r[0]: record_from_row(r)
                 for r in cur.execute(
@@ -503,9 +462,8 @@ class PostgresRepository:
         questions, events = batch_rows(envelopes, time.time(), encoded, mark)
         usage = [_clean_row(r) for r in usage_rows(envelopes, mark)]
         with self._tx() as conn:
-            mode = self.write_mode
-            if mode == "copy" or (mode == "auto" and len(questions) >= COPY_THRESHOLD):
-                self._apply_copy(conn, questions, events, usage)
+            if self.write_mode != "executemany":
+                self._apply_unnest(conn, questions, events, usage)
             else:
                 self._apply_executemany(conn, questions, events, usage)
         self._written.committed(envelopes)
@@ -525,21 +483,23 @@ class PostgresRepository:
                 cur.executemany(_USAGE_INSERT, usage)
 
     @staticmethod
-    def _apply_copy(
+    def _apply_unnest(
         conn: psycopg.Connection[Any],
         questions: list[tuple[Any, ...]],
         events: list[tuple[Any, ...]],
         usage: list[tuple[Any, ...]],
     ) -> None:
+        # One statement per table and no staging: the COPY path it replaced wrote every row
+        # into a temporary table first, and each commit truncated those (ON COMMIT DELETE
+        # ROWS): ~40 % of the store's PostgreSQL CPU per question (docs/storage.md).
         with conn.cursor() as cur:
-            _copy_then_merge(
-                cur, "questions", _WRITE_COLUMNS, _QUESTION_TYPES, questions, _MERGE_QUESTIONS
-            )
-            _copy_then_merge(
-                cur, "events", _EVENT_WRITE_COLUMNS, _EVENT_TYPES, events, _MERGE_EVENTS
-            )
-            # usage: COPY, not a statement per row as in executemany (~1.6 rows per question)
-            _copy_then_merge(cur, "usage", USAGE_COLUMNS, _USAGE_TYPES, usage, _MERGE_USAGE)
+            for rows, merge, types in (
+                (questions, _MERGE_QUESTIONS, _QUESTION_TYPES),
+                (events, _MERGE_EVENTS, _EVENT_TYPES),
+                (usage, _MERGE_USAGE, _USAGE_TYPES),
+            ):
+                if rows:
+                    cur.execute(merge, _columns(rows, types))
 
     @_retry_transient
     def add_hits(self, hits: Mapping[str, int]) -> None:
