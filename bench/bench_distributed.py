@@ -43,6 +43,7 @@ from benchkit import (
     child_env,
     cpu_delta,
     cpu_snapshot,
+    drop_topics,
     gate_in,
     gate_line,
     machine_line,
@@ -79,15 +80,6 @@ GROUPS = ("worker", "judge", "store", "retrier")
 
 
 # ---------------------------------------------------------------------------- shared helpers
-
-
-def drop_topics(bootstrap: str, topics: Topics) -> None:
-    """Delete a run's topics: thousands of leftover partitions cost the broker CPU in later runs."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.delete_topics(topics.all(), operation_timeout=30).values():
-        future.result()
 
 
 def topic_bytes(bootstrap: str, topics: Topics, questions: int) -> dict[str, dict[str, float]]:

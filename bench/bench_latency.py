@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from benchkit import (  # noqa: E402
     child_env,
+    drop_topics,
     free_port,
     gate_in,
     gate_line,
@@ -55,6 +56,7 @@ from benchkit import (  # noqa: E402
     pg_schema,
 )
 
+from qaloop.bus.base import Topics  # noqa: E402
 from qaloop.dataset import QA, load_sample  # noqa: E402
 from qaloop.settings import Settings  # noqa: E402
 
@@ -267,6 +269,7 @@ def run_distributed(args: argparse.Namespace, judge: str) -> dict[str, Any]:
                 os.killpg(up.pid, signal.SIGKILL)
                 up.wait()
             log.close()
+            drop_topics(bootstrap, Topics.with_prefix(prefix))
         repo = PostgresRepository(pg, schema=schema, max_size=1)
         try:
             rows = first_pass(repo.export_questions(), set(ids))

@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_distributed import (
     GROUPS,
-    drop_topics,
     envelope_for,
     load_like_gateway,
     question_set,
@@ -56,6 +55,7 @@ from benchkit import (
     child_env,
     cpu_delta,
     cpu_snapshot,
+    drop_topics,
     gate_in,
     gate_line,
     machine_line,

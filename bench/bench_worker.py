@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bench_distributed import drop_topics, envelope_for, question_set, topic_bytes
+from bench_distributed import envelope_for, question_set, topic_bytes
 from benchkit import (
     cpu_delta,
     cpu_snapshot,
+    drop_topics,
     machine_state,
     pg_schema,
     stage_env,
