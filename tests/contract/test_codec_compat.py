@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from qaloop.core import codec
-from qaloop.core.model import Envelope, ErrorClass, Event, EventKind, QuestionState, Usage
+from qaloop.core.model import Envelope, ErrorClass, EventKind, QuestionState, Usage
 from tests.contract import codec_before_structs as before
+from tests.strategies import envelopes
 
 _USAGE = Usage("generate", "simulated", "simulated", 31, 18, cost_usd=1.03e-05)
 _BATCH_USAGE = Usage("judge", "gemini", "flash", 90, 7, 40, True, "batch", 0.5)
@@ -67,62 +67,6 @@ def _pipeline() -> list[Envelope]:
     return [*out, batch]
 
 
-_texts = st.text(max_size=12)
-_floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
-_usages = st.builds(
-    Usage,
-    purpose=_texts,
-    provider=_texts,
-    model=_texts,
-    input_tokens=st.integers(0, 10**6),
-    output_tokens=st.integers(0, 10**6),
-    cached_tokens=st.integers(0, 10**6),
-    estimated=st.booleans(),
-    lane=st.sampled_from(["interactive", "batch"]),
-    cost_usd=_floats,
-)
-_events = st.builds(
-    Event,
-    seq=st.integers(0, 50),
-    kind=st.sampled_from(EventKind),
-    attempt=st.integers(1, 5),
-    at=_floats,
-    answer=st.none() | _texts,
-    score=st.none() | _floats,
-    latency_ms=st.none() | _floats,
-    error_class=st.none() | st.sampled_from(ErrorClass),
-    detail=st.none() | _texts,
-    decision=st.none() | _texts,
-    wait_s=st.none() | _floats,
-    usage=st.none() | _usages,
-)
-_envelopes = st.builds(
-    Envelope,
-    question_id=st.text(min_size=1, max_size=12),
-    question=st.text(min_size=1, max_size=40).filter(str.strip),
-    reference_answer=st.none() | _texts,
-    trace_id=_texts,
-    first_seen=_floats,
-    attempt=st.integers(1, 5),
-    state=st.sampled_from(QuestionState),
-    answer=st.none() | _texts,
-    score=st.none() | _floats,
-    best_answer=st.none() | _texts,
-    best_score=st.none() | _floats,
-    best_attempt=st.none() | st.integers(1, 5),
-    error_class=st.none() | st.sampled_from(ErrorClass),
-    error_detail=st.none() | _texts,
-    due_at=st.none() | _floats,
-    llm_calls=st.integers(0, 20),
-    tries_in_attempt=st.integers(0, 20),
-    history=st.lists(_events, max_size=4).map(tuple),
-    caller=st.none() | _texts,
-    lane=st.sampled_from(["interactive", "batch"]),
-    feedback=st.none() | _texts,
-    arm=st.sampled_from([None, "feedback", "control"]),
-)
-
-
 def _previous_reads(env: Envelope) -> None:
     raw = codec.encode(env)
     assert raw.startswith(before._CANONICAL_PREFIX)
@@ -148,7 +92,7 @@ def test_this_codec_reads_what_the_previous_one_wrote(env: Envelope) -> None:
     _this_reads(env)
 
 
-@given(_envelopes)
+@given(envelopes)
 def test_both_directions_for_any_envelope(env: Envelope) -> None:
     _previous_reads(env)
     _this_reads(env)

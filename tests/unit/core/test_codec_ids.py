@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from qaloop.core import codec
 from qaloop.core.ids import normalise, question_id
-from qaloop.core.model import SCHEMA_VERSION, Envelope, ErrorClass, Event, EventKind, QuestionState
+from qaloop.core.model import SCHEMA_VERSION, Envelope, ErrorClass, EventKind, QuestionState
+from tests.strategies import envelopes, floats
 
 
 def test_roundtrip_keeps_everything() -> None:
@@ -77,39 +78,7 @@ def test_decode_of_arbitrary_objects(data: dict[str, object]) -> None:
         codec.decode(orjson.dumps(data))
 
 
-_texts = st.text(max_size=20)
-_floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
-_events = st.builds(
-    Event,
-    seq=st.integers(0, 50),
-    kind=st.sampled_from(EventKind),
-    attempt=st.integers(1, 5),
-    at=_floats,
-    answer=st.none() | _texts,
-    score=st.none() | _floats,
-    error_class=st.none() | st.sampled_from(ErrorClass),
-    decision=st.none() | _texts,
-)
-_envelopes = st.builds(
-    Envelope,
-    question_id=st.text(min_size=1, max_size=12),
-    question=st.text(min_size=1, max_size=40).filter(str.strip),
-    reference_answer=st.none() | _texts,
-    trace_id=_texts,
-    first_seen=_floats,
-    attempt=st.integers(1, 5),
-    state=st.sampled_from(QuestionState),
-    answer=st.none() | _texts,
-    score=st.none() | _floats,
-    best_attempt=st.none() | st.integers(1, 5),
-    error_class=st.none() | st.sampled_from(ErrorClass),
-    due_at=st.none() | _floats,
-    llm_calls=st.integers(0, 20),
-    history=st.lists(_events, max_size=4).map(tuple),
-)
-
-
-@given(_envelopes)
+@given(envelopes)
 def test_fast_and_strict_paths_agree_on_what_encode_writes(envelope: Envelope) -> None:
     raw = codec.encode(envelope)
     assert raw.startswith(codec._CANONICAL_PREFIX)  # so decode() takes the fast path
@@ -123,7 +92,7 @@ def test_fast_and_strict_paths_agree_on_what_encode_writes(envelope: Envelope) -
              "state", "score", "llm_calls", "history", "best_attempt", "schema_version",
              "feedback", "arm"]
         ),
-        st.none() | st.booleans() | st.integers(-3, 3) | _floats | st.text(max_size=6)
+        st.none() | st.booleans() | st.integers(-3, 3) | floats | st.text(max_size=6)
         | st.lists(st.dictionaries(st.sampled_from(["seq", "kind", "attempt", "at"]),
                                    st.integers(0, 3) | st.sampled_from(["accepted", "x"]))),
     )
