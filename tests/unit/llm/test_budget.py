@@ -178,8 +178,7 @@ async def test_admission_check_rejects_only_in_reject_mode() -> None:
 def test_caller_round_trips_through_the_codec() -> None:
     env = _env("r", caller="alice")
     assert codec.decode(codec.encode(env)).caller == "alice"
-    raw = codec.encode(env).replace(b'{"schema_version":1,', b'{ "schema_version":1,')
-    assert codec.decode(raw).caller == "alice"  # the strict path too
+    assert codec.decode(codec.encode(env).decode()).caller == "alice"  # the strict path too
     assert codec.decode(codec.encode(_env("s"))).caller is None
 
 
