@@ -142,7 +142,7 @@ def group_lag(client: Any, parts: list[TopicPartition]) -> list[tuple[str, int, 
 class Offsets:
     """Committed and end offsets (blocking: call from a thread), through consumers that never
     join a group: `committed()` (the group coordinator's OffsetFetch) and
-    `get_watermark_offsets()` (the partition leaders' ListOffsets).
+    `offsets_for_times()` (the partition leaders' ListOffsets, `list_offsets`).
 
     Not through the AdminClient: its ListConsumerGroupOffsets request, timing out while the
     group coordinator's broker was SIGKILLed, made librdkafka 2.16 abort the process
