@@ -331,6 +331,21 @@ class ProtectedProvider:
         self.stats = ProtectionStats()
         self._limit_names = {lim.name for lim in limiter.limits} if limiter else set()
 
+    @property
+    def call_bound_s(self) -> float | None:
+        """The longest a `generate` call can take (None: unbounded): the limiter's longest
+        wait plus the call's timeout, when nothing else in it waits -- no concurrency bound
+        (its semaphore queues without limit) and a limiter in this process's memory (the
+        PostgreSQL one's reservation is a database round trip). A caller whose own timeout
+        is longer need not add one (qaloop.services.worker)."""
+        if self.timeout_s is None or self._slots is not None:
+            return None
+        if self.limiter is None:
+            return self.timeout_s
+        if isinstance(self.limiter, LocalRateLimiter):
+            return self.timeout_s + self.max_queue_wait_s
+        return None
+
     def __repr__(self) -> str:
         return (
             f"ProtectedProvider({self.inner!r}, max_in_flight={self.max_in_flight}, "

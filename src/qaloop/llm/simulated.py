@@ -156,19 +156,22 @@ class SimulatedProvider:
         started = time.perf_counter()
         if latency_s > 0:
             await asyncio.sleep(latency_s)
-        roll = _unit(*parts, "error")
-        if roll < cfg.overload_rate:
-            raise OverloadError("simulated 503: the model is overloaded", status=503)
-        roll -= cfg.overload_rate
-        if roll < cfg.quota_rate:
-            raise QuotaMinuteError(
-                "simulated 429: requests per minute exceeded",
-                status=429,
-                retry_after_s=cfg.quota_retry_after_s,
-            )
-        roll -= cfg.quota_rate
-        if roll < cfg.permanent_rate:
-            raise PermanentError("simulated 400: invalid argument", status=400)
+        # The roll is a hash of its own parts, not a generator's next number: skipping it when
+        # no error can be drawn (a roll in [0, 1) is never below 0) changes no other draw.
+        if cfg.overload_rate or cfg.quota_rate or cfg.permanent_rate:
+            roll = _unit(*parts, "error")
+            if roll < cfg.overload_rate:
+                raise OverloadError("simulated 503: the model is overloaded", status=503)
+            roll -= cfg.overload_rate
+            if roll < cfg.quota_rate:
+                raise QuotaMinuteError(
+                    "simulated 429: requests per minute exceeded",
+                    status=429,
+                    retry_after_s=cfg.quota_retry_after_s,
+                )
+            roll -= cfg.quota_rate
+            if roll < cfg.permanent_rate:
+                raise PermanentError("simulated 400: invalid argument", status=400)
         if request.purpose == "judge":
             self.judge_calls += 1
             text = self._verdict(request)

@@ -69,7 +69,9 @@ class KafkaLag:
 
     def probe(self) -> list[LagSample]:
         """Blocking: call from a thread."""
-        from confluent_kafka import Consumer, TopicPartition  # optional dependency
+        from confluent_kafka import Consumer  # optional dependency
+
+        from qaloop.bus.kafka.admin import group_lag, topic_partitions
 
         samples: list[LagSample] = []
         for group, topics in self.groups.items():
@@ -77,15 +79,11 @@ class KafkaLag:
             if probe is None:
                 config = {**self.bus.consumer_config(group), "client.id": "qaloop-lag-probe"}
                 probe = self._probes[group] = Consumer(config)
-            meta = probe.list_topics(timeout=10).topics
-            parts = [TopicPartition(t, p) for t in topics if t in meta for p in meta[t].partitions]
+            parts = topic_partitions(probe, topics)
             if not parts:
                 continue
-            for tp in probe.committed(parts, timeout=10):
-                low, high = probe.get_watermark_offsets(tp, timeout=10, cached=False)
-                # A group with no commit yet starts at the earliest retained offset.
-                position = tp.offset if tp.offset >= 0 else low
-                samples.append(LagSample(group, tp.topic, tp.partition, max(0, high - position)))
+            # A group with no commit yet starts at the earliest retained offset.
+            samples += [LagSample(group, t, p, lag) for t, p, lag in group_lag(probe, parts)]
         return samples
 
     def close(self) -> None:

@@ -52,12 +52,11 @@ class StageStats:
 
 @dataclass
 class _TickBatch:
-    """The outputs and messages of every handler that finished in one event-loop iteration,
-    and one future per waiting handler (its own: a cancelled handler cancels only its own)."""
+    """The outputs and messages of every handler that finished in one event-loop iteration.
+    Each message holds a concurrency slot until the batch is published (or failed to be)."""
 
     outputs: list[OutMessage] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
-    waiters: list[asyncio.Future[bool]] = field(default_factory=list)
 
 
 class ConcurrentRunner:
@@ -93,7 +92,10 @@ class ConcurrentRunner:
         self.metrics = metrics if metrics is not None else Metrics()
         self._consumed = self.metrics.consumed.labels(name)
         self._produced = self.metrics.produced.labels(name)
-        self.metrics.in_flight.labels(name).set_function(lambda: len(self._tasks))
+        # Messages holding a slot: being handled, or waiting for their batch's publish.
+        self.metrics.in_flight.labels(name).set_function(
+            lambda: self.concurrency - self._slots._value
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
         self._batch: _TickBatch | None = None
@@ -125,6 +127,7 @@ class ConcurrentRunner:
         most `drain_timeout_s`; cancel the rest, uncommitted, so they are redelivered."""
         if self._tasks:
             await self._drain_tasks()
+        self._flush()  # the last handlers' batch, if its flush has not run yet
         if self._sends:  # a batch being published: its commit follows its publish, never alone
             await asyncio.wait(set(self._sends), timeout=self.drain_timeout_s)
 
@@ -145,22 +148,21 @@ class ConcurrentRunner:
         try:
             self.stats.consumed += 1
             outputs = await handle_one(self, message)
-            await self._publish_and_commit(outputs, message)
-        finally:
+        except BaseException:  # cancelled (a drain that timed out): nothing to publish
             self._slots.release()
+            raise
+        self._join_batch(outputs, message)
 
-    async def _publish_and_commit(self, outputs: list[OutMessage], message: Message) -> None:
-        """Join this iteration's batch and wait until it is published, then committed."""
+    def _join_batch(self, outputs: list[OutMessage], message: Message) -> None:
+        """Join this iteration's batch; its send releases the message's slot once published
+        (then committed) or failed. The handler's task ends here: no future per message to
+        wait on, nor the task step that woke it (bench_worker.py --in-process)."""
         batch = self._batch
-        loop = asyncio.get_running_loop()
         if batch is None:
             batch = self._batch = _TickBatch()
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
         batch.outputs.extend(outputs)
         batch.messages.append(message)
-        done: asyncio.Future[bool] = loop.create_future()
-        batch.waiters.append(done)
-        await done
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
@@ -170,14 +172,12 @@ class ConcurrentRunner:
             task.add_done_callback(self._sends.discard)
 
     async def _send(self, batch: _TickBatch) -> None:
-        ok = False
         try:
             if batch.outputs:
                 await self.bus.publish_many(batch.outputs)
                 self.stats.produced += len(batch.outputs)
                 self._produced.inc(len(batch.outputs))
             await self.consumer.commit(batch.messages)
-            ok = True
         except Exception:  # the publish itself failed: leave uncommitted, they will come back
             log.exception(
                 "%s: could not publish the outputs of %d message(s) (offsets %s)",
@@ -186,9 +186,8 @@ class ConcurrentRunner:
                 ", ".join(str(m.offset) for m in batch.messages[:10]),
             )
         finally:
-            for waiter in batch.waiters:
-                if not waiter.done():
-                    waiter.set_result(ok)
+            for _ in batch.messages:
+                self._slots.release()
 
 
 async def handle_one(runner: ConcurrentRunner, message: Message) -> list[OutMessage]:

@@ -110,6 +110,12 @@ class Worker:
         self._llm_ok_s = self.metrics.llm_seconds.labels(name, "ok")
         self._llm_error_s = self.metrics.llm_seconds.labels(name, "error")
         self._provider_name = name
+        # The call's own timeout only when the provider can't bound the call below it: one
+        # asyncio.timeout fewer per call where it can (a ProtectedProvider without a
+        # concurrency bound, and no priority slots to wait for here).
+        bound = getattr(provider, "call_bound_s", None)
+        bounded = isinstance(bound, (int, float)) and bound < config.request_timeout_s
+        self._own_timeout = priority is not None or not bounded
 
     def _rng(self, envelope: Envelope, try_no: int) -> random.Random:
         key = f"backoff:{self.config.seed}:{envelope.question_id}:{envelope.attempt}:{try_no}"
@@ -137,7 +143,10 @@ class Worker:
             call_started = time.perf_counter()
             self.stats.llm_calls += 1
             try:
-                async with asyncio.timeout(self.config.request_timeout_s):  # no extra task
+                if self._own_timeout:
+                    async with asyncio.timeout(self.config.request_timeout_s):  # no extra task
+                        generation = await self._call(env, request)
+                else:  # the provider's bound ends the call first (ServerError, not TimeoutError)
                     generation = await self._call(env, request)
             except (LLMError, TimeoutError) as raw_error:
                 error = (

@@ -49,6 +49,48 @@ async def test_lag_counts_what_the_group_has_not_committed_and_end_offsets_every
         await bus.close()
 
 
+async def test_an_uncommitted_partition_counts_from_its_earliest_retained_offset() -> None:
+    """Records deleted from a partition's start (retention) are not lag; a partition the group
+    committed counts from its commit. KafkaLag's per-partition samples agree with Offsets."""
+    bootstrap = os.environ.get("QALOOP_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        pytest.skip('QALOOP_KAFKA_BOOTSTRAP is not set: run `eval "$(scripts/infra env)"`')
+    pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from qaloop.bus.kafka import KafkaBus, KafkaSettings
+    from qaloop.observability.lag import KafkaLag
+
+    topics = Topics.with_prefix(f"offsets{uuid.uuid4().hex[:10]}")
+    bus = KafkaBus(KafkaSettings(bootstrap, partitions=2, session_timeout_ms=6000), topics)
+    await bus.start()
+    group = f"{topics.questions}.g"
+    try:
+        # key -> partition is librdkafka's hash; count what landed where
+        await bus.publish_many([OutMessage(topics.questions, f"k{i}", b"v") for i in range(40)])
+        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+        ends = [probe.get_watermark_offsets(TopicPartition(topics.questions, p))[1] for p in (0, 1)]
+        assert min(ends) > 5
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        deleted = admin.delete_records([TopicPartition(topics.questions, 0, 4)])
+        for future in deleted.values():
+            future.result()
+        probe.commit(offsets=[TopicPartition(topics.questions, 1, 2)], asynchronous=False)
+        probe.close()
+        lag = await asyncio.to_thread(bus.lag, group, [topics.questions])
+        assert lag == {topics.questions: (ends[0] - 4) + (ends[1] - 2)}
+        probes = KafkaLag(bus, {group: [topics.questions]})
+        samples = await asyncio.to_thread(probes.probe)
+        probes.close()
+        assert sorted((s.partition, s.lag) for s in samples) == [
+            (0, ends[0] - 4),
+            (1, ends[1] - 2),
+        ]
+    finally:
+        await bus.close()
+
+
 def test_a_second_offsets_call_fails_fast_while_one_waits_for_the_broker() -> None:
     pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
     from qaloop.bus.kafka import KafkaSettings

@@ -31,6 +31,7 @@ from qaloop.llm.protection import (
     Limit,
     LocalRateLimiter,
     ProtectedProvider,
+    Reservation,
     reserve_all,
 )
 from qaloop.llm.simulated import SimulatedProvider
@@ -301,3 +302,47 @@ def test_protect_from_settings() -> None:
     assert [x.name for x in limits_from_settings(Settings(llm_rpm=15))] == ["rpm"]
     with pytest.raises(ValueError, match="postgres"):
         protect(SimulatedProvider(), Settings(llm_rpm=10, llm_rate_backend="postgres"))
+
+
+def test_the_call_bound_is_known_only_when_nothing_in_the_call_waits_unbounded() -> None:
+    limits = [Limit("rpm", 600, 60, burst=10)]
+    assert ProtectedProvider(Scripted(), timeout_s=5.0).call_bound_s == 5.0
+    local = ProtectedProvider(
+        Scripted(), timeout_s=5.0, limiter=LocalRateLimiter(limits), max_queue_wait_s=2.0
+    )
+    assert local.call_bound_s == 7.0  # the limiter's longest wait, then the call
+    assert ProtectedProvider(Scripted()).call_bound_s is None  # no timeout
+    # a concurrency bound queues without limit
+    assert ProtectedProvider(Scripted(), timeout_s=5.0, max_in_flight=4).call_bound_s is None
+
+    class Remote:  # a limiter elsewhere (PostgreSQL): its reservation is a round trip
+        def __init__(self) -> None:
+            self.limits = limits
+
+        async def reserve(self, costs: object, max_wait_s: float) -> Reservation:
+            return Reservation(True, 0.0)
+
+        async def adjust(self, name: str, delta: float) -> None: ...
+
+        async def aclose(self) -> None: ...
+
+    assert ProtectedProvider(Scripted(), timeout_s=5.0, limiter=Remote()).call_bound_s is None
+
+
+async def test_with_a_call_bound_the_caller_sees_the_providers_timeout() -> None:
+    """The worker adds no timeout of its own over a bounded provider: a slow call still ends
+    as the provider's ServerError, at the provider's bound."""
+    from qaloop.bus.base import Topics
+    from qaloop.core.model import Envelope
+    from qaloop.core.retry import RetryPolicy
+    from qaloop.services.worker import Worker, WorkerConfig
+
+    provider = ProtectedProvider(Scripted(5.0), timeout_s=0.05)
+    policy = RetryPolicy(overload_tries=1, backoff_base_s=0.0, backoff_cap_s=0.0)
+    worker = Worker(provider, Topics(), WorkerConfig(request_timeout_s=60.0), policy)
+    assert not worker._own_timeout
+    [record] = await worker.handle(Envelope("0" * 32, "Why?", None, "t", 1.0))
+    assert provider.stats.timeouts == 1
+    assert b"did not answer within 0.05 s" in record.value
+    # a bound at or past the worker's own timeout keeps the worker's
+    assert Worker(provider, Topics(), WorkerConfig(request_timeout_s=0.05), policy)._own_timeout

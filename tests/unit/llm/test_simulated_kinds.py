@@ -125,6 +125,24 @@ async def test_errors_are_drawn_per_call_and_repeat_per_call() -> None:
     assert first != await failed(SimulatedProvider(config), 2)  # a retry draws again
 
 
+async def test_no_error_rates_skip_the_roll_without_changing_any_answer() -> None:
+    """With every error rate 0 the error roll is not drawn at all; the answers are those of
+    rates too small to ever fire (where it is drawn): no other draw depended on it."""
+    tiny = SimulatedConfig(overload_rate=1e-300, quota_rate=1e-300, permanent_rate=1e-300)
+
+    async def texts(sim: SimulatedProvider) -> list[str]:
+        found = []
+        for i in range(300):
+            for try_no in (1, 2):
+                request = GenerationRequest(
+                    f"q{i}", f"Why {i}?", 1 + i % 3, try_no, "Why?", reference_answer=REF
+                )
+                found.append((await sim.generate(request)).text)
+        return found
+
+    assert await texts(SimulatedProvider()) == await texts(SimulatedProvider(tiny))
+
+
 def test_draws_do_not_depend_on_the_process_hash_seed() -> None:
     """The seeds come from a stable hash, not Python's salted hash(): two interpreters with
     different PYTHONHASHSEED give the same answers (runs and the README's demo repeat)."""

@@ -64,3 +64,68 @@ async def test_a_failed_publish_commits_nothing_of_its_batch() -> None:
     await _run(bus, 20)
     assert sum(bus.calls) >= 20
     assert bus.committed("worker", TOPICS.questions) == 0  # every one comes back
+
+
+class HeldBus(CountingBus):
+    """Publishes of the answers wait for `release`: their messages keep their slots."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__(fail)
+        self.release = asyncio.Event()
+
+    async def publish_many(self, messages: Sequence[OutMessage]) -> None:
+        if messages and messages[0].topic == TOPICS.generated:
+            await self.release.wait()
+        await super().publish_many(messages)
+
+
+async def _held_run(bus: HeldBus, n: int, concurrency: int) -> tuple[list[int], ConcurrentRunner]:
+    await bus.publish_many(
+        [out(TOPICS.questions, Envelope(f"{i:032x}", "Why?", None, "t", 1.0)) for i in range(n)]
+    )
+    handled: list[int] = []
+
+    async def answer(env: Envelope) -> list[OutMessage]:
+        handled.append(1)
+        return await _answer(env)
+
+    runner = ConcurrentRunner(
+        "worker",
+        bus,
+        bus.consumer("worker", [TOPICS.questions]),
+        answer,
+        concurrency=concurrency,
+        dead_letter_topic=TOPICS.dead_letter,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+    assert len(handled) == concurrency  # every slot waits for its batch's publish
+    in_flight = runner.metrics.registry.get_sample_value(
+        "qaloop_stage_in_flight", {"stage": "worker"}
+    )
+    assert in_flight == concurrency
+    bus.release.set()
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if len(handled) == n and sum(bus.calls) >= n:
+            break
+    stop.set()
+    await task
+    return handled, runner
+
+
+async def test_a_message_holds_its_slot_until_its_batch_is_published() -> None:
+    bus = HeldBus()
+    handled, runner = await _held_run(bus, 20, concurrency=4)
+    assert len(handled) == 20 and bus.lag("worker", TOPICS.questions) == 0
+    assert runner._slots._value == 4  # every slot given back
+
+
+async def test_a_failed_publish_gives_the_slots_back() -> None:
+    bus = HeldBus(fail=True)
+    handled, runner = await _held_run(bus, 12, concurrency=4)
+    assert len(handled) == 12  # the loop went on after the failed publishes
+    assert bus.committed("worker", TOPICS.questions) == 0
+    assert runner._slots._value == 4

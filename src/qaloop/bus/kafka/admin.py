@@ -14,7 +14,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions, NewTopic
 
@@ -91,10 +97,52 @@ def ensure_topics(admin: AdminClient, specs: Mapping[str, TopicSpec]) -> None:
         time.sleep(0.1)
 
 
+def topic_partitions(client: Any, topics: Iterable[str]) -> list[TopicPartition]:
+    """The partitions of `topics` (none for a topic that doesn't exist), from the metadata of
+    those topics alone: the whole cluster's, every probe, grew with every topic on it (the
+    benchmarks' runs left dozens). A consumer's metadata request never creates a topic."""
+    parts: list[TopicPartition] = []
+    for topic in topics:
+        meta = client.list_topics(topic=topic, timeout=10).topics.get(topic)
+        if meta is not None:
+            parts += [TopicPartition(topic, p) for p in meta.partitions]
+    return parts
+
+
+def list_offsets(client: Any, parts: list[TopicPartition], at: int) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> offset at OFFSET_END (what get_watermark_offsets calls the high
+    watermark) or OFFSET_BEGINNING (the earliest retained), in one ListOffsets per partition
+    leader: get_watermark_offsets(cached=False) sent two requests per partition, one after the
+    other. Raises KafkaException if any partition's offset could not be read."""
+    if not parts:
+        return {}
+    query = [TopicPartition(tp.topic, tp.partition, at) for tp in parts]
+    found: dict[tuple[str, int], int] = {}
+    for tp in client.offsets_for_times(query, timeout=10):
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+        found[tp.topic, tp.partition] = tp.offset
+    return found
+
+
+def group_lag(client: Any, parts: list[TopicPartition]) -> list[tuple[str, int, int]]:
+    """(topic, partition, lag) of the client's group: end offset minus its committed offset,
+    or minus the earliest retained offset where the group never committed."""
+    committed = client.committed(parts, timeout=10)
+    high = list_offsets(client, committed, OFFSET_END)
+    low = list_offsets(client, [tp for tp in committed if tp.offset < 0], OFFSET_BEGINNING)
+    found = []
+    for tp in committed:
+        key = (tp.topic, tp.partition)
+        position = tp.offset if tp.offset >= 0 else low[key]
+        found.append((tp.topic, tp.partition, max(0, high[key] - position)))
+    return found
+
+
 class Offsets:
     """Committed and end offsets (blocking: call from a thread), through consumers that never
     join a group: `committed()` (the group coordinator's OffsetFetch) and
-    `get_watermark_offsets()` (the partition leaders' ListOffsets).
+    `offsets_for_times()` (the partition leaders' ListOffsets, `list_offsets`).
 
     Not through the AdminClient: its ListConsumerGroupOffsets request, timing out while the
     group coordinator's broker was SIGKILLed, made librdkafka 2.16 abort the process
@@ -136,10 +184,6 @@ class Offsets:
             client = self._clients[group] = Consumer(config)
         return client
 
-    def _partitions(self, client: Any, topics: list[str]) -> list[TopicPartition]:
-        meta = client.list_topics(timeout=10).topics
-        return [TopicPartition(t, p) for t in topics if t in meta for p in meta[t].partitions]
-
     def lag(self, group: str, topics: Iterable[str]) -> dict[str, int]:
         """Messages not yet committed by `group`, per topic (blocking: call from a thread).
         A partition the group never committed counts from its earliest retained offset."""
@@ -147,13 +191,11 @@ class Offsets:
         result = dict.fromkeys(names, 0)
         with self._exclusive():
             client = self._client(group)
-            parts = self._partitions(client, names)
+            parts = topic_partitions(client, names)
             if not parts:
                 return result
-            for tp in client.committed(parts, timeout=10):
-                low, high = client.get_watermark_offsets(tp, timeout=10, cached=False)
-                position = tp.offset if tp.offset >= 0 else low
-                result[tp.topic] += max(0, high - position)
+            for topic, _, lag in group_lag(client, parts):
+                result[topic] += lag
         return result
 
     def end_offsets(self, topics: Iterable[str]) -> dict[str, int]:
@@ -162,9 +204,10 @@ class Offsets:
         result = dict.fromkeys(names, 0)
         with self._exclusive():
             client = self._client("qaloop-offsets")
-            for tp in self._partitions(client, names):
-                _, high = client.get_watermark_offsets(tp, timeout=10, cached=False)
-                result[tp.topic] += high
+            for (topic, _), high in list_offsets(
+                client, topic_partitions(client, names), OFFSET_END
+            ).items():
+                result[topic] += high
         return result
 
     def close(self) -> None:
