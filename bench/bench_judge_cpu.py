@@ -13,12 +13,13 @@ Inputs, recorded once by this build and replayed to every measured build:
   first attempts, against their question and human reference.
 
 The judge is built by qaloop.wiring from Settings(scorer=composite, threshold=0.14), as in the
-throughput benchmark, with the stages' logging (qaloop.observability.logs.configure, INFO)
-to /dev/null; it takes batches of 256 (the
-judge's max batch). Each build is measured `--repeats` times, alternating, each time in a
-fresh process (no cache survives from a run); the best run counts. Every run also records a
-digest of its outputs (topic, key, reason header, state, attempt, score, last event): builds
-whose digests differ did not decide identically. Writes bench/results/judge_cpu.json.
+throughput benchmark, with the stages' logging (qaloop.observability.logs.configure at
+--log-level, INFO by default; the distributed benchmark runs WARNING) to /dev/null, and the
+collector as --gc says; it takes batches of 256 (the judge's max batch). Each build is
+measured `--repeats` times, alternating, each time in a fresh process (no cache survives
+from a run); the best run counts. Every run also records a digest of its outputs (topic, key,
+reason header, state, attempt, score, last event): builds whose digests differ did not decide
+identically. Writes bench/results/judge_cpu.json.
 """
 
 from __future__ import annotations
@@ -142,7 +143,25 @@ def _messages(values: list[bytes]) -> list[Any]:
 # ------------------------------------------------------------------------- measure
 
 
-async def measure(path: Path) -> dict[str, Any]:
+def apply_gc(mode: str) -> None:
+    """The collector settings of the measured process. `service`: the measured build's own
+    start-up step (qaloop.distributed.supervision.freeze_startup_heap, what every service
+    process runs); `freeze`: gc.collect() + gc.freeze() only; `tuned`: freeze, then
+    gc.set_threshold(50_000, 20, 10); `none`: the interpreter's defaults."""
+    import gc
+
+    if mode == "service":
+        from qaloop.distributed.supervision import freeze_startup_heap
+
+        freeze_startup_heap()
+    elif mode in ("freeze", "tuned"):
+        gc.collect()
+        gc.freeze()
+        if mode == "tuned":
+            gc.set_threshold(50_000, 20, 10)
+
+
+async def measure(path: Path, log_level: str = "INFO", gc_mode: str = "none") -> dict[str, Any]:
     """One build, in this process: the judge over the recorded answers (CPU and digest)."""
     from qaloop.core import codec
     from qaloop.observability.logs import configure
@@ -153,7 +172,7 @@ async def measure(path: Path) -> dict[str, Any]:
     # The stage's logging (INFO: one line per question's outcome), written to /dev/null.
     stderr, sys.stderr = sys.stderr, open(os.devnull, "w")  # noqa: SIM115 - lives as long as we do
     try:
-        configure("INFO")
+        configure(log_level)
     finally:
         sys.stderr = stderr
     values = path.read_bytes().split(b"\n")
@@ -163,6 +182,7 @@ async def measure(path: Path) -> dict[str, Any]:
     wiring = Wiring(s, shared_bus=False, clock=lambda: CLOCK)
     stage, gate = judge_gate(s)
     judge = Judge(stage, gate, wiring.topics, clock=lambda: CLOCK, metrics=Metrics())
+    apply_gc(gc_mode)  # after start-up, as the services do
     digest = hashlib.blake2b(digest_size=16)
     decisions: dict[str, int] = {}
     cpu = wall = 0.0
@@ -201,11 +221,13 @@ async def measure(path: Path) -> dict[str, Any]:
     }
 
 
-def run_build(src: Path, inputs: Path) -> dict[str, Any]:
+def run_build(src: Path, inputs: Path, log_level: str, gc_mode: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     env = {k: v for k, v in env.items() if not k.startswith("QALOOP_") or k == "QALOOP_SHARED_DATA"}
+    argv = [sys.executable, __file__, "--measure", str(inputs)]
+    argv += ["--log-level", log_level, "--gc", gc_mode]
     proc = subprocess.run(
-        [sys.executable, __file__, "--measure", str(inputs)],
+        argv,
         env=env,
         capture_output=True,
         check=True,
@@ -222,10 +244,20 @@ def main() -> None:
     parser.add_argument("--base", type=Path, help="src/ of the build to compare with")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "judge_cpu.json")
+    parser.add_argument(
+        "--log-level", default="INFO", help="the stages' logging (the distributed bench: WARNING)"
+    )
+    parser.add_argument(
+        "--gc",
+        choices=("none", "service", "freeze", "tuned"),
+        default="none",
+        help="collector settings: none (defaults), service (the build's freeze_startup_heap), "
+        "freeze (collect + freeze), tuned (freeze + set_threshold(50_000, 20, 10))",
+    )
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure is not None:
-        print(orjson.dumps(asyncio.run(measure(args.measure))).decode())
+        print(orjson.dumps(asyncio.run(measure(args.measure, args.log_level, args.gc))).decode())
         return
     import qaloop
 
@@ -243,7 +275,7 @@ def main() -> None:
         for k in range(args.repeats):
             order = list(builds.items()) if k % 2 == 0 else list(builds.items())[::-1]
             for name, src in order:
-                result = run_build(src, inputs)
+                result = run_build(src, inputs, args.log_level, args.gc)
                 runs[name].append(result)
                 print(
                     f"{name:5s} run {k + 1}: {result['cpu_ms_per_answer']:.3f} ms CPU per answer "
@@ -256,6 +288,8 @@ def main() -> None:
     summary: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "source": args.source,
+        "log_level": args.log_level,
+        "gc": args.gc,
         "answers": len(values),
         "questions": args.questions if args.source == "sample" else None,
         "best_cpu_ms_per_answer": best,
