@@ -68,6 +68,15 @@ class JudgeCost:
     usage: Usage | None = None
 
 
+# What the cheap gate's verdict cost: frozen, so one instance serves every answer (the judge
+# built one per answer).
+FREE = JudgeCost()
+
+# Enum members' `.value` is a descriptor call; these lookups run for every answer.
+DECISION_VALUE: dict[Decision, str] = {d: d.value for d in Decision}
+REASON_VALUE: dict[Reason, str] = {r: r.value for r in Reason}
+
+
 def decide(verdict: Verdict, attempt: int, gate: GateConfig) -> Decision:
     if verdict.reason is Reason.JUDGE_ERROR:
         return Decision.JUDGE_ERROR
@@ -97,7 +106,7 @@ def prompt_feedback(envelope: Envelope) -> str | None:
 def scored_detail(verdict: Verdict, cost: JudgeCost, arm: str | None) -> str:
     """The SCORED event's detail, `key=value; ...` (the report parses it: parse_scored_detail).
     The gate's free-text note goes last, so a `;` inside it can't break the parse."""
-    parts = [f"reason={verdict.reason.value}", f"by={verdict.judged_by or 'gate'}"]
+    parts = [f"reason={REASON_VALUE[verdict.reason]}", f"by={verdict.judged_by or 'gate'}"]
     if cost.calls:
         parts += [f"judge_calls={cost.calls}", f"judge_tokens={cost.tokens}"]
     if arm is not None:
@@ -134,7 +143,8 @@ def judge(
     cost: JudgeCost | None = None,
 ) -> tuple[Decision, Envelope]:
     """Apply the decision to a generated envelope; returns the envelope for the next topic."""
-    cost = cost or JudgeCost()
+    if cost is None:
+        cost = FREE
     decision = decide(verdict, envelope.attempt, gate)
     score = verdict.score
     best_answer, best_score, best_attempt = (
@@ -154,7 +164,7 @@ def judge(
             now,
             score=score,
             detail=scored_detail(verdict, cost, arm),
-            decision=decision.value,
+            decision=DECISION_VALUE[decision],
             usage=cost.usage,
         ),
     )

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from qaloop.core.routing import JudgeCost
+from qaloop.core.routing import FREE, JudgeCost
 from qaloop.quality import llm_judge
 from qaloop.quality.base import Scorer, score_details
 from qaloop.quality.verdict import Gate, GateInput, Outcome, Reason, Verdict
@@ -134,7 +134,7 @@ class Cascade:
             gated = []
         by_index = dict(zip(todo, gated, strict=True))
         cheap = [v if v is not None else by_index[i] for i, v in enumerate(pre)]
-        results = [Judged(v, JudgeCost(), c) for v, c in zip(cheap, cross, strict=True)]
+        results = [Judged(v, FREE, c) for v, c in zip(cheap, cross, strict=True)]
         unsure = [i for i, v in enumerate(cheap) if v.outcome is Outcome.UNSURE]
         if self.second is None:
             return results, []

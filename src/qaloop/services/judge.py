@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from qaloop.bus.base import Message, OutMessage, Topics
 from qaloop.core.model import Envelope
-from qaloop.core.routing import Decision, GateConfig, judge
+from qaloop.core.routing import DECISION_VALUE, Decision, GateConfig, judge
 from qaloop.core.wire import out
 from qaloop.observability.logs import log_event
 from qaloop.observability.metrics import LabelCache, Metrics
@@ -131,6 +131,10 @@ class Judge:
             self.metrics.scoring_seconds.observe(time.perf_counter() - started)
         now = self.clock()
         m = self.metrics
+        # The per-answer INFO line (qaloop.observability.logs: below INFO it is DEBUG, also
+        # off): its arguments cost ~5 µs an answer, for nothing at WARNING (the services'
+        # level in the throughput benchmark).
+        logged = log.isEnabledFor(logging.INFO)
         for envelope, j in zip(envelopes, judged, strict=True):
             score = j.verdict.score
             if score is None:
@@ -139,12 +143,14 @@ class Judge:
                 self.quality["cross_language"] += 1
             self.judged_by[j.verdict.judged_by or "gate"] += 1
             decision, routed = judge(envelope, j.verdict, self.gate, now, j.cost)
-            self.decisions[decision.value] += 1
+            value = DECISION_VALUE[decision]
+            self.decisions[value] += 1
             attempt = str(envelope.attempt)
-            self._decided(decision.value, attempt).inc()
+            self._decided(value, attempt).inc()
             if score is not None:
                 m.scores.labels(attempt).observe(score)
-            log_judged(envelope, j, decision, routed)
+            if logged:
+                log_judged(envelope, j, decision, routed)
             outputs.append(route(decision, routed, self.topics))
         return outputs
 

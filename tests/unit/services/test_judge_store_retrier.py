@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -213,3 +214,25 @@ async def test_store_skips_mirrored_messages_a_later_one_supersedes() -> None:
     assert record is not None and record.state is QuestionState.VALIDATED
     assert [e.kind for e in repo.events("c1" * 16)] == ["accepted", "generated", "scored"]
     assert repo.state_counts() == {"validated": 1, "queued": 1}
+
+
+@pytest.mark.parametrize(("level", "lines"), [(logging.INFO, 1), (logging.WARNING, 0)])
+async def test_judge_builds_its_per_answer_line_only_when_info_is_on(
+    level: int, lines: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import qaloop.services.judge as judge_mod
+
+    built: list[str] = []
+    real = judge_mod.log_judged
+    monkeypatch.setattr(
+        judge_mod, "log_judged", lambda e, j, d, r: (built.append(d.value), real(e, j, d, r))
+    )
+    judge = Judge(get_scorer("jaccard"), GateConfig(0.5, 3), TOPICS)
+    env = Envelope(
+        "f" * 32, "q", "the answer", "t", 0.0, answer="the answer", state=QuestionState.SCORING
+    )
+    with caplog.at_level(level, logger=judge_mod.log.name):
+        [out] = await judge.handle_batch([_msg(TOPICS.generated, codec.encode(env))])
+    assert out.topic == TOPICS.validated
+    assert built == ["validate"] * lines
+    assert len([r for r in caplog.records if "validated" in r.getMessage()]) == lines
