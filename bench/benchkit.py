@@ -155,13 +155,14 @@ def wait_groups_stable(bootstrap: str, groups: dict[str, int], timeout_s: float 
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     deadline = time.monotonic() + timeout_s
+    seen: dict[str, str] = {}
     while time.monotonic() < deadline:
-        futures = admin.describe_consumer_groups(list(groups))
-        ready = 0
+        futures = admin.describe_consumer_groups(list(groups), request_timeout=5)
         for group, future in futures.items():
             try:
                 desc = future.result()
-            except Exception:
+            except Exception as exc:
+                seen[group] = f"not described ({exc})"
                 continue
             assigned = sum(len(m.assignment.topic_partitions) for m in desc.members)
             if (
@@ -169,11 +170,21 @@ def wait_groups_stable(bootstrap: str, groups: dict[str, int], timeout_s: float 
                 and len(desc.members) >= groups[group]
                 and assigned
             ):
-                ready += 1
-        if ready == len(groups):
+                seen[group] = "ready"
+            else:
+                seen[group] = (
+                    f"{desc.state}, {len(desc.members)}/{groups[group]} members, "
+                    f"{assigned} partitions"
+                )
+        if all(seen.get(g) == "ready" for g in groups):
             return
         time.sleep(0.2)
-    raise RuntimeError(f"consumer groups not stable after {timeout_s} s: {sorted(groups)}")
+    # a fresh broker creates __consumer_offsets on the first join: a stage process that died
+    # shows as 0 members, a slow coordinator as another state
+    waiting = "; ".join(
+        f"{g}: {seen.get(g, 'no answer')}" for g in sorted(groups) if seen.get(g) != "ready"
+    )
+    raise RuntimeError(f"consumer groups not stable after {timeout_s} s: {waiting}")
 
 
 # ---------------------------------------------------------------------------- CPU accounting
