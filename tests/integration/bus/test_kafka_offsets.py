@@ -4,7 +4,6 @@ against the real broker: end offsets, and a group's lag before and after it comm
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 
@@ -15,15 +14,13 @@ from qaloop.bus.base import OutMessage, Topics
 pytestmark = pytest.mark.integration
 
 
-async def test_lag_counts_what_the_group_has_not_committed_and_end_offsets_everything() -> None:
-    bootstrap = os.environ.get("QALOOP_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        pytest.skip('QALOOP_KAFKA_BOOTSTRAP is not set: run `eval "$(scripts/infra env)"`')
-    pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
+async def test_lag_counts_what_the_group_has_not_committed_and_end_offsets_everything(
+    kafka_bootstrap: str,
+) -> None:
     from qaloop.bus.kafka import KafkaBus, KafkaSettings
 
     topics = Topics.with_prefix(f"offsets{uuid.uuid4().hex[:10]}")
-    bus = KafkaBus(KafkaSettings(bootstrap, partitions=3, session_timeout_ms=6000), topics)
+    bus = KafkaBus(KafkaSettings(kafka_bootstrap, partitions=3, session_timeout_ms=6000), topics)
     await bus.start()
     group = f"{topics.questions}.g"
     try:
@@ -49,13 +46,11 @@ async def test_lag_counts_what_the_group_has_not_committed_and_end_offsets_every
         await bus.close()
 
 
-async def test_an_uncommitted_partition_counts_from_its_earliest_retained_offset() -> None:
+async def test_an_uncommitted_partition_counts_from_its_earliest_retained_offset(
+    kafka_bootstrap: str,
+) -> None:
     """Records deleted from a partition's start (retention) are not lag; a partition the group
     committed counts from its commit. KafkaLag's per-partition samples agree with Offsets."""
-    bootstrap = os.environ.get("QALOOP_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        pytest.skip('QALOOP_KAFKA_BOOTSTRAP is not set: run `eval "$(scripts/infra env)"`')
-    pytest.importorskip("confluent_kafka", reason="the kafka extra is not installed")
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
 
@@ -63,16 +58,16 @@ async def test_an_uncommitted_partition_counts_from_its_earliest_retained_offset
     from qaloop.observability.lag import KafkaLag
 
     topics = Topics.with_prefix(f"offsets{uuid.uuid4().hex[:10]}")
-    bus = KafkaBus(KafkaSettings(bootstrap, partitions=2, session_timeout_ms=6000), topics)
+    bus = KafkaBus(KafkaSettings(kafka_bootstrap, partitions=2, session_timeout_ms=6000), topics)
     await bus.start()
     group = f"{topics.questions}.g"
     try:
         # key -> partition is librdkafka's hash; count what landed where
         await bus.publish_many([OutMessage(topics.questions, f"k{i}", b"v") for i in range(40)])
-        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+        probe = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
         ends = [probe.get_watermark_offsets(TopicPartition(topics.questions, p))[1] for p in (0, 1)]
         assert min(ends) > 5
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
         deleted = admin.delete_records([TopicPartition(topics.questions, 0, 4)])
         for future in deleted.values():
             future.result()
