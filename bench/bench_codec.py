@@ -30,7 +30,6 @@ import asyncio
 import hashlib
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,8 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+from benchkit import run_build  # noqa: E402
+
 CLOCK = 1_800_000_000.0  # a fixed clock: every run sees the same envelopes
 BATCH = 256
 KINDS = ("attempt1", "attempt3", "final", "all")
@@ -134,19 +135,6 @@ def measure(path: Path, rounds: int) -> dict[str, Any]:
     return result
 
 
-def run_build(src: Path, inputs: Path, rounds: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    env = {k: v for k, v in env.items() if not k.startswith("QALOOP_")}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--measure", str(inputs), "--rounds", str(rounds)],
-        env=env,
-        capture_output=True,
-        check=True,
-    )
-    result: dict[str, Any] = orjson.loads(proc.stdout.splitlines()[-1])
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=2_000, help="sample questions")
@@ -172,7 +160,9 @@ def main() -> None:
         for k in range(args.repeats):
             order = list(builds.items()) if k % 2 == 0 else list(builds.items())[::-1]
             for name, src in order:
-                result = run_build(src, inputs, args.rounds)
+                result = run_build(
+                    src, [__file__, "--measure", str(inputs), "--rounds", str(args.rounds)]
+                )
                 runs[name].append(result)
                 line = ", ".join(
                     f"{kind} {result[kind]['encode_us']:.1f}+{result[kind]['decode_us']:.1f} us"

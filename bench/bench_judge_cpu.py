@@ -29,7 +29,6 @@ import asyncio
 import hashlib
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from benchkit import run_build
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 256
@@ -221,21 +221,6 @@ async def measure(path: Path, log_level: str = "INFO", gc_mode: str = "none") ->
     }
 
 
-def run_build(src: Path, inputs: Path, log_level: str, gc_mode: str) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    env = {k: v for k, v in env.items() if not k.startswith("QALOOP_") or k == "QALOOP_SHARED_DATA"}
-    argv = [sys.executable, __file__, "--measure", str(inputs)]
-    argv += ["--log-level", log_level, "--gc", gc_mode]
-    proc = subprocess.run(
-        argv,
-        env=env,
-        capture_output=True,
-        check=True,
-    )
-    result: dict[str, Any] = orjson.loads(proc.stdout.splitlines()[-1])
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", choices=("sample", "recorded"), default="sample")
@@ -275,7 +260,9 @@ def main() -> None:
         for k in range(args.repeats):
             order = list(builds.items()) if k % 2 == 0 else list(builds.items())[::-1]
             for name, src in order:
-                result = run_build(src, inputs, args.log_level, args.gc)
+                argv = [__file__, "--measure", str(inputs), "--log-level", args.log_level]
+                argv += ["--gc", args.gc]
+                result = run_build(src, argv, keep_env=("QALOOP_SHARED_DATA",))
                 runs[name].append(result)
                 print(
                     f"{name:5s} run {k + 1}: {result['cpu_ms_per_answer']:.3f} ms CPU per answer "

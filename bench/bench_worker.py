@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -52,6 +51,7 @@ from benchkit import (
     drop_topics,
     machine_state,
     pg_schema,
+    run_build,
     stage_env,
     start_stages,
     stop,
@@ -287,11 +287,8 @@ def in_process(args: argparse.Namespace) -> None:
     for pair in range(args.rounds):
         order = list(builds) if pair % 2 == 0 else list(reversed(builds))
         for name in order:
-            env = {**os.environ, "PYTHONPATH": f"{builds[name]}:{ROOT / 'bench'}"}
-            done = subprocess.run(
-                [sys.executable, __file__, *flags], env=env, capture_output=True, check=True
-            )
-            result = orjson.loads(done.stdout.splitlines()[-1])
+            # the worker as configured here: every QALOOP_* setting goes to both builds
+            result = run_build(builds[name], [__file__, *flags], keep_env=("QALOOP_",))
             results[name].append(result)
             print(orjson.dumps({"build": name, "pair": pair + 1, **result}).decode(), flush=True)
     summary: dict[str, Any] = {}

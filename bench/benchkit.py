@@ -187,6 +187,22 @@ def wait_groups_stable(bootstrap: str, groups: dict[str, int], timeout_s: float 
     raise RuntimeError(f"consumer groups not stable after {timeout_s} s: {waiting}")
 
 
+# ---------------------------------------------------------------------------- builds side by side
+
+
+def run_build(src: str | Path, argv: list[str], *, keep_env: tuple[str, ...] = ()) -> Any:
+    """Run `python *argv` in a fresh process on the build whose sources are `src` (its
+    PYTHONPATH, and this directory for benchkit), without the caller's QALOOP_* settings but
+    those starting with one of `keep_env`; its last line on stdout is its JSON result. The
+    CPU benchmarks alternate two builds this way, so neither inherits the other's caches."""
+    import orjson
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(Path(__file__).parent)])}
+    env = {k: v for k, v in env.items() if not k.startswith("QALOOP_") or k.startswith(keep_env)}
+    done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, check=True)
+    return orjson.loads(done.stdout.splitlines()[-1])
+
+
 # ---------------------------------------------------------------------------- CPU accounting
 
 
